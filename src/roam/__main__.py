@@ -1,0 +1,3 @@
+from roam.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""`--config FILE.toml`: the same settings as the command-line flags.
+
+Keys are the long flag names without dashes in front (`authorized-keys`,
+`allow`); repeatable flags take a list. A flag given on the command line
+wins over the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from roam.errors import ConfigError
+
+
+def load_config(path: str, known: dict[str, bool]) -> dict[str, Any]:
+    """Read a TOML file into click's default_map for a command.
+
+    `known` maps each flag name (dashes) to whether it is repeatable.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read: permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("_", "-")
+        if name not in known or name == "config":
+            choices = ", ".join(sorted(k for k in known if k != "config"))
+            raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {choices})")
+        repeatable = known[name]
+        if repeatable:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"config file {path}: {key!r} must be a string or a list "
+                                  "of strings")
+        elif isinstance(value, list | dict):
+            raise ConfigError(f"config file {path}: {key!r} takes one value, not a "
+                              f"{type(value).__name__}")
+        out[name.replace("-", "_")] = value
+    return out

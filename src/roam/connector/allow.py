@@ -1,0 +1,109 @@
+"""`--allow HOST:PORT` rules: which destinations the server opens.
+
+HOST is `*`, an IP address, a CIDR network, a name, or `*.suffix`; PORT is a
+number or `*`. IPv6 goes in brackets: `[2001:db8::/32]:443`. A name rule
+matches the name the client asked for; an address or network rule matches
+the address the name resolves to, and that address is the one connected to,
+so a name cannot be pointed somewhere the rules do not allow. No rule: nothing
+is allowed (the server is never an open proxy).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from roam.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def split_host_port(text: str, what: str) -> tuple[str, str]:
+    """'host:port' or '[v6]:port' into its parts, with an error naming `what`."""
+    text = text.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1:end + 2] != ":":
+            raise ConfigError(f"{what} {text!r}: expected [IPv6]:PORT")
+        return text[1:end], text[end + 2:]
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what} {text!r}: expected HOST:PORT")
+    if ":" in host:
+        raise ConfigError(f"{what} {text!r}: put an IPv6 address in brackets, [addr]:PORT")
+    return host, port
+
+
+def parse_port(text: str, what: str, *, wildcard: bool = False) -> int | None:
+    if wildcard and text == "*":
+        return None
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{what}: port {text!r} is not a number from 1 to 65535"
+                          + (" or *" if wildcard else ""))
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    text: str
+    network: IPNetwork | None  # address or CIDR rule
+    name: str | None  # exact name, or ".suffix" for *.suffix; None with no network: any host
+    port: int | None  # None: any port
+
+    @classmethod
+    def parse(cls, text: str) -> AllowRule:
+        host, port_text = split_host_port(text, "--allow")
+        port = parse_port(port_text, f"--allow {text!r}", wildcard=True)
+        if host == "*":
+            return cls(text, None, None, port)
+        try:
+            return cls(text, ipaddress.ip_network(host, strict=False), None, port)
+        except ValueError:
+            pass
+        if "/" in host:
+            raise ConfigError(f"--allow {text!r}: {host!r} is not a valid CIDR network")
+        name = host.lower().rstrip(".")
+        if name.startswith("*."):
+            name = name[1:]
+        elif "*" in name:
+            raise ConfigError(f"--allow {text!r}: a wildcard may only lead a name (*.example.com)")
+        return cls(text, None, name, port)
+
+    def port_ok(self, port: int) -> bool:
+        return self.port is None or self.port == port
+
+    @property
+    def any_host(self) -> bool:
+        return self.network is None and self.name is None
+
+    def name_ok(self, host: str) -> bool:
+        if self.name is None:
+            return False
+        host = host.lower().rstrip(".")
+        if self.name.startswith("."):
+            return host.endswith(self.name)
+        return host == self.name
+
+    def address_ok(self, addr: IPAddress) -> bool:
+        return self.network is not None and addr in self.network
+
+
+class AccessList:
+    def __init__(self, rules: list[AllowRule]) -> None:
+        self.rules = rules
+
+    @classmethod
+    def parse(cls, texts: list[str]) -> AccessList:
+        return cls([AllowRule.parse(t) for t in texts])
+
+    def allows_name(self, host: str, port: int) -> bool:
+        """True when a rule admits this host by name (or any host) on this port."""
+        return any(r.port_ok(port) and (r.any_host or r.name_ok(host)) for r in self.rules)
+
+    def allows_address(self, addr: str, port: int) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(r.port_ok(port) and (r.any_host or r.address_ok(ip)) for r in self.rules)

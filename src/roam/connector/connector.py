@@ -1,0 +1,86 @@
+"""Server side: opens the real connection for each channel the client opens.
+
+Only destinations the access list allows are opened; a refused or failed one
+closes that channel alone (OPEN_FAIL), with a log line that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from roam.connector.allow import AccessList
+from roam.core.events import ChannelOpenRequested
+from roam.core.frames import ChannelKind
+from roam.errors import CloseCode
+from roam.transport.driver import AppConnection, SessionDriver
+
+log = logging.getLogger("roam.connector")
+
+# A destination that takes longer than this to answer a SYN is treated as
+# unreachable; the application sees its connection close.
+CONNECT_TIMEOUT = 10.0
+
+
+class Connector:
+    def __init__(self, access: AccessList) -> None:
+        self.access = access
+
+    def attach(self, driver: SessionDriver) -> None:
+        driver.on_open_request = lambda e: self._request(driver, e)
+
+    def _request(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
+        if e.kind is not ChannelKind.STREAM:
+            driver.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED,
+                                          "datagram channels are not supported yet")
+            return
+        asyncio.get_running_loop().create_task(self._open(driver, e),
+                                               name=f"{driver.name}-open-{e.channel}")
+
+    async def _open(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
+        dest = f"{e.host}:{e.port}"
+        loop = asyncio.get_running_loop()
+        try:
+            addr = await self._resolve_allowed(e.host, e.port)
+        except OSError as exc:
+            self._fail(driver, e, CloseCode.UNREACHABLE, f"cannot resolve {e.host}: {exc}")
+            return
+        if addr is None:
+            self._fail(driver, e, CloseCode.NOT_ALLOWED, f"{dest} is not allowed by --allow")
+            return
+        app = AppConnection(driver, e.channel)
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: app, addr, e.port), CONNECT_TIMEOUT)
+        except TimeoutError:
+            self._fail(driver, e, CloseCode.TIMEOUT, f"{dest}: no answer in {CONNECT_TIMEOUT:g} s")
+            return
+        except OSError as exc:
+            self._fail(driver, e, CloseCode.CONNECT_FAILED,
+                       f"{dest}: {exc.strerror or exc}")
+            return
+        if e.channel not in driver.session.channel_ids():
+            app.abort()  # the client gave up meanwhile
+            return
+        driver.add_app(app)
+        driver.session.accept_channel(e.channel)
+        log.info("%s: channel %d open to %s (%s)", driver.name, e.channel, dest, addr)
+        driver.schedule()
+
+    async def _resolve_allowed(self, host: str, port: int) -> str | None:
+        """The address to connect to, or None when the rules forbid every one."""
+        by_name = self.access.allows_name(host, port)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        for *_, sockaddr in infos:
+            addr = str(sockaddr[0])
+            if by_name or self.access.allows_address(addr, port):
+                return addr
+        return None
+
+    def _fail(self, driver: SessionDriver, e: ChannelOpenRequested, code: CloseCode,
+              reason: str) -> None:
+        log.warning("%s: refused channel %d: %s", driver.name, e.channel, reason)
+        driver.session.refuse_channel(e.channel, code, reason)
+        driver.schedule()

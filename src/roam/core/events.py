@@ -1,0 +1,90 @@
+"""Events the session hands to its driver through `Session.next_event()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roam.core.frames import ChannelKind
+from roam.errors import CloseCode
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelOpenRequested:
+    """The peer wants a channel to host:port; answer with accept or refuse."""
+
+    channel: int
+    kind: ChannelKind
+    host: str
+    port: int
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelOpened:
+    """Our OPEN was accepted: data may flow."""
+
+    channel: int
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelOpenFailed:
+    channel: int
+    code: CloseCode
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class DataReceived:
+    """Application bytes for a channel; report them with `consumed()` once written."""
+
+    channel: int
+    data: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class EndOfStream:
+    """The peer half-closed the channel (FIN): no more data will arrive on it."""
+
+    channel: int
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelReset:
+    """The peer aborted the channel."""
+
+    channel: int
+    code: CloseCode
+
+
+@dataclass(slots=True, frozen=True)
+class ChannelClosed:
+    """Both directions of the channel finished cleanly; the session forgot it."""
+
+    channel: int
+
+
+@dataclass(slots=True, frozen=True)
+class TransportDead:
+    """Nothing arrived for `silence` seconds: the driver drops the transport."""
+
+    silence: float
+
+
+@dataclass(slots=True, frozen=True)
+class SessionResumed:
+    """A resume completed on a new transport."""
+
+    frames_resent: int
+    bytes_resent: int
+
+
+@dataclass(slots=True, frozen=True)
+class SessionClosed:
+    code: CloseCode
+    reason: str
+    by_peer: bool
+
+
+Event = (
+    ChannelOpenRequested | ChannelOpened | ChannelOpenFailed | DataReceived | EndOfStream
+    | ChannelReset | ChannelClosed | TransportDead | SessionResumed | SessionClosed
+)

@@ -1,0 +1,100 @@
+"""The cleartext that opens every transport, and the server's one-time reply.
+
+Client -> server, first bytes of every transport (55 bytes):
+
+    magic "ROAM" | version u8 | kind u8 (NEW=1, RESUME=2) | suite u8
+    | session id (16 bytes, zero for NEW) | target identity (32 bytes, zero: none)
+
+NEW is followed by the first Noise message (`length:u16 | message`); RESUME
+by the first record of the resumed session, sealed with the preamble as its
+associated data, which proves the sender holds the session keys.
+
+Server -> client, once: `status:u8 | length:u16 | body`. Status OK carries the
+second Noise message (NEW) or nothing (RESUME; records follow). Any other
+status carries a UTF-8 reason and the server closes the transport.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from roam.errors import ProtocolError
+
+MAGIC = b"ROAM"
+VERSION = 1
+PREAMBLE = struct.Struct("!4sBBB16s32s")
+REPLY = struct.Struct("!BH")
+HANDSHAKE_LEN = struct.Struct("!H")
+NO_SESSION = bytes(16)
+NO_TARGET = bytes(32)
+# Noise messages here are at most 32+48+payload bytes; 1 KiB is plenty.
+MAX_HANDSHAKE_MESSAGE = 1024
+
+
+class TransportKind(IntEnum):
+    NEW = 1
+    RESUME = 2
+
+
+class Suite(IntEnum):
+    """Cipher suites; the client picks, the server accepts both."""
+
+    AESGCM_SHA256 = 1
+    CHACHAPOLY_BLAKE2S = 2
+
+    @property
+    def noise_name(self) -> str:
+        if self is Suite.AESGCM_SHA256:
+            return "Noise_IK_25519_AESGCM_SHA256"
+        return "Noise_IK_25519_ChaChaPoly_BLAKE2s"
+
+
+class Status(IntEnum):
+    OK = 0
+    BAD_PREAMBLE = 1
+    HANDSHAKE_FAILED = 2
+    UNKNOWN_SESSION = 3
+    RESUME_REFUSED = 4
+    BUSY = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Preamble:
+    kind: TransportKind
+    suite: Suite
+    session_id: bytes = NO_SESSION
+    target: bytes = NO_TARGET
+
+    def encode(self) -> bytes:
+        return PREAMBLE.pack(MAGIC, VERSION, self.kind, self.suite, self.session_id, self.target)
+
+
+def decode_preamble(data: bytes) -> Preamble:
+    if len(data) != PREAMBLE.size:
+        raise ProtocolError(f"preamble is {len(data)} bytes; expected {PREAMBLE.size}")
+    magic, version, kind, suite, sid, target = PREAMBLE.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError(f"not a roam transport (first bytes {magic!r})")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version}; this side speaks {VERSION}")
+    try:
+        tkind = TransportKind(kind)
+    except ValueError:
+        raise ProtocolError(f"unknown transport kind {kind}") from None
+    try:
+        tsuite = Suite(suite)
+    except ValueError:
+        raise ProtocolError(f"unknown cipher suite {suite}") from None
+    if (tkind is TransportKind.NEW) != (sid == NO_SESSION):
+        raise ProtocolError("NEW carries no session id and RESUME needs one")
+    return Preamble(tkind, tsuite, sid, target)
+
+
+def encode_reply(status: Status, body: bytes = b"") -> bytes:
+    return REPLY.pack(status, len(body)) + body
+
+
+def reply_error(status: Status, reason: str) -> bytes:
+    return encode_reply(status, reason.encode()[:1024])

@@ -1,0 +1,558 @@
+"""The session, sans-IO: channels, sequence numbers, replay buffer, resume.
+
+The driver feeds it record plaintexts (`receive_payload`), the time
+(`handle_timer`) and application calls (`open_channel`, `send`, ...); it pulls
+record plaintexts to send (`payloads_to_send`), events (`next_event`) and the
+next deadline (`get_timer`). It never touches a socket or reads a clock:
+every method that depends on time takes `now` (seconds, any monotonic origin).
+
+Reliability: each reliable frame gets the next sequence number of this
+direction and stays in the replay buffer until the peer acknowledges it.
+When a transport breaks, the session is *detached*; on the next transport the
+client sends RESUME(received up to N), the server answers RESUMED(received up
+to M), and each resends every frame after the other's mark (claim 6).
+
+Backpressure: the replay buffer holds at most `replay_limit` bytes; past
+that, channel data waits in per-channel buffers of `channel_send_buffer`
+bytes, and `send_room()` tells the driver to stop reading the application.
+Per-channel credit (WINDOW) keeps one slow reader from stalling the others.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from roam.core import events as ev
+from roam.core import frames as fr
+from roam.core.rtt import RttEstimator
+from roam.errors import CloseCode, ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    # 8 MiB covers the bandwidth-delay product of 1 Gbit/s at 60 ms RTT; it
+    # is also the most a session holds for an outage however long it lasts.
+    replay_limit: int = 8 * 1024 * 1024
+    # Per-channel receive window: 1 MiB keeps one stream at ~170 Mbit/s on a
+    # 50 ms path, and bounds what a non-reading application costs us.
+    channel_window: int = 1024 * 1024
+    # Application bytes a channel buffers before its reading pauses.
+    channel_send_buffer: int = 256 * 1024
+    # Largest record plaintext we build; records this size keep per-record
+    # costs (AEAD call, length prefix, Python overhead) under 1% of the data.
+    max_record_payload: int = 128 * 1024
+    # A PING when nothing else went out for this long keeps NAT bindings warm
+    # and measures RTT; mosh uses 3 s, we want a dead path found sooner.
+    keepalive_interval: float = 1.0
+    # A transport is dead after this much silence at least, however small the
+    # RTT: a loaded Python peer can pause for hundreds of ms (GC, big writes).
+    dead_floor: float = 2.0
+    # ... and after this many RTOs when the RTT is large.
+    dead_rtos: float = 4.0
+    # How long a detached session waits for a resume before it closes
+    # (None: forever). The client keeps trying; the server gives up.
+    detached_timeout: float | None = None
+    max_channels: int = 4096
+
+
+# Pings outstanding at once; a silent path is declared dead long before more.
+_MAX_PINGS = 32
+
+
+class SessionState(Enum):
+    ATTACHED = "attached"
+    RESUMING = "resuming"
+    DETACHED = "detached"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatistics:
+    state: str
+    srtt: float | None
+    rto: float
+    channels: int
+    replay_bytes: int
+    bytes_sent: int
+    bytes_received: int
+    frames_resent: int
+    resumes: int
+
+
+class _Channel:
+    __slots__ = ("consumed", "credit", "fin_pending", "fin_received", "fin_sent", "id",
+                 "kind", "local", "opened", "recv_left", "send_buf")
+
+    def __init__(self, cid: int, kind: fr.ChannelKind, local: bool, window: int) -> None:
+        self.id = cid
+        self.kind = kind
+        self.local = local  # opened by this side
+        self.opened = False
+        self.credit = 0  # bytes the peer still accepts from us
+        self.recv_left = window  # bytes we still accept from the peer
+        self.consumed = 0  # bytes the application took, not yet granted back
+        self.send_buf = bytearray()
+        self.fin_pending = False
+        self.fin_sent = False
+        self.fin_received = False
+
+
+class Session:
+    def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None) -> None:
+        self.is_client = is_client
+        self.config = config or SessionConfig()
+        self.state = SessionState.DETACHED
+        self._channels: dict[int, _Channel] = {}
+        # Client channels are odd, server channels even, so both may open.
+        self._next_channel = 1 if is_client else 2
+        self._peer_max_channel = 0
+        self._next_seq = 1
+        self._pending: deque[tuple[int, bytes]] = deque()  # reliable, not yet sent
+        self._unacked: deque[tuple[int, bytes]] = deque()  # sent, not yet acknowledged
+        self._replay_bytes = 0
+        self._control: list[bytes] = []  # unreliable frames for the current transport
+        self._received = 0  # highest reliable seq received in order
+        self._ack_sent = 0
+        self._events: deque[ev.Event] = deque()
+        self._rtt = RttEstimator()
+        self._pings: dict[int, float] = {}  # token -> when sent
+        self._ping_token = 0
+        self._last_received = now
+        self._last_sent = now
+        self._last_ping = now
+        self._detached_since: float | None = now
+        self._rr: deque[int] = deque()  # channels with data waiting, round-robin
+        self._close_sent = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.frames_resent = 0
+        self.resumes = 0
+
+    # ---- transports ------------------------------------------------------
+
+    def transport_attached(self, now: float, *, resume: bool) -> None:
+        """A new transport carries the session from now on.
+
+        `resume=False` only for the transport of the handshake. For a resume,
+        the client speaks first (RESUME); the server waits for it.
+        """
+        self._control.clear()
+        self._pings.clear()
+        self._last_received = now
+        self._last_sent = now
+        self._detached_since = None
+        if not resume:
+            self.state = SessionState.ATTACHED
+            return
+        self.state = SessionState.RESUMING
+        if self.is_client:
+            self._control.append(fr.encode(fr.Resume(self._received)))
+
+    def transport_lost(self, now: float) -> None:
+        """The driver saw the transport fail; wait for (or make) another."""
+        if self.state is not SessionState.CLOSED:
+            self.state = SessionState.DETACHED
+            self._detached_since = now
+            self._control.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self.state is SessionState.CLOSED
+
+    @property
+    def rtt(self) -> RttEstimator:
+        return self._rtt
+
+    # ---- channels: the application side ----------------------------------
+
+    def open_channel(self, host: str, port: int,
+                     kind: fr.ChannelKind = fr.ChannelKind.STREAM) -> int:
+        cid = self._next_channel
+        self._next_channel += 2
+        ch = _Channel(cid, kind, True, self.config.channel_window)
+        self._channels[cid] = ch
+        self._queue(fr.Open(self._seq(), cid, kind, self.config.channel_window, host, port))
+        return cid
+
+    def accept_channel(self, cid: int) -> None:
+        ch = self._channels.get(cid)
+        if ch is None or ch.local or ch.opened:
+            return  # the peer reset it meanwhile
+        ch.opened = True
+        self._queue(fr.OpenOk(self._seq(), cid, self.config.channel_window))
+        if ch.send_buf or ch.fin_pending:
+            self._rr.append(cid)
+
+    def refuse_channel(self, cid: int, code: CloseCode, reason: str) -> None:
+        if self._channels.pop(cid, None) is not None:
+            self._queue(fr.OpenFail(self._seq(), cid, code, reason))
+
+    def send(self, cid: int, data: bytes | memoryview) -> None:
+        """Queue application bytes; a channel the peer already reset drops them."""
+        ch = self._channels.get(cid)
+        if ch is None or ch.fin_pending:
+            return
+        if not ch.send_buf and ch.opened:
+            self._rr.append(cid)
+        ch.send_buf += data
+
+    def send_room(self, cid: int) -> int:
+        """How many more bytes the driver may read from the application now."""
+        ch = self._channels.get(cid)
+        if ch is None:
+            return 0
+        return max(0, self.config.channel_send_buffer - len(ch.send_buf))
+
+    def end_channel(self, cid: int) -> None:
+        """The application half-closed: FIN after the buffered data."""
+        ch = self._channels.get(cid)
+        if ch is None or ch.fin_pending:
+            return
+        ch.fin_pending = True
+        if ch.opened and not ch.send_buf:
+            self._rr.append(cid)
+
+    def reset_channel(self, cid: int, code: CloseCode = CloseCode.RESET_BY_APPLICATION) -> None:
+        if self._channels.pop(cid, None) is not None:
+            self._queue(fr.Reset(self._seq(), cid, code))
+
+    def consumed(self, cid: int, n: int) -> None:
+        """The application took n delivered bytes: grant the peer more credit."""
+        ch = self._channels.get(cid)
+        if ch is None:
+            return
+        ch.consumed += n
+        # Granting at a quarter of the window keeps the pipe full without a
+        # WINDOW frame per read.
+        if ch.consumed >= self.config.channel_window // 4 and not ch.fin_received:
+            ch.recv_left += ch.consumed
+            self._queue(fr.Window(self._seq(), cid, ch.consumed))
+            ch.consumed = 0
+
+    def channel_ids(self) -> list[int]:
+        return list(self._channels)
+
+    def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
+        """End the session: CLOSE goes out with the next payloads."""
+        if self.state is SessionState.CLOSED or self._close_sent:
+            return
+        self._close_sent = True
+        self._queue(fr.Close(self._seq(), code, reason))
+        self._closed(code, reason, by_peer=False)
+
+    # ---- output ----------------------------------------------------------
+
+    def payloads_to_send(self, now: float) -> list[bytes]:
+        """Record plaintexts to send on the current transport, in order."""
+        if self.state is SessionState.DETACHED:
+            return []
+        if self.state is SessionState.RESUMING:
+            out = [b"".join(self._control)] if self._control else []
+            self._control.clear()
+            return out
+        if self.state is SessionState.ATTACHED:
+            self._fill_data()
+        elif not self._close_sent:
+            return []
+        payloads: list[bytes] = []
+        parts: list[bytes] = []
+        size = 0
+        if self._received > self._ack_sent:
+            parts.append(fr.encode(fr.Ack(self._received)))
+            self._ack_sent = self._received
+            size += len(parts[-1])
+        if self._control:
+            parts.extend(self._control)
+            size += sum(len(c) for c in self._control)
+            self._control.clear()
+        limit = self.config.max_record_payload
+        pending, unacked = self._pending, self._unacked
+        while pending:
+            item = pending.popleft()
+            unacked.append(item)
+            frame = item[1]
+            if parts and size + len(frame) > limit:
+                payloads.append(b"".join(parts))
+                parts, size = [], 0
+            parts.append(frame)
+            size += len(frame)
+        if parts:
+            payloads.append(b"".join(parts))
+            self._last_sent = now
+        return payloads
+
+    def _fill_data(self) -> None:
+        """Turn buffered channel bytes into DATA frames while the replay buffer has room."""
+        rr = self._rr
+        limit = self.config.replay_limit
+        while rr and self._replay_bytes < limit:
+            cid = rr.popleft()
+            ch = self._channels.get(cid)
+            if ch is None or not ch.opened or ch.fin_sent:
+                continue
+            buf = ch.send_buf
+            if buf:
+                n = min(len(buf), ch.credit, fr.MAX_DATA_CHUNK)
+                if n == 0:
+                    continue  # re-queued when WINDOW arrives
+                chunk = bytes(buf[:n])
+                del buf[:n]
+                ch.credit -= n
+                self.bytes_sent += n
+                self._queue_raw(fr.encode_data(self._seq(), cid, chunk))
+            if buf:
+                rr.append(cid)
+            elif ch.fin_pending:
+                ch.fin_sent = True
+                self._queue(fr.Fin(self._seq(), cid))
+                self._maybe_finished(ch)
+
+    def _seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _queue(self, frame: fr.ReliableFrame) -> None:
+        self._queue_raw(fr.encode(frame))
+
+    def _queue_raw(self, encoded: bytes) -> None:
+        # The seq sits right after the 5-byte header in every reliable frame.
+        seq = self._next_seq - 1
+        self._pending.append((seq, encoded))
+        self._replay_bytes += len(encoded)
+
+    # ---- input -----------------------------------------------------------
+
+    def receive_payload(self, payload: bytes | memoryview, now: float) -> None:
+        """Process one record plaintext. Raises ProtocolError on a broken peer."""
+        if self.state is SessionState.CLOSED:
+            return
+        if self.state is SessionState.DETACHED:
+            raise ProtocolError("record on a transport the session is not attached to")
+        self._last_received = now
+        frames = fr.decode_frames(payload)
+        if self.state is SessionState.RESUMING:
+            first = frames[0]
+            expected = fr.Resumed if self.is_client else fr.Resume
+            if not isinstance(first, expected):
+                raise ProtocolError(f"expected {expected.__name__.upper()} first on a resumed "
+                                    f"transport, got {type(first).__name__.upper()}")
+        for frame in frames:
+            if isinstance(frame, fr.RELIABLE_CLASSES):
+                if frame.seq <= self._received:
+                    continue  # already had it before the transport changed
+                if frame.seq != self._received + 1:
+                    raise ProtocolError(f"sequence gap: got {frame.seq}, "
+                                        f"expected {self._received + 1}")
+                self._received = frame.seq
+                self._reliable(frame)
+            else:
+                self._unreliable(frame, now)
+            if self.closed:
+                return
+
+    def _reliable(self, frame: fr.ReliableFrame) -> None:
+        if isinstance(frame, fr.Data):
+            ch = self._peer_channel(frame.channel)
+            if ch is None:
+                return
+            n = len(frame.payload)
+            if not ch.opened:
+                raise ProtocolError(f"DATA on channel {ch.id} before it was opened")
+            if ch.fin_received:
+                raise ProtocolError(f"DATA on channel {ch.id} after its FIN")
+            if n > ch.recv_left:
+                raise ProtocolError(f"channel {ch.id} sent {n} bytes with {ch.recv_left} of "
+                                    "credit", CloseCode.FLOW_CONTROL)
+            if frame.flags:
+                raise ProtocolError("compressed DATA was not negotiated")
+            ch.recv_left -= n
+            self.bytes_received += n
+            self._events.append(ev.DataReceived(ch.id, frame.payload))
+        elif isinstance(frame, fr.Window):
+            ch = self._peer_channel(frame.channel)
+            if ch is None:
+                return
+            if ch.credit + frame.increment > 2**32:
+                raise ProtocolError(f"channel {ch.id} credit overflow", CloseCode.FLOW_CONTROL)
+            if ch.credit == 0 and ch.send_buf:
+                self._rr.append(ch.id)
+            ch.credit += frame.increment
+        elif isinstance(frame, fr.Open):
+            self._peer_open(frame)
+        elif isinstance(frame, fr.OpenOk):
+            ch = self._peer_channel(frame.channel)
+            if ch is None:
+                return
+            if not ch.local or ch.opened:
+                raise ProtocolError(f"OPEN_OK for channel {ch.id} that was not awaiting one")
+            ch.opened = True
+            ch.credit = frame.window
+            if ch.send_buf or ch.fin_pending:
+                self._rr.append(ch.id)
+            self._events.append(ev.ChannelOpened(ch.id))
+        elif isinstance(frame, fr.OpenFail):
+            ch = self._peer_channel(frame.channel)
+            if ch is None:
+                return
+            if not ch.local or ch.opened:
+                raise ProtocolError(f"OPEN_FAIL for channel {ch.id} that was not awaiting one")
+            del self._channels[ch.id]
+            self._events.append(ev.ChannelOpenFailed(ch.id, frame.code, frame.reason))
+        elif isinstance(frame, fr.Fin):
+            ch = self._peer_channel(frame.channel)
+            if ch is None:
+                return
+            if ch.fin_received or not ch.opened:
+                raise ProtocolError(f"unexpected FIN on channel {ch.id}")
+            ch.fin_received = True
+            self._events.append(ev.EndOfStream(ch.id))
+            self._maybe_finished(ch)
+        elif isinstance(frame, fr.Reset):
+            ch = self._peer_channel(frame.channel)
+            if ch is not None:
+                del self._channels[ch.id]
+                self._events.append(ev.ChannelReset(ch.id, frame.code))
+        else:  # Close
+            self._closed(frame.code, frame.reason, by_peer=True)
+
+    def _peer_open(self, frame: fr.Open) -> None:
+        cid = frame.channel
+        if cid % 2 == self._next_channel % 2:
+            raise ProtocolError(f"peer opened channel {cid}, which is ours to number")
+        if cid <= self._peer_max_channel:
+            raise ProtocolError(f"peer reused channel number {cid}")
+        if len(self._channels) >= self.config.max_channels:
+            self._peer_max_channel = cid
+            self._queue(fr.OpenFail(self._seq(), cid, CloseCode.FLOW_CONTROL, "too many channels"))
+            return
+        self._peer_max_channel = cid
+        ch = _Channel(cid, frame.kind, False, self.config.channel_window)
+        ch.credit = frame.window
+        self._channels[cid] = ch
+        self._events.append(ev.ChannelOpenRequested(cid, frame.kind, frame.host, frame.port))
+
+    def _peer_channel(self, cid: int) -> _Channel | None:
+        """The channel a peer frame names; None if it closed recently (frames cross)."""
+        ch = self._channels.get(cid)
+        if ch is not None:
+            return ch
+        ours = cid % 2 == self._next_channel % 2
+        known = cid < self._next_channel if ours else cid <= self._peer_max_channel
+        if cid == 0 or not known:
+            raise ProtocolError(f"frame for channel {cid}, which was never opened")
+        return None
+
+    def _maybe_finished(self, ch: _Channel) -> None:
+        if ch.fin_sent and ch.fin_received and self._channels.pop(ch.id, None) is not None:
+            self._events.append(ev.ChannelClosed(ch.id))
+
+    def _unreliable(self, frame: fr.Frame, now: float) -> None:
+        if isinstance(frame, fr.Ack):
+            self._acked(frame.received)
+        elif isinstance(frame, fr.Ping):
+            self._control.append(fr.encode(fr.Pong(frame.token)))
+        elif isinstance(frame, fr.Pong):
+            sent = self._pings.pop(frame.token, None)
+            if sent is not None:
+                self._rtt.sample(now - sent)
+                # Older pings were lost or overtaken; they will never count.
+                self._pings = {t: s for t, s in self._pings.items() if s > sent}
+        elif isinstance(frame, fr.Resume | fr.Resumed):
+            if self.state is not SessionState.RESUMING:
+                raise ProtocolError(f"{type(frame).__name__.upper()} outside a resume")
+            self._acked(frame.received)
+            self._resend_all()
+            if not self.is_client:
+                self._control.insert(0, fr.encode(fr.Resumed(self._received)))
+                self._ack_sent = self._received
+            self.state = SessionState.ATTACHED
+        else:
+            raise ProtocolError(f"{type(frame).__name__.upper()} frames are not handled yet")
+
+    def _acked(self, received: int) -> None:
+        if received >= self._next_seq:
+            raise ProtocolError(f"peer acknowledged {received}, beyond {self._next_seq - 1} sent")
+        unacked = self._unacked
+        while unacked and unacked[0][0] <= received:
+            self._replay_bytes -= len(unacked.popleft()[1])
+        if not unacked:
+            pending = self._pending
+            # After a resume the peer may acknowledge frames still queued to resend.
+            while pending and pending[0][0] <= received:
+                self._replay_bytes -= len(pending.popleft()[1])
+
+    def _resend_all(self) -> None:
+        resent = list(self._unacked)
+        self._unacked.clear()
+        self._pending.extendleft(reversed(resent))
+        self.frames_resent += len(resent)
+        self.resumes += 1
+        self._events.append(ev.SessionResumed(len(resent), sum(len(b) for _, b in resent)))
+
+    def _closed(self, code: CloseCode, reason: str, *, by_peer: bool) -> None:
+        self.state = SessionState.CLOSED
+        self._events.append(ev.SessionClosed(code, reason, by_peer))
+
+    # ---- time ------------------------------------------------------------
+
+    def _dead_after(self) -> float:
+        return max(self.config.dead_floor, self.config.dead_rtos * self._rtt.rto)
+
+    def get_timer(self) -> float | None:
+        if self.state is SessionState.CLOSED:
+            return None
+        if self.state is SessionState.DETACHED:
+            limit = self.config.detached_timeout
+            if limit is None or self._detached_since is None:
+                return None
+            return self._detached_since + limit
+        deadline = self._last_received + self._dead_after()
+        if self.state is SessionState.ATTACHED:
+            deadline = min(deadline, self._last_ping + self._ping_interval())
+        return deadline
+
+    def _ping_interval(self) -> float:
+        # While something is unanswered and the peer is quiet, probe every RTO
+        # so a dead path shows quickly; otherwise a keepalive now and then.
+        if (self._unacked or self._pings) and self._last_received < self._last_ping:
+            return self._rtt.rto
+        return self.config.keepalive_interval
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is SessionState.DETACHED:
+            limit = self.config.detached_timeout
+            if (limit is not None and self._detached_since is not None
+                    and now - self._detached_since >= limit):
+                self._closed(CloseCode.TIMEOUT, f"no transport for {limit:g} s", by_peer=False)
+            return
+        if self.state is SessionState.CLOSED:
+            return
+        silence = now - self._last_received
+        if silence >= self._dead_after():
+            self.transport_lost(now)
+            self._events.append(ev.TransportDead(silence))
+            return
+        if self.state is SessionState.ATTACHED and now - self._last_ping >= self._ping_interval():
+            self._ping_token += 1
+            if len(self._pings) >= _MAX_PINGS:
+                self._pings.pop(next(iter(self._pings)))
+            self._pings[self._ping_token] = now
+            token = self._ping_token
+            self._last_ping = now
+            self._control.append(fr.encode(fr.Ping(token)))
+
+    # ---- events and statistics ---------------------------------------------
+
+    def next_event(self) -> ev.Event | None:
+        return self._events.popleft() if self._events else None
+
+    def statistics(self) -> SessionStatistics:
+        return SessionStatistics(
+            state=self.state.value, srtt=self._rtt.srtt, rto=self._rtt.rto,
+            channels=len(self._channels), replay_bytes=self._replay_bytes,
+            bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
+            frames_resent=self.frames_resent, resumes=self.resumes,
+        )

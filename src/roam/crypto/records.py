@@ -1,0 +1,135 @@
+"""AEAD records: `length:u32 | counter:u64 | ciphertext` on a byte stream.
+
+The counter is the AEAD nonce. It counts per direction for the whole session,
+across every transport, and the receiver accepts only counters above the last
+one it accepted: a record replayed from this or an earlier transport, or
+reordered, is refused.
+
+Rekey: the top 32 bits of the counter are the key *epoch*. The key of epoch
+e+1 is Noise's REKEY of the key of epoch e. A sender rekeys by jumping its
+counter to the next epoch (after `rekey_bytes` or `rekey_seconds`); the
+receiver follows when a record of the next epoch authenticates, and forgets
+the old key, so a later key compromise does not expose earlier traffic.
+
+Framing (`RecordFramer`, per transport) is apart from the keys
+(`RecordSealer` / `RecordOpener`, per session), so a record can be checked
+on a new transport before that transport replaces the old one.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from roam.crypto.noise import CipherState
+from roam.errors import CryptoError, ProtocolError
+
+HEADER = struct.Struct("!IQ")
+TAG = 16
+# The largest record accepted: the session's records are at most 128 KiB of
+# plaintext; twice that leaves room to raise the size without a new version.
+MAX_RECORD = 256 * 1024 + TAG
+_EPOCH_SHIFT = 32
+_EPOCH_MASK = (1 << _EPOCH_SHIFT) - 1
+# TLS 1.3 (RFC 8446 5.5) allows 2^24.5 full 16 KiB records per AES-GCM key;
+# rekeying every GiB stays a thousand times below that and costs nothing.
+REKEY_BYTES = 1 << 30
+# WireGuard rekeys every 120 s; ten minutes bounds what one key protects
+# without churning keys on idle sessions.
+REKEY_SECONDS = 600.0
+
+
+class RecordSealer:
+    """Seals outgoing records for one direction of a session."""
+
+    def __init__(self, cipher: CipherState, now: float, *, rekey_bytes: int = REKEY_BYTES,
+                 rekey_seconds: float = REKEY_SECONDS) -> None:
+        self._cipher = cipher
+        self.counter = 0
+        self._epoch_start = now
+        self._epoch_bytes = 0
+        self._rekey_bytes = rekey_bytes
+        self._rekey_seconds = rekey_seconds
+        self.rekeys = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.counter >> _EPOCH_SHIFT
+
+    def seal(self, payload: bytes, now: float, ad: bytes = b"") -> bytes:
+        if (self._epoch_bytes >= self._rekey_bytes
+                or now - self._epoch_start >= self._rekey_seconds
+                or self.counter & _EPOCH_MASK == _EPOCH_MASK):
+            self._next_epoch(now)
+        counter = self.counter
+        self.counter += 1
+        self._epoch_bytes += len(payload)
+        ct = self._cipher.encrypt_with_nonce(counter, ad, payload)
+        return HEADER.pack(len(ct) + 8, counter) + ct
+
+    def _next_epoch(self, now: float) -> None:
+        self._cipher.rekey()
+        self.counter = (self.epoch + 1) << _EPOCH_SHIFT
+        self._epoch_start = now
+        self._epoch_bytes = 0
+        self.rekeys += 1
+
+
+class RecordOpener:
+    """Opens incoming records for one direction of a session."""
+
+    def __init__(self, cipher: CipherState) -> None:
+        self._cipher = cipher
+        self.last: int | None = None
+        self.rekeys = 0
+
+    def open(self, counter: int, ciphertext: bytes | memoryview, ad: bytes = b"") -> bytes:
+        """Authenticate and decrypt; the state changes only when it succeeds."""
+        if self.last is not None and counter <= self.last:
+            raise CryptoError(f"replayed record: counter {counter}, "
+                              f"already accepted up to {self.last}")
+        current = 0 if self.last is None else self.last >> _EPOCH_SHIFT
+        epoch = counter >> _EPOCH_SHIFT
+        cipher = self._cipher
+        if epoch == current + 1:
+            cipher = self._cipher.copy()
+            cipher.rekey()
+        elif epoch != current:
+            raise CryptoError(f"record from key epoch {epoch}; this side is at {current}")
+        plaintext = cipher.decrypt_with_nonce(counter, ad, bytes(ciphertext))
+        if cipher is not self._cipher:
+            self._cipher = cipher
+            self.rekeys += 1
+        self.last = counter
+        return plaintext
+
+
+class RecordFramer:
+    """Splits one transport's byte stream into (counter, ciphertext) records."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
+        buf = self._buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        offset = 0
+        end = len(buf)
+        while end - offset >= HEADER.size:
+            length, counter = HEADER.unpack_from(buf, offset)
+            if length < 8 + TAG or length > MAX_RECORD + 8:
+                raise ProtocolError(f"record length {length} is outside 24..{MAX_RECORD + 8}")
+            if end - offset < 4 + length:
+                break
+            start = offset + HEADER.size
+            offset += 4 + length
+            out.append((counter, bytes(buf[start:offset])))
+        if offset:
+            del buf[:offset]
+        return out
+
+    def take_buffer(self) -> bytes:
+        """Bytes received past the last whole record (handed on with the transport)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data

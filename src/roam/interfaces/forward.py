@@ -1,0 +1,88 @@
+"""Local forwards: `--forward LHOST:LPORT=RHOST:RPORT`.
+
+Each connection accepted on LHOST:LPORT becomes one channel to RHOST:RPORT,
+opened by the server (claim 1: one application socket, one twin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from roam.connector.allow import parse_port, split_host_port
+from roam.errors import ConfigError
+from roam.transport.driver import AppConnection, SessionDriver
+
+log = logging.getLogger("roam.forward")
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSpec:
+    listen_host: str
+    listen_port: int
+    dest_host: str
+    dest_port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ForwardSpec:
+        left, sep, right = text.partition("=")
+        if not sep:
+            raise ConfigError(f"--forward {text!r}: expected LHOST:LPORT=RHOST:RPORT")
+        lhost, lport = split_host_port(left, "--forward listen address")
+        rhost, rport = split_host_port(right, "--forward destination")
+        return cls(lhost, _port(lport, text, allow_zero=True), rhost, _port(rport, text))
+
+    def __str__(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}={self.dest_host}:{self.dest_port}"
+
+
+def _port(text: str, spec: str, *, allow_zero: bool = False) -> int:
+    if allow_zero and text == "0":
+        return 0
+    port = parse_port(text, f"--forward {spec!r}")
+    if port is None:
+        raise ConfigError(f"--forward {spec!r}: a port is needed")
+    return port
+
+
+class Forward:
+    """Listens for applications and opens a channel for each connection."""
+
+    def __init__(self, spec: ForwardSpec, current: Callable[[], SessionDriver | None]) -> None:
+        self.spec = spec
+        self._current = current
+        self._server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(self._accept, self.spec.listen_host,
+                                                    self.spec.listen_port)
+        except OSError as exc:
+            raise ConfigError(f"--forward {self.spec}: cannot listen on "
+                              f"{self.spec.listen_host}:{self.spec.listen_port}: "
+                              f"{exc.strerror or exc}") from None
+        addr = self._server.sockets[0].getsockname()
+        log.info("forward %s:%d -> %s:%d", addr[0], addr[1], self.spec.dest_host,
+                 self.spec.dest_port)
+        return addr[0], addr[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def _accept(self) -> asyncio.Protocol:
+        driver = self._current()
+        if driver is None:
+            raise ConfigError("forward accepted a connection before the session exists")
+        self.connections += 1
+        return AppConnection(driver, on_made=self._opened)
+
+    def _opened(self, app: AppConnection) -> None:
+        session = app.driver.session
+        app.cid = session.open_channel(self.spec.dest_host, self.spec.dest_port)
+        app.driver.add_app(app)
+        app.driver.schedule()

@@ -1,0 +1,299 @@
+"""Runs one session: moves bytes between its transport, its core and its apps.
+
+The driver is thin: it feeds records to the core, hands the core's payloads
+to the record sealer and the socket, dispatches the core's events to the
+application sockets, and keeps one timer armed at the core's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from roam.core import events as ev
+from roam.core.session import Session, SessionState
+from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer
+from roam.errors import CloseCode, ProtocolError
+from roam.transport.protocol import TransportProtocol
+
+log = logging.getLogger("roam.session")
+
+# Bytes an application socket may hold unsent before its channel's credit
+# stops being returned to the peer: this, plus the channel window, is all a
+# non-reading application costs.
+APP_WRITE_HIGH = 256 * 1024
+
+
+class AppConnection(asyncio.Protocol):
+    """An application socket carried by one channel."""
+
+    def __init__(self, driver: SessionDriver, cid: int | None = None,
+                 on_made: Callable[[AppConnection], None] | None = None) -> None:
+        self.driver = driver
+        self.cid = cid
+        self.transport: asyncio.Transport | None = None
+        self._on_made = on_made
+        self._write_blocked = False
+        self._owed = 0
+        self.reading_paused = False
+        self.finished = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):
+            raise TypeError("AppConnection needs a stream transport")
+        self.transport = transport
+        transport.set_write_buffer_limits(high=APP_WRITE_HIGH, low=APP_WRITE_HIGH // 4)
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.cid is None:
+            return
+        session = self.driver.session
+        session.send(self.cid, data)
+        if session.send_room(self.cid) <= 0 and self.transport is not None:
+            self.transport.pause_reading()
+            self.reading_paused = True
+            self.driver.paused.add(self.cid)
+        self.driver.schedule()
+
+    def eof_received(self) -> bool:
+        if self.cid is not None:
+            self.driver.session.end_channel(self.cid)
+            self.driver.schedule()
+        return True  # keep the socket open: the other direction may still flow
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.cid is not None and not self.finished:
+            self.finished = True
+            self.driver.apps.pop(self.cid, None)
+            self.driver.session.reset_channel(self.cid)
+            self.driver.schedule()
+
+    def pause_writing(self) -> None:
+        self._write_blocked = True
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if self._owed and self.cid is not None:
+            self.driver.session.consumed(self.cid, self._owed)
+            self._owed = 0
+            self.driver.schedule()
+
+    def deliver(self, data: bytes) -> None:
+        if self.transport is None or self.cid is None:
+            return
+        self.transport.write(data)
+        # Credit goes back only once the application's socket takes the bytes.
+        if self._write_blocked:
+            self._owed += len(data)
+        else:
+            self.driver.session.consumed(self.cid, len(data))
+
+    def end(self) -> None:
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def finish(self) -> None:
+        self.finished = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.finished = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class SessionDriver:
+    """One session and its current transport, on either side."""
+
+    def __init__(self, session: Session, sealer: RecordSealer, opener: RecordOpener, *,
+                 name: str) -> None:
+        self.session = session
+        self.sealer = sealer
+        self.opener = opener
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.proto: TransportProtocol | None = None
+        self._framer = RecordFramer()
+        self.apps: dict[int, AppConnection] = {}
+        self.paused: set[int] = set()
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.closed = asyncio.Event()
+        # Hooks for the side that owns the driver.
+        self.on_transport_lost: Callable[[str], None] = lambda reason: None
+        self.on_open_request: Callable[[ev.ChannelOpenRequested], None] = self._refuse_open
+        self.on_open_failed: Callable[[ev.ChannelOpenFailed], None] = lambda e: None
+
+    # ---- transports ----------------------------------------------------------
+
+    def attach(self, proto: TransportProtocol, framer: RecordFramer | None = None) -> None:
+        """Carry the session on `proto` from now on (the core was told already)."""
+        old, self.proto = self.proto, proto
+        if old is not None and old is not proto:
+            old.detach()
+        self._framer = framer or RecordFramer()
+        proto.start_push(lambda data: self._on_bytes(proto, data),
+                         lambda exc: self._on_lost(proto, exc), self.schedule)
+        self.schedule()
+
+    def _on_bytes(self, proto: TransportProtocol, data: bytes) -> None:
+        if proto is not self.proto:
+            return
+        now = self.loop.time()
+        try:
+            for counter, ct in self._framer.feed(data):
+                payload = self.opener.open(counter, ct)
+                self.session.receive_payload(payload, now)
+        except ProtocolError as exc:
+            if self.session.state is SessionState.ATTACHED and not _is_transport_level(exc):
+                log.warning("%s: peer broke the protocol: %s; closing the session",
+                            self.name, exc)
+                self.session.close(exc.code, str(exc))
+                self.flush()
+            else:
+                log.warning("%s: dropping transport from %s: %s", self.name, proto.peer, exc)
+            self._drop(proto, str(exc))
+        self.schedule()
+
+    def _on_lost(self, proto: TransportProtocol, exc: Exception | None) -> None:
+        if proto is self.proto:
+            self._drop(proto, f"transport closed ({exc or 'EOF'})")
+
+    def _drop(self, proto: TransportProtocol, reason: str) -> None:
+        if proto is not self.proto:
+            return
+        self.proto = None
+        proto.detach()
+        if self.session.state is not SessionState.CLOSED:
+            self.session.transport_lost(self.loop.time())
+            self.on_transport_lost(reason)
+        self.schedule()
+
+    # ---- the pump -------------------------------------------------------------
+
+    def schedule(self) -> None:
+        """Flush once the loop has handled what is ready now (batches small reads)."""
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        session = self.session
+        now = self.loop.time()
+        deadline = session.get_timer()
+        if deadline is not None and deadline <= now:
+            session.handle_timer(now)
+        self._dispatch()
+        proto = self.proto
+        if proto is not None and not proto.write_paused and proto.transport is not None:
+            payloads = session.payloads_to_send(now)
+            if payloads:
+                seal = self.sealer.seal
+                proto.transport.writelines([seal(p, now) for p in payloads])
+        elif session.state is SessionState.CLOSED and self.proto is not None:
+            self.proto.close()
+        if self.paused:
+            for cid in list(self.paused):
+                if session.send_room(cid) > 0:
+                    self.paused.discard(cid)
+                    app = self.apps.get(cid)
+                    if app is not None and app.transport is not None and not app.finished:
+                        app.transport.resume_reading()
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self.session.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.flush()
+
+    # ---- events ----------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        session = self.session
+        while (e := session.next_event()) is not None:
+            if isinstance(e, ev.DataReceived):
+                app = self.apps.get(e.channel)
+                if app is not None:
+                    app.deliver(e.data)
+                else:
+                    session.consumed(e.channel, len(e.data))
+            elif isinstance(e, ev.EndOfStream):
+                app = self.apps.get(e.channel)
+                if app is not None:
+                    app.end()
+            elif isinstance(e, ev.ChannelClosed):
+                app = self.apps.pop(e.channel, None)
+                if app is not None:
+                    app.finish()
+            elif isinstance(e, ev.ChannelReset):
+                app = self.apps.pop(e.channel, None)
+                if app is not None:
+                    app.abort()
+            elif isinstance(e, ev.ChannelOpenRequested):
+                self.on_open_request(e)
+            elif isinstance(e, ev.ChannelOpenFailed):
+                app = self.apps.pop(e.channel, None)
+                if app is not None:
+                    app.abort()
+                self.on_open_failed(e)
+            elif isinstance(e, ev.TransportDead):
+                log.warning("%s: nothing heard for %.1f s: transport declared dead",
+                            self.name, e.silence)
+                if self.proto is not None:
+                    proto, self.proto = self.proto, None
+                    proto.detach()
+                    self.on_transport_lost(f"silent for {e.silence:.1f} s")
+            elif isinstance(e, ev.SessionResumed):
+                log.info("%s: resumed; resent %d frames (%d bytes)", self.name,
+                         e.frames_resent, e.bytes_resent)
+            elif isinstance(e, ev.SessionClosed):
+                who = "peer" if e.by_peer else "this side"
+                log.info("%s: session closed by %s: %s %s", self.name, who, e.code.name,
+                         e.reason)
+                self._shutdown()
+
+    def _refuse_open(self, e: ev.ChannelOpenRequested) -> None:
+        self.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED, "this side opens nothing")
+
+    def add_app(self, app: AppConnection) -> None:
+        if app.cid is not None:
+            self.apps[app.cid] = app
+
+    def _shutdown(self) -> None:
+        for app in list(self.apps.values()):
+            app.abort()
+        self.apps.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.proto is not None:
+            # Let the CLOSE frame go out first.
+            self.loop.call_soon(self.proto.close)
+        self.closed.set()
+
+    def close(self, code: CloseCode = CloseCode.SHUTDOWN, reason: str = "") -> None:
+        if self.session.state is not SessionState.CLOSED:
+            self.session.close(code, reason)
+            self.flush()
+
+
+def _is_transport_level(exc: ProtocolError) -> bool:
+    """Errors that condemn one transport (bad framing, forged records), not the session."""
+    from roam.errors import CryptoError
+
+    return isinstance(exc, CryptoError) or str(exc).startswith("record length")

@@ -1,0 +1,129 @@
+"""One TCP transport: exact reads while handshaking, then pushed bytes.
+
+asyncio Protocols rather than streams: the record path is the hot path, and
+a Protocol hands each read straight to the session without another buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+from roam.errors import TransportError
+
+
+class TransportProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sink: Callable[[bytes], None] | None = None
+        self._on_lost: Callable[[Exception | None], None] | None = None
+        self._on_drain: Callable[[], None] | None = None
+        self.lost = False
+        self.lost_reason: Exception | None = None
+        self.write_paused = False
+        self.peer: str = "?"
+
+    # ---- asyncio callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):
+            raise TypeError("TransportProtocol needs a stream transport")
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Records are whole messages already; Nagle would only add delay.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        # Enough for a few records in flight before the session pauses.
+        transport.set_write_buffer_limits(high=1024 * 1024, low=256 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink(data)
+            return
+        self._buf += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        return False  # a half-closed transport is a dead one
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.lost_reason = exc
+        self._wake()
+        if self._on_lost is not None:
+            self._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._on_drain is not None:
+            self._on_drain()
+
+    # ---- handshake phase -----------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read_exactly(self, n: int, timeout: float) -> bytes:
+        """Read n bytes during the handshake; TransportError on EOF or timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self._buf) < n:
+            if self.lost:
+                why = f": {self.lost_reason}" if self.lost_reason else ""
+                raise TransportError(f"connection closed by {self.peer}{why}")
+            self._waiter = loop.create_future()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TransportError(f"no answer from {self.peer} within {timeout:g} s")
+            try:
+                await asyncio.wait_for(self._waiter, remaining)
+            except TimeoutError:
+                raise TransportError(f"no answer from {self.peer} within {timeout:g} s") from None
+            finally:
+                self._waiter = None
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    # ---- record phase ----------------------------------------------------------
+
+    def start_push(self, sink: Callable[[bytes], None],
+                   on_lost: Callable[[Exception | None], None],
+                   on_drain: Callable[[], None]) -> None:
+        """From now on every read goes to `sink`, starting with what is buffered."""
+        self._sink, self._on_lost, self._on_drain = sink, on_lost, on_drain
+        if self._buf:
+            leftover = bytes(self._buf)
+            self._buf.clear()
+            sink(leftover)
+        if self.lost:
+            on_lost(self.lost_reason)
+
+    def detach(self) -> None:
+        """Forget the callbacks and drop the connection (a replaced transport)."""
+        self._sink = None
+        self._on_lost = None
+        self._on_drain = None
+        self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,187 @@
+"""The server daemon's transport side: handshakes, resumes, the session table."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from roam.connector.connector import Connector
+from roam.core.preamble import (
+    HANDSHAKE_LEN,
+    MAX_HANDSHAKE_MESSAGE,
+    PREAMBLE,
+    Preamble,
+    Status,
+    TransportKind,
+    decode_preamble,
+    encode_reply,
+    reply_error,
+)
+from roam.core.session import Session, SessionConfig
+from roam.crypto.keys import short_id
+from roam.crypto.noise import HandshakeState
+from roam.crypto.records import HEADER, MAX_RECORD, RecordFramer, RecordOpener, RecordSealer
+from roam.errors import CryptoError, ProtocolError, TransportError
+from roam.transport.driver import SessionDriver
+from roam.transport.protocol import TransportProtocol
+
+log = logging.getLogger("roam.server")
+
+PROLOGUE = b"roam/1 "
+# A peer that has not finished its half of the handshake by then is dropped:
+# it holds a socket and a task, and honest peers answer within a few RTTs.
+HANDSHAKE_TIMEOUT = 10.0
+ACCEPTED = b"\x00"
+REFUSED = b"\x01"
+
+
+@dataclass
+class ServerConfig:
+    host: str
+    port: int
+    private_key: bytes
+    authorized: dict[bytes, str]
+    connector: Connector
+    session: SessionConfig
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.sessions: dict[bytes, SessionDriver] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accept, self.config.host, self.config.port)
+        sock = self._server.sockets[0].getsockname()
+        log.info("listening on %s:%d", sock[0], sock[1])
+        return sock[0], sock[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for driver in list(self.sessions.values()):
+            driver.close(reason="server shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _accept(self) -> TransportProtocol:
+        proto = TransportProtocol()
+        task = asyncio.get_running_loop().create_task(self._handle(proto), name="handshake")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return proto
+
+    async def _handle(self, proto: TransportProtocol) -> None:
+        await asyncio.sleep(0)  # connection_made runs first
+        try:
+            raw = await proto.read_exactly(PREAMBLE.size, HANDSHAKE_TIMEOUT)
+            try:
+                pre = decode_preamble(raw)
+            except ProtocolError as exc:
+                log.warning("transport from %s refused: %s", proto.peer, exc)
+                proto.write(reply_error(Status.BAD_PREAMBLE, str(exc)))
+                proto.close()
+                return
+            if pre.kind is TransportKind.NEW:
+                await self._new(proto, pre, raw)
+            else:
+                await self._resume(proto, pre, raw)
+        except TransportError as exc:
+            log.info("transport from %s ended during the handshake: %s", proto.peer, exc)
+            proto.abort()
+
+    async def _new(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
+        (length,) = HANDSHAKE_LEN.unpack(await proto.read_exactly(2, HANDSHAKE_TIMEOUT))
+        if length > MAX_HANDSHAKE_MESSAGE:
+            self._refuse(proto, Status.HANDSHAKE_FAILED, f"handshake message of {length} bytes")
+            return
+        msg1 = await proto.read_exactly(length, HANDSHAKE_TIMEOUT)
+        hs = HandshakeState(pre.suite.noise_name, initiator=False, prologue=PROLOGUE + raw,
+                            s=self.config.private_key)
+        try:
+            hs.read_message(msg1)
+        except ProtocolError as exc:
+            self._refuse(proto, Status.HANDSHAKE_FAILED,
+                         f"cannot decrypt the client's handshake ({exc}): the client's "
+                         "--server-key is not this server's public key")
+            return
+        client_key = hs.remote_static
+        if client_key is None:
+            self._refuse(proto, Status.HANDSHAKE_FAILED, "handshake carried no client key")
+            return
+        who = self.config.authorized.get(client_key)
+        if who is None:
+            log.warning("refused client %s from %s: its key is not in the authorized keys",
+                        short_id(client_key), proto.peer)
+            msg2 = hs.write_message(REFUSED + b"this client's key is not authorized by the server")
+            proto.write(encode_reply(Status.OK, msg2))
+            proto.close()
+            return
+        msg2 = hs.write_message(ACCEPTED)
+        send, recv = hs.split()
+        sid = hs.handshake_hash[:16]
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        session = Session(is_client=False, now=now, config=self.config.session)
+        driver = SessionDriver(session, RecordSealer(send, now), RecordOpener(recv),
+                               name=f"session {sid.hex()[:8]} ({who})")
+        self.config.connector.attach(driver)
+        self.sessions[sid] = driver
+        driver.on_transport_lost = lambda reason: log.info(
+            "%s: transport lost (%s); waiting for the client to resume", driver.name, reason)
+        reaper = loop.create_task(self._reap(sid, driver), name=f"reap-{sid.hex()[:8]}")
+        self._tasks.add(reaper)
+        reaper.add_done_callback(self._tasks.discard)
+        proto.write(encode_reply(Status.OK, msg2))
+        session.transport_attached(now, resume=False)
+        driver.attach(proto)
+        log.info("%s: new session from %s, client %s", driver.name, proto.peer,
+                 short_id(client_key))
+
+    async def _reap(self, sid: bytes, driver: SessionDriver) -> None:
+        await driver.closed.wait()
+        if self.sessions.get(sid) is driver:
+            del self.sessions[sid]
+
+    async def _resume(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
+        driver = self.sessions.get(pre.session_id)
+        if driver is None:
+            self._refuse(proto, Status.UNKNOWN_SESSION,
+                         f"no session {pre.session_id.hex()[:8]} here (expired or restarted)")
+            return
+        header = await proto.read_exactly(HEADER.size, HANDSHAKE_TIMEOUT)
+        length, counter = HEADER.unpack(header)
+        if not 24 <= length <= MAX_RECORD + 8:
+            self._refuse(proto, Status.RESUME_REFUSED, f"first record length {length}")
+            return
+        body = await proto.read_exactly(length - 8, HANDSHAKE_TIMEOUT)
+        try:
+            payload = driver.opener.open(counter, body, ad=raw)
+        except CryptoError as exc:
+            log.warning("%s: refused resume from %s: %s", driver.name, proto.peer, exc)
+            proto.write(reply_error(Status.RESUME_REFUSED, "resume does not authenticate"))
+            proto.close()
+            return
+        proto.write(encode_reply(Status.OK))
+        now = asyncio.get_running_loop().time()
+        driver.session.transport_attached(now, resume=True)
+        try:
+            # The RESUME goes in before anything the client sent after it.
+            driver.session.receive_payload(payload, now)
+        except ProtocolError as exc:
+            log.warning("%s: bad resume from %s: %s", driver.name, proto.peer, exc)
+            driver.close(exc.code, str(exc))
+            proto.close()
+            return
+        driver.attach(proto, RecordFramer())
+        log.info("%s: resumed on a new transport from %s", driver.name, proto.peer)
+        driver.flush()
+
+    def _refuse(self, proto: TransportProtocol, status: Status, reason: str) -> None:
+        log.warning("transport from %s refused: %s", proto.peer, reason)
+        proto.write(reply_error(status, reason))
+        proto.close()

@@ -1,0 +1,112 @@
+"""Two sessions pumped through an in-memory wire with a virtual clock.
+
+The wire is a queue of record plaintexts per direction; breaking it drops a
+chosen number of records still in flight, as a reset or a black hole does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+
+from roam.core import events as ev
+from roam.core.session import Session, SessionConfig, SessionState
+
+
+@dataclass
+class Stream:
+    """What one application wrote into a channel and what its peer got."""
+
+    sent: bytearray = field(default_factory=bytearray)
+    received: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+
+
+class Pair:
+    def __init__(self, config: SessionConfig | None = None) -> None:
+        self.now = 0.0
+        self.client = Session(is_client=True, now=0.0, config=config)
+        self.server = Session(is_client=False, now=0.0, config=config)
+        self.client.transport_attached(0.0, resume=False)
+        self.server.transport_attached(0.0, resume=False)
+        self.to_server: deque[bytes] = deque()
+        self.to_client: deque[bytes] = deque()
+        # channel id -> streams in each direction
+        self.up: dict[int, Stream] = {}
+        self.down: dict[int, Stream] = {}
+        self.events: list[ev.Event] = []
+        self.auto_accept = True
+        self.not_reading: set[int] = set()  # channels whose application stopped reading
+
+    def open(self) -> int:
+        cid = self.client.open_channel("echo.example", 7)
+        self.up[cid] = Stream()
+        self.down[cid] = Stream()
+        return cid
+
+    def write(self, cid: int, data: bytes, *, from_client: bool = True) -> None:
+        side, streams = (self.client, self.up) if from_client else (self.server, self.down)
+        side.send(cid, data)
+        streams[cid].sent += data
+
+    def step(self, dt: float = 0.001) -> None:
+        self.now += dt
+        for s in (self.client, self.server):
+            t = s.get_timer()
+            if t is not None and t <= self.now:
+                s.handle_timer(self.now)
+        self.to_server.extend(self.client.payloads_to_send(self.now))
+        self.to_client.extend(self.server.payloads_to_send(self.now))
+        while self.to_server:
+            self.server.receive_payload(self.to_server.popleft(), self.now)
+        while self.to_client:
+            self.client.receive_payload(self.to_client.popleft(), self.now)
+        self._drain_events()
+
+    def run(self, steps: int = 200, dt: float = 0.001) -> None:
+        for _ in range(steps):
+            self.step(dt)
+
+    def _drain_events(self) -> None:
+        for side, streams in ((self.server, self.up), (self.client, self.down)):
+            while (e := side.next_event()) is not None:
+                self.events.append(e)
+                if isinstance(e, ev.ChannelOpenRequested) and self.auto_accept:
+                    side.accept_channel(e.channel)
+                elif isinstance(e, ev.DataReceived):
+                    streams[e.channel].received += e.data
+                    if e.channel not in self.not_reading:
+                        side.consumed(e.channel, len(e.data))
+                elif isinstance(e, ev.EndOfStream):
+                    streams[e.channel].eof = True
+
+    def break_transport(self, keep_to_server: int = 0, keep_to_client: int = 0) -> None:
+        """The transport dies: only the first `keep_*` records in flight arrive."""
+        for wire, keep, dst in ((self.to_server, keep_to_server, self.server),
+                                (self.to_client, keep_to_client, self.client)):
+            kept = list(wire)[:keep]
+            wire.clear()
+            for payload in kept:
+                dst.receive_payload(payload, self.now)
+        self._drain_events()
+        self.client.transport_lost(self.now)
+        self.server.transport_lost(self.now)
+
+    def reattach(self) -> None:
+        self.client.transport_attached(self.now, resume=True)
+        self.server.transport_attached(self.now, resume=True)
+
+    def in_flight(self) -> tuple[int, int]:
+        """Records each side would put on the wire now (pulled and queued)."""
+        self.to_server.extend(self.client.payloads_to_send(self.now))
+        self.to_client.extend(self.server.payloads_to_send(self.now))
+        return len(self.to_server), len(self.to_client)
+
+    def attached(self) -> bool:
+        return (self.client.state is SessionState.ATTACHED
+                and self.server.state is SessionState.ATTACHED)
+
+
+def digest(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]

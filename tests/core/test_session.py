@@ -1,0 +1,252 @@
+"""The session in memory, with a virtual clock (design section 10.1)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from roam.core import events as ev
+from roam.core import frames as fr
+from roam.core.session import Session, SessionConfig, SessionState
+from roam.errors import CloseCode, ProtocolError
+
+from .sim import Pair
+
+
+def _blob(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def test_open_data_fin_both_ways() -> None:
+    p = Pair()
+    cid = p.open()
+    p.write(cid, b"hello")
+    p.run(5)
+    p.write(cid, b"world", from_client=False)
+    p.client.end_channel(cid)
+    p.server.end_channel(cid)
+    p.run(5)
+    assert p.up[cid].received == b"hello"
+    assert p.down[cid].received == b"world"
+    assert p.up[cid].eof
+    assert p.down[cid].eof
+    closed = [e for e in p.events if isinstance(e, ev.ChannelClosed)]
+    assert len(closed) == 2
+    assert p.client.channel_ids() == []
+    assert p.server.channel_ids() == []
+
+
+def test_refused_open_fails_only_that_channel() -> None:
+    p = Pair()
+    p.auto_accept = False
+    a = p.open()
+    b = p.open()
+    p.run(2)
+    p.server.refuse_channel(a, CloseCode.NOT_ALLOWED, "not in --allow")
+    p.server.accept_channel(b)
+    p.write(b, b"x" * 1000)
+    p.run(5)
+    failed = [e for e in p.events if isinstance(e, ev.ChannelOpenFailed)]
+    assert failed == [ev.ChannelOpenFailed(a, CloseCode.NOT_ALLOWED, "not in --allow")]
+    assert p.up[b].received == b"x" * 1000
+
+
+def test_resume_resends_what_was_lost() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    data = _blob(3_000_000, 1)
+    p.write(cid, data)
+    p.in_flight()
+    p.break_transport(keep_to_server=3)
+    assert p.client.state is SessionState.DETACHED
+    p.run(10)  # nothing moves while detached
+    p.reattach()
+    p.run(200)
+    assert p.up[cid].received == data
+    resumed = [e for e in p.events if isinstance(e, ev.SessionResumed)]
+    assert len(resumed) == 2
+    assert max(r.frames_resent for r in resumed) > 0
+
+
+def test_silent_transport_declared_dead_after_floor() -> None:
+    cfg = SessionConfig()
+    p = Pair(cfg)
+    p.open()
+    p.run(1100)  # past the first keepalive: the RTT is known
+    # Black hole: time passes, nothing is delivered either way.
+    t0 = p.now
+    while p.client.state is SessionState.ATTACHED:
+        p.now += 0.01
+        for s in (p.client, p.server):
+            t = s.get_timer()
+            if t is not None and t <= p.now:
+                s.handle_timer(p.now)
+            s.payloads_to_send(p.now)  # lost
+    dead = [e for e in (p.client.next_event(),) if isinstance(e, ev.TransportDead)]
+    assert dead
+    # Silence counts from the last record received (the keepalive pong, just before t0).
+    assert cfg.dead_floor - 0.2 <= p.now - t0 < cfg.dead_floor + 0.05
+
+
+def test_ping_measures_rtt() -> None:
+    p = Pair()
+    p.run(1500)  # 1.5 virtual seconds: at least one keepalive each way
+    assert p.client.rtt.srtt is not None
+    assert p.client.rtt.srtt < 0.01
+
+
+def test_replay_buffer_bounded_and_backpressure() -> None:
+    cfg = SessionConfig(replay_limit=256 * 1024, channel_send_buffer=64 * 1024)
+    p = Pair(cfg)
+    cid = p.open()
+    p.run(3)
+    p.break_transport()
+    # Detached: the application keeps writing as long as send_room allows.
+    written = 0
+    while p.client.send_room(cid) > 0:
+        p.write(cid, b"z" * 16384)
+        written += 16384
+        p.client.payloads_to_send(p.now)
+    stats = p.client.statistics()
+    assert stats.replay_bytes <= cfg.replay_limit + fr.MAX_DATA_CHUNK + 64
+    assert written <= cfg.channel_send_buffer + 16384
+    p.reattach()
+    p.run(100)
+    assert p.up[cid].received == p.up[cid].sent
+
+
+def test_slow_reader_does_not_stall_other_channels() -> None:
+    cfg = SessionConfig(channel_window=64 * 1024)
+    p = Pair(cfg)
+    slow, fast = p.open(), p.open()
+    p.run(3)
+    # The server application never reads `slow`: credit runs out after one window.
+    p.not_reading.add(slow)
+    p.write(slow, b"s" * 500_000)
+    p.run(20)
+    assert len(p.up[slow].received) == cfg.channel_window
+    before = len(p.up[fast].received)
+    p.write(fast, b"f" * 500_000)
+    p.run(50)
+    assert len(p.up[fast].received) - before == 500_000
+    assert len(p.up[slow].received) == cfg.channel_window
+
+
+def test_data_beyond_credit_is_a_flow_control_error() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    # One record holding more DATA than the 1 MiB window the server granted.
+    seq = p.client._next_seq
+    record = b"".join(fr.encode_data(seq + i, cid, b"a" * fr.MAX_DATA_CHUNK) for i in range(20))
+    with pytest.raises(ProtocolError) as info:
+        p.server.receive_payload(record, p.now)
+    assert info.value.code is CloseCode.FLOW_CONTROL
+
+
+def test_sequence_gap_is_refused() -> None:
+    s = Session(is_client=False, now=0.0)
+    s.transport_attached(0.0, resume=False)
+    with pytest.raises(ProtocolError, match="sequence gap"):
+        s.receive_payload(fr.encode(fr.Open(5, 1, fr.ChannelKind.STREAM, 1000, "h", 1)), 0.0)
+
+
+def test_resume_must_come_first() -> None:
+    s = Session(is_client=False, now=0.0)
+    s.transport_attached(0.0, resume=True)
+    with pytest.raises(ProtocolError, match="expected RESUME"):
+        s.receive_payload(fr.encode(fr.Ping(1)), 0.0)
+
+
+def test_close_reaches_peer() -> None:
+    p = Pair()
+    p.client.close(CloseCode.SHUTDOWN, "bye")
+    p.run(2)
+    closed = [e for e in p.events if isinstance(e, ev.SessionClosed)]
+    assert ev.SessionClosed(CloseCode.SHUTDOWN, "bye", True) in closed
+    assert p.server.state is SessionState.CLOSED
+
+
+def test_detached_server_gives_up_after_timeout() -> None:
+    s = Session(is_client=False, now=0.0, config=SessionConfig(detached_timeout=30.0))
+    s.transport_attached(0.0, resume=False)
+    s.transport_lost(1.0)
+    assert s.get_timer() == 31.0
+    s.handle_timer(31.0)
+    assert s.state is SessionState.CLOSED
+    e = s.next_event()
+    assert isinstance(e, ev.SessionClosed)
+    assert e.code is CloseCode.TIMEOUT
+
+
+# ---- the invariant: every byte arrives once, in order ---------------------
+
+_actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(0, 3), st.integers(1, 200_000),
+                  st.booleans()),
+        st.tuples(st.just("run"), st.integers(1, 30), st.just(0), st.just(False)),
+        st.tuples(st.just("break"), st.integers(0, 8), st.integers(0, 8), st.booleans()),
+        st.tuples(st.just("silence"), st.integers(0, 3), st.just(0), st.just(False)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=_actions, seed=st.integers(0, 2**32 - 1))
+def test_every_byte_arrives_once_in_order(actions: list[tuple[str, int, int, bool]],
+                                          seed: int) -> None:
+    """Hypothesis chooses writes, when transports break and how much was in flight."""
+    cfg = SessionConfig(replay_limit=512 * 1024, channel_window=128 * 1024,
+                        channel_send_buffer=128 * 1024, max_record_payload=32 * 1024)
+    p = Pair(cfg)
+    chans = [p.open() for _ in range(4)]
+    rng = random.Random(seed)
+    for kind, a, b, flag in actions:
+        if kind == "write":
+            cid = chans[a]
+            side = p.client if flag else p.server
+            n = min(b, side.send_room(cid))
+            if n:
+                p.write(cid, rng.randbytes(n), from_client=flag)
+        elif kind == "run":
+            if not p.attached() and p.client.state is SessionState.DETACHED:
+                p.reattach()
+            p.run(a)
+        elif kind == "break":
+            p.in_flight()
+            p.break_transport(keep_to_server=a, keep_to_client=b)
+            if flag:
+                p.reattach()
+        else:  # silence: the path black-holes for a while, then a new one comes
+            for _ in range(a * 100):
+                p.now += 0.01
+                for s in (p.client, p.server):
+                    t = s.get_timer()
+                    if t is not None and t <= p.now:
+                        s.handle_timer(p.now)
+                    s.payloads_to_send(p.now)
+            p.break_transport()
+            p.reattach()
+    # Heal: a final transport, and time for everything to drain.
+    if not p.attached():
+        if p.client.state is not SessionState.DETACHED:
+            p.break_transport()
+        p.reattach()
+    for _ in range(2000):
+        p.step()
+        if all(p.up[c].received == p.up[c].sent and p.down[c].received == p.down[c].sent
+               for c in chans):
+            break
+    for c in chans:
+        assert bytes(p.up[c].received) == bytes(p.up[c].sent)
+        assert bytes(p.down[c].received) == bytes(p.down[c].sent)
+    p.run(5)  # the last ACKs
+    assert p.client.statistics().replay_bytes == 0
+    assert p.server.statistics().replay_bytes == 0
