@@ -2,6 +2,8 @@
 
     python bench/servers.py sink --port 0   # reads and discards; on EOF replies "<count>\\n"
     python bench/servers.py echo --port 0   # echoes every byte back
+    python bench/servers.py source --port 0 # sends without end until the peer goes
+    python bench/servers.py stuck --port 0  # accepts and never reads (a hung service)
 
 Each prints the port it listens on (one line, then flushes) and serves until it
 is terminated. Each connection gets a thread of its own.
@@ -43,6 +45,25 @@ def serve_echo(conn: socket.socket) -> None:
             conn.sendall(data)
 
 
+def serve_source(conn: socket.socket) -> None:
+    """Write as fast as the peer takes it, until it goes away."""
+    block = bytes(range(256)) * 1024
+    with conn:
+        while True:
+            conn.sendall(block)
+
+
+def serve_stuck(conn: socket.socket) -> None:
+    """Hold the connection open and read nothing: the peer's sends back up."""
+    with conn:
+        threading.Event().wait()
+
+
+SERVES: dict[str, Callable[[socket.socket], None]] = {
+    "sink": serve_sink, "echo": serve_echo, "source": serve_source, "stuck": serve_stuck,
+}
+
+
 def handle(serve: Callable[[socket.socket], None], conn: socket.socket) -> None:
     try:
         serve(conn)
@@ -52,11 +73,11 @@ def handle(serve: Callable[[socket.socket], None], conn: socket.socket) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["sink", "echo"])
+    parser.add_argument("kind", choices=sorted(SERVES))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    serve = serve_sink if args.kind == "sink" else serve_echo
+    serve = SERVES[args.kind]
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

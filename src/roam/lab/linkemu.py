@@ -89,7 +89,6 @@ class _Side(asyncio.Protocol):
         self.link = link
         self.name = name
         self.transport: asyncio.Transport | None = None
-        self.connected = False
         self.alive = False
         self.read_eof = False
         self.write_full = False
@@ -102,7 +101,6 @@ class _Side(asyncio.Protocol):
         if not isinstance(transport, asyncio.Transport):
             raise TypeError(f"expected a stream transport, got {type(transport).__name__}")
         self.transport = transport
-        self.connected = True
         self.alive = True
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         # On Python 3.11 the transport registers its reader in a callback that
@@ -269,9 +267,9 @@ class _Direction:
     def _deliver_eof(self, transport: asyncio.Transport) -> None:
         try:
             transport.write_eof()
-        except OSError as exc:
-            # The peer is already gone; treat it as the reset it is.
-            self.dst.link.side_lost(self.dst, exc)
+        except OSError:
+            # The peer is already gone; pass that on as the reset it is.
+            self.dst.link.reset()
             return
         self.eof_delivered = True
         self.dst.link.maybe_finish()
@@ -304,6 +302,7 @@ class _Link:
                 # Whatever the client sends before the target answers waits.
                 self.client.hold(_HOLD_DIAL)
                 self.dial = asyncio.get_running_loop().create_task(self._dial())
+                self.dial.add_done_callback(self._dial_done)
         else:
             self.client.release(_HOLD_DIAL)
             self.up.pump()
@@ -404,6 +403,11 @@ class _Link:
             if not self.dead and not self.blackholed:
                 self.reset()
 
+    def _dial_done(self, _: asyncio.Task[None]) -> None:
+        # A dial cancelled by blackhole() may finish after both ends left.
+        if not self.dead:
+            self._finish_if_gone()
+
     def _cancel_dial(self) -> None:
         if self._dial_pending() and self.dial is not None:
             self.dial.cancel()
@@ -500,7 +504,13 @@ class LinkEmulator:
             link.reset()
 
     def blackhole(self) -> None:
-        """Silently discard every byte of current and new connections, closing nothing."""
+        """Silently discard every byte of current and new connections, closing nothing.
+
+        Queued bytes (delay, rate) are dropped too; bytes already handed to a
+        socket's buffers still reach the peer, like packets already past the
+        point where a real path failed. A black-holed connection is let go
+        only once each of its ends has closed or was never connected.
+        """
         self._blackholes += 1
         self._mode = "blackhole"
         for link in list(self._links):

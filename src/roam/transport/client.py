@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from roam.crypto.records import RecordOpener, RecordSealer
 from roam.errors import HandshakeError, ProtocolError, TransportError
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
-from roam.transport.server import ACCEPTED, PROLOGUE, REFUSED
+from roam.transport.server import ACCEPTED, HELLO, PROLOGUE, REFUSED
 
 log = logging.getLogger("roam.client")
 
@@ -79,7 +80,7 @@ class Client:
         raw = Preamble(TransportKind.NEW, cfg.suite).encode()
         hs = HandshakeState(cfg.suite.noise_name, initiator=True, prologue=PROLOGUE + raw,
                             s=cfg.private_key, rs=cfg.server_key)
-        msg1 = hs.write_message(b"")
+        msg1 = hs.write_message(HELLO.pack(time.time_ns()))
         started = loop.time()
         proto.write(raw + HANDSHAKE_LEN.pack(len(msg1)) + msg1)
         try:

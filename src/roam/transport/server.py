@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from dataclasses import dataclass
 
 from roam.connector.connector import Connector
@@ -34,6 +35,10 @@ PROLOGUE = b"roam/1 "
 HANDSHAKE_TIMEOUT = 10.0
 ACCEPTED = b"\x00"
 REFUSED = b"\x01"
+# Message 1 carries the client's wall clock in ns (as WireGuard's TAI64N
+# does): IK's first message can be replayed verbatim, and a replay must not
+# make a session. The server keeps the newest timestamp per client key.
+HELLO = struct.Struct("!Q")
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Server:
         self.sessions: dict[bytes, SessionDriver] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_hello: dict[bytes, int] = {}
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -103,7 +109,7 @@ class Server:
         hs = HandshakeState(pre.suite.noise_name, initiator=False, prologue=PROLOGUE + raw,
                             s=self.config.private_key)
         try:
-            hs.read_message(msg1)
+            hello = hs.read_message(msg1)
         except ProtocolError as exc:
             self._refuse(proto, Status.HANDSHAKE_FAILED,
                          f"cannot decrypt the client's handshake ({exc}): the client's "
@@ -121,6 +127,18 @@ class Server:
             proto.write(encode_reply(Status.OK, msg2))
             proto.close()
             return
+        if len(hello) != HELLO.size:
+            self._refuse(proto, Status.HANDSHAKE_FAILED, f"handshake payload of {len(hello)} "
+                         f"bytes from client {short_id(client_key)}; expected {HELLO.size}")
+            return
+        (stamp,) = HELLO.unpack(hello)
+        if stamp <= self._last_hello.get(client_key, 0):
+            self._refuse(proto, Status.HANDSHAKE_FAILED,
+                         f"handshake from client {short_id(client_key)} is a replay (its "
+                         "timestamp is not newer than the last one; is the client's clock "
+                         "going backwards?)")
+            return
+        self._last_hello[client_key] = stamp
         msg2 = hs.write_message(ACCEPTED)
         send, recv = hs.split()
         sid = hs.handshake_hash[:16]

@@ -1,0 +1,82 @@
+"""Refusals with real daemons: unknown clients, wrong server keys, disallowed destinations."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from .harness import EchoResult, Keys, Procs, echo_conversation
+
+
+def test_unauthorized_client_refused_and_others_served(tmp_path: Path) -> None:
+    keys = Keys.make(tmp_path / "keys")
+    stranger_key, stranger_pub = keys.extra_client("stranger")
+    with Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+        server, sport = procs.server(keys, f"127.0.0.1:{echo}")
+        good, (gport,) = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}", name="good")
+        bad, _ = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}", name="stranger",
+                              key=stranger_key, ready=None)
+        assert bad.popen.wait(15) == 1
+        text = bad.log_text()
+        assert "refused this client" in text
+        assert "not authorized" in text
+        assert stranger_pub in text  # the key to add, so the operator can act
+        server.wait_log(rf"refused client {stranger_pub[:8]}.*not in the authorized keys")
+        # The authorized client keeps working after the refusal.
+        r = EchoResult()
+        echo_conversation(gport, 1 << 20, 7, r, deadline=30)
+        assert r.error is None
+        assert r.received == 1 << 20
+        assert server.popen.poll() is None
+
+
+def test_client_pinning_wrong_server_key_refuses_to_proceed(tmp_path: Path) -> None:
+    keys = Keys.make(tmp_path / "keys")
+    other = Keys.make(tmp_path / "other")
+    with Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+        server, sport = procs.server(keys, f"127.0.0.1:{echo}")
+        client, _ = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}",
+                                 server_pub=other.server_pub, ready=None)
+        assert client.popen.wait(15) == 1
+        text = client.log_text()
+        assert "refused the handshake" in text
+        assert "--server-key is not this server's public key" in text
+        assert "forward" not in (client.popen.stdout.read().decode()
+                                 if client.popen.stdout else "")
+        server.wait_log("cannot decrypt the client's handshake")
+        assert server.popen.poll() is None
+
+
+def test_destination_outside_allow_fails_alone(tmp_path: Path) -> None:
+    keys = Keys.make(tmp_path / "keys")
+    with Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+        forbidden = procs.service("echo")
+        server, sport = procs.server(keys, f"127.0.0.1:{echo}")
+        client, (ok_port, bad_port) = procs.client(
+            keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}",
+            f"127.0.0.1:0=127.0.0.1:{forbidden}")
+        # A long conversation on the allowed destination runs throughout.
+        r = EchoResult()
+        t = threading.Thread(target=echo_conversation, args=(ok_port, 32 << 20, 3, r),
+                             daemon=True)
+        t.start()
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", bad_port), timeout=10) as s:
+                s.settimeout(10)
+                s.sendall(b"hello?")
+                try:
+                    data = s.recv(100)
+                except ConnectionResetError:
+                    data = b""
+                assert data == b"", "a refused destination must close the connection"
+        server.wait_log(rf"refused channel \d+: 127\.0\.0\.1:{forbidden} is not allowed by "
+                        "--allow")
+        t.join(120)
+        assert r.error is None
+        assert r.mismatch_at is None
+        assert r.received == 32 << 20
+        assert server.log_text().count("new session") == 1
