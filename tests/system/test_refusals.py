@@ -15,7 +15,7 @@ def test_unauthorized_client_refused_and_others_served(tmp_path: Path) -> None:
     with Procs(tmp_path) as procs:
         echo = procs.service("echo")
         server, sport = procs.server(keys, f"127.0.0.1:{echo}")
-        good, (gport,) = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}", name="good")
+        _good, (gport,) = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}", name="good")
         bad, _ = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}", name="stranger",
                               key=stranger_key, ready=None)
         assert bad.popen.wait(15) == 1
@@ -56,7 +56,7 @@ def test_destination_outside_allow_fails_alone(tmp_path: Path) -> None:
         echo = procs.service("echo")
         forbidden = procs.service("echo")
         server, sport = procs.server(keys, f"127.0.0.1:{echo}")
-        client, (ok_port, bad_port) = procs.client(
+        _client, (ok_port, bad_port) = procs.client(
             keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}",
             f"127.0.0.1:0=127.0.0.1:{forbidden}")
         # A long conversation on the allowed destination runs throughout.

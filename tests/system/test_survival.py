@@ -31,7 +31,7 @@ def test_four_conversations_survive_three_resets_and_two_black_holes(tmp_path: P
         echo = procs.service("echo")
         server, sport = procs.server(keys, f"127.0.0.1:{echo}")
         link = procs.link(sport)
-        client, (fport,) = procs.client(keys, link.port, f"127.0.0.1:0=127.0.0.1:{echo}")
+        _client, (fport,) = procs.client(keys, link.port, f"127.0.0.1:0=127.0.0.1:{echo}")
         results = [EchoResult() for _ in range(4)]
         threads = [threading.Thread(target=echo_conversation, args=(fport, TRANSFER, i, r),
                                     daemon=True) for i, r in enumerate(results)]
@@ -80,7 +80,7 @@ def test_fifty_concurrent_connections_through_one_session(tmp_path: Path) -> Non
     with Procs(tmp_path) as procs:
         echo = procs.service("echo")
         server, sport = procs.server(keys, f"127.0.0.1:{echo}")
-        client, (fport,) = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}")
+        _client, (fport,) = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}")
         results = [EchoResult() for _ in range(50)]
         threads = [threading.Thread(target=echo_conversation,
                                     args=(fport, 2 * MIB, 100 + i, r, 64 * 1024, 120.0),
