@@ -29,8 +29,9 @@ def _config_option(f: Callable[..., Any]) -> Callable[..., Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
         if value is None:
             return
-        known = {p.name.replace("_", "-"): bool(getattr(p, "multiple", False))
-                 for p in ctx.command.params if p.name}
+        known = {opt[2:]: (p.name, bool(getattr(p, "multiple", False)))
+                 for p in ctx.command.params if p.name
+                 for opt in getattr(p, "opts", []) if opt.startswith("--")}
         try:
             ctx.default_map = load_config(value, known)
         except ConfigError as exc:

@@ -14,10 +14,11 @@ from typing import Any
 from roam.errors import ConfigError
 
 
-def load_config(path: str, known: dict[str, bool]) -> dict[str, Any]:
+def load_config(path: str, known: dict[str, tuple[str, bool]]) -> dict[str, Any]:
     """Read a TOML file into click's default_map for a command.
 
-    `known` maps each flag name (dashes) to whether it is repeatable.
+    `known` maps each long flag name (without the dashes in front) to the
+    parameter it sets and whether it is repeatable.
     """
     p = Path(path)
     try:
@@ -38,7 +39,7 @@ def load_config(path: str, known: dict[str, bool]) -> dict[str, Any]:
         if name not in known or name == "config":
             choices = ", ".join(sorted(k for k in known if k != "config"))
             raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {choices})")
-        repeatable = known[name]
+        dest, repeatable = known[name]
         if repeatable:
             if isinstance(value, str):
                 value = [value]
@@ -48,5 +49,5 @@ def load_config(path: str, known: dict[str, bool]) -> dict[str, Any]:
         elif isinstance(value, list | dict):
             raise ConfigError(f"config file {path}: {key!r} takes one value, not a "
                               f"{type(value).__name__}")
-        out[name.replace("-", "_")] = value
+        out[dest] = value
     return out

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 
-from roam.connector.allow import AccessList, parse_port, split_host_port
+from roam.connector.allow import AccessList, format_host_port, parse_port, split_host_port
 from roam.connector.connector import Connector
 from roam.core.preamble import Suite
 from roam.core.session import SessionConfig
@@ -52,8 +52,8 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
     try:
         bound = await server.start()
     except OSError as exc:
-        raise ConfigError(f"--listen {listen}: {exc.strerror or exc}") from None
-    _ready(f"listening {bound[0]}:{bound[1]}")
+        raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
+    _ready(f"listening {format_host_port(bound[0], bound[1])}")
     try:
         await asyncio.Event().wait()
     finally:
@@ -91,7 +91,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
     try:
         for fwd in started:
             lhost, lport = await fwd.start()
-            _ready(f"forward {lhost}:{lport}={fwd.spec.dest_host}:{fwd.spec.dest_port}")
+            _ready(f"forward {format_host_port(lhost, lport)}="
+                   f"{format_host_port(fwd.spec.dest_host, fwd.spec.dest_port)}")
         await client.stopped.wait()
         print("roam client: stopped: the session cannot continue", file=sys.stderr)
         return 1

@@ -11,9 +11,13 @@ is allowed (the server is never an open proxy).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from roam.errors import ConfigError
+
+# Letters, digits, hyphens and underscores in dot-separated labels.
+_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,10 +39,15 @@ def split_host_port(text: str, what: str) -> tuple[str, str]:
     return host, port
 
 
+def format_host_port(host: str, port: int) -> str:
+    """The inverse of split_host_port: IPv6 addresses get their brackets back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_port(text: str, what: str, *, wildcard: bool = False) -> int | None:
     if wildcard and text == "*":
         return None
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ConfigError(f"{what}: port {text!r} is not a number from 1 to 65535"
                           + (" or *" if wildcard else ""))
     return int(text)
@@ -66,8 +75,11 @@ class AllowRule:
         name = host.lower().rstrip(".")
         if name.startswith("*."):
             name = name[1:]
-        elif "*" in name:
+        if "*" in name:
             raise ConfigError(f"--allow {text!r}: a wildcard may only lead a name (*.example.com)")
+        if not name.strip(".") or not _NAME.fullmatch(name.lstrip(".")):
+            raise ConfigError(f"--allow {text!r}: {host!r} is not an address, a network or "
+                              "a host name")
         return cls(text, None, name, port)
 
     def port_ok(self, port: int) -> bool:

@@ -183,12 +183,17 @@ def _frame(ftype: FrameType, body: bytes) -> bytes:
     return HEADER.pack(ftype, len(body)) + body
 
 
+def cut_utf8(raw: bytes, limit: int) -> bytes:
+    """At most `limit` bytes of UTF-8, never ending inside a character."""
+    return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
 def _text(value: str, limit: int, what: str) -> bytes:
     raw = value.encode("utf-8", "replace")
     if len(raw) > limit:
         # Reasons are for people; cut them rather than fail the frame.
         if what == "reason":
-            return raw[:limit]
+            return cut_utf8(raw, limit)
         raise ValueError(f"{what} is {len(raw)} bytes; the limit is {limit}")
     return raw
 
@@ -202,6 +207,13 @@ def encode_data(seq: int, channel: int, payload: bytes | memoryview, flags: int 
 
 def encode(frame: Frame) -> bytes:
     """Encode one frame. Raises ValueError for our own out-of-range values."""
+    try:
+        return _encode(frame)
+    except struct.error as exc:
+        raise ValueError(f"cannot encode {type(frame).__name__}: {exc}") from None
+
+
+def _encode(frame: Frame) -> bytes:
     match frame:
         case Data(seq, channel, flags, payload):
             return encode_data(seq, channel, payload, flags)

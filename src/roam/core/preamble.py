@@ -68,6 +68,10 @@ class Preamble:
     target: bytes = NO_TARGET
 
     def encode(self) -> bytes:
+        if len(self.session_id) != 16 or len(self.target) != 32:
+            raise ValueError("session id is 16 bytes and target 32")
+        if (self.kind is TransportKind.NEW) != (self.session_id == NO_SESSION):
+            raise ValueError("NEW carries no session id and RESUME needs one")
         return PREAMBLE.pack(MAGIC, VERSION, self.kind, self.suite, self.session_id, self.target)
 
 
@@ -97,4 +101,5 @@ def encode_reply(status: Status, body: bytes = b"") -> bytes:
 
 
 def reply_error(status: Status, reason: str) -> bytes:
-    return encode_reply(status, reason.encode()[:1024])
+    raw = reason.encode("utf-8", "replace")[:1024]
+    return encode_reply(status, raw.decode("utf-8", "ignore").encode("utf-8"))

@@ -55,6 +55,12 @@ class SessionConfig:
     # (None: forever). The client keeps trying; the server gives up.
     detached_timeout: float | None = None
     max_channels: int = 4096
+    # An ACK rides on any record going the other way; alone, it waits until
+    # this much arrived (1/32 of the peer's replay buffer, so the peer never
+    # stalls on it) ...
+    ack_bytes: int = 256 * 1024
+    # ... or this long, far below any RTO, so it never looks like a loss.
+    ack_delay: float = 0.005
 
 
 # Pings outstanding at once; a silent path is declared dead long before more.
@@ -115,6 +121,8 @@ class Session:
         self._control: list[bytes] = []  # unreliable frames for the current transport
         self._received = 0  # highest reliable seq received in order
         self._ack_sent = 0
+        self._unacked_bytes = 0  # reliable bytes received since our last ACK
+        self._ack_due: float | None = None  # when a standalone ACK must go
         self._events: deque[ev.Event] = deque()
         self._rtt = RttEstimator()
         self._pings: dict[int, float] = {}  # token -> when sent
@@ -259,9 +267,13 @@ class Session:
         payloads: list[bytes] = []
         parts: list[bytes] = []
         size = 0
-        if self._received > self._ack_sent:
+        if self._received > self._ack_sent and (
+                self._pending or self._control or self._unacked_bytes >= self.config.ack_bytes
+                or (self._ack_due is not None and now >= self._ack_due)):
             parts.append(fr.encode(fr.Ack(self._received)))
             self._ack_sent = self._received
+            self._unacked_bytes = 0
+            self._ack_due = None
             size += len(parts[-1])
         if self._control:
             parts.extend(self._control)
@@ -333,6 +345,7 @@ class Session:
             raise ProtocolError("record on a transport the session is not attached to")
         self._last_received = now
         frames = fr.decode_frames(payload)
+        self._unacked_bytes += len(payload)
         if self.state is SessionState.RESUMING:
             first = frames[0]
             expected = fr.Resumed if self.is_client else fr.Resume
@@ -347,6 +360,8 @@ class Session:
                     raise ProtocolError(f"sequence gap: got {frame.seq}, "
                                         f"expected {self._received + 1}")
                 self._received = frame.seq
+                if self._ack_due is None:
+                    self._ack_due = now + self.config.ack_delay
                 self._reliable(frame)
             else:
                 self._unreliable(frame, now)
@@ -468,6 +483,7 @@ class Session:
             if not self.is_client:
                 self._control.insert(0, fr.encode(fr.Resumed(self._received)))
                 self._ack_sent = self._received
+                self._ack_due = None
             self.state = SessionState.ATTACHED
         else:
             raise ProtocolError(f"{type(frame).__name__.upper()} frames are not handled yet")
@@ -512,6 +528,8 @@ class Session:
         deadline = self._last_received + self._dead_after()
         if self.state is SessionState.ATTACHED:
             deadline = min(deadline, self._last_ping + self._ping_interval())
+            if self._ack_due is not None:
+                deadline = min(deadline, self._ack_due)
         return deadline
 
     def _ping_interval(self) -> float:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from roam.connector.allow import parse_port, split_host_port
+from roam.connector.allow import format_host_port, parse_port, split_host_port
 from roam.errors import ConfigError
 from roam.transport.driver import AppConnection, SessionDriver
 
@@ -27,15 +27,17 @@ class ForwardSpec:
 
     @classmethod
     def parse(cls, text: str) -> ForwardSpec:
-        left, sep, right = text.partition("=")
-        if not sep:
-            raise ConfigError(f"--forward {text!r}: expected LHOST:LPORT=RHOST:RPORT")
+        if text.count("=") != 1:
+            raise ConfigError(f"--forward {text!r}: expected LHOST:LPORT=RHOST:RPORT "
+                              "with exactly one '='")
+        left, _, right = text.partition("=")
         lhost, lport = split_host_port(left, "--forward listen address")
         rhost, rport = split_host_port(right, "--forward destination")
         return cls(lhost, _port(lport, text, allow_zero=True), rhost, _port(rport, text))
 
     def __str__(self) -> str:
-        return f"{self.listen_host}:{self.listen_port}={self.dest_host}:{self.dest_port}"
+        return (f"{format_host_port(self.listen_host, self.listen_port)}="
+                f"{format_host_port(self.dest_host, self.dest_port)}")
 
 
 def _port(text: str, spec: str, *, allow_zero: bool = False) -> int:
@@ -62,8 +64,8 @@ class Forward:
             self._server = await loop.create_server(self._accept, self.spec.listen_host,
                                                     self.spec.listen_port)
         except OSError as exc:
-            raise ConfigError(f"--forward {self.spec}: cannot listen on "
-                              f"{self.spec.listen_host}:{self.spec.listen_port}: "
+            where = format_host_port(self.spec.listen_host, self.spec.listen_port)
+            raise ConfigError(f"--forward '{self.spec}': cannot listen on {where}: "
                               f"{exc.strerror or exc}") from None
         addr = self._server.sockets[0].getsockname()
         log.info("forward %s:%d -> %s:%d", addr[0], addr[1], self.spec.dest_host,

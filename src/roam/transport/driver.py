@@ -209,6 +209,11 @@ class SessionDriver:
 
     def _arm(self) -> None:
         deadline = self.session.get_timer()
+        # A later deadline needs no new timer: the armed one fires early,
+        # flush() finds nothing due and arms again. Re-arming on every read
+        # (the dead deadline moves with each record) would cost more.
+        if deadline is not None and self._timer_at is not None and deadline >= self._timer_at:
+            return
         if deadline == self._timer_at:
             return
         if self._timer is not None:

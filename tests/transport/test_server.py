@@ -1,0 +1,134 @@
+"""The server against hostile transports: garbage, replays, forgeries, tampering."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from roam.core.preamble import (
+    HANDSHAKE_LEN,
+    PREAMBLE,
+    REPLY,
+    Preamble,
+    Status,
+    Suite,
+    TransportKind,
+)
+from roam.crypto.keys import public_key
+from roam.crypto.noise import HandshakeState
+from roam.crypto.records import HEADER
+from roam.transport.server import HELLO, PROLOGUE
+
+from .stack import Stack
+
+
+async def _raw(port: int, data: bytes) -> tuple[Status, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    status, length = REPLY.unpack(await asyncio.wait_for(reader.readexactly(REPLY.size), 10))
+    body = await reader.readexactly(length)
+    writer.close()
+    return Status(status), body
+
+
+def _hello(stack: Stack, stamp: int) -> bytes:
+    raw = Preamble(TransportKind.NEW, Suite.AESGCM_SHA256).encode()
+    hs = HandshakeState(Suite.AESGCM_SHA256.noise_name, initiator=True,
+                        prologue=PROLOGUE + raw, s=stack.client_key,
+                        rs=public_key(stack.server_key))
+    msg1 = hs.write_message(HELLO.pack(stamp))
+    return raw + HANDSHAKE_LEN.pack(len(msg1)) + msg1
+
+
+def test_garbage_gets_an_answer_and_the_server_keeps_serving(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            status, body = await _raw(stack.server_port, b"GET / HTTP/1.1\r\n" + b"x" * 60)
+            assert status is Status.BAD_PREAMBLE
+            assert b"not a roam transport" in body
+            await stack.echo_check(100_000)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+    assert "not a roam transport" in caplog.text
+
+
+def test_replayed_first_handshake_message_is_refused() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            hello = _hello(stack, time.time_ns())
+            status, _ = await _raw(stack.server_port, hello)
+            assert status is Status.OK
+            status, body = await _raw(stack.server_port, hello)
+            assert status is Status.HANDSHAKE_FAILED
+            assert b"replay" in body
+            assert len(stack.server.sessions) == 2  # the real client's and the first hello's
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_replayed_resume_is_refused_and_the_session_lives_on() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            await stack.echo_check(200_000)
+            stack.proxy.cut()
+            await stack.echo_check(200_000)  # the client resumed on a new transport
+            resume = stack.proxy.conns[-1].upstream
+            length, _ = HEADER.unpack_from(resume, PREAMBLE.size)
+            first = bytes(resume[:PREAMBLE.size + 4 + length])
+            status, body = await _raw(stack.server_port, first)
+            assert status is Status.RESUME_REFUSED
+            assert b"does not authenticate" in body
+            await stack.echo_check(200_000)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_resume_without_the_keys_is_refused() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            sid = stack.client.session_id
+            assert sid is not None
+            raw = Preamble(TransportKind.RESUME, Suite.AESGCM_SHA256, sid).encode()
+            forged = HEADER.pack(8 + 64, 1 << 20) + os.urandom(64)
+            status, _ = await _raw(stack.server_port, raw + forged)
+            assert status is Status.RESUME_REFUSED
+            unknown = Preamble(TransportKind.RESUME, Suite.AESGCM_SHA256, b"\x01" * 16).encode()
+            status, _ = await _raw(stack.server_port, unknown + forged)
+            assert status is Status.UNKNOWN_SESSION
+            await stack.echo_check(100_000)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_tampered_record_drops_the_transport_not_the_session(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conn = await asyncio.open_connection("127.0.0.1", stack.forward_port)
+            await stack.echo_check(100_000, conn=conn)
+            stack.proxy.tamper_at = 100
+            await stack.echo_check(2_000_000, conn=conn)
+            conn[1].close()
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+    assert "dropping transport" in caplog.text
+    assert "decryption failed" in caplog.text or "forged" in caplog.text
