@@ -473,7 +473,7 @@ def test_flag_overrides_config(tmp_path: Path, keys: Keys,
             "authorized-keys": keys.authorized, "allow": "*:80",
         })
         run_roam(tmp_path, "server", "--config", config, code=1,
-                 err=[f"--listen 127.0.0.1:{taken}: "])
+                 err=[f"--listen '127.0.0.1:{taken}': "])
         for args in (["--config", config, "--listen", "127.0.0.1:0"],
                      ["--listen", "127.0.0.1:0", "--config", config]):
             daemon = start_daemon("server", *args)
