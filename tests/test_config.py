@@ -16,9 +16,8 @@ KNOWN: dict[str, tuple[str, bool]] = {
     "allow": ("allow", True),
     "linger": ("linger", False),
     "log-level": ("log_level", False),
-    "server": ("server_addr", False),
 }
-KNOWN_LIST = "allow, authorized-keys, key, linger, listen, log-level, server"
+KNOWN_LIST = "allow, authorized-keys, key, linger, listen, log-level"
 
 
 def write(tmp_path: Path, text: str, name: str = "roam.toml") -> str:
@@ -149,3 +148,11 @@ def test_repeatable_needs_strings(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path, KNOWN)
     assert str(info.value) == f"config file {path}: 'allow' must be a string or a list of strings"
+
+
+def test_key_is_the_flag_name_not_the_parameter_name(tmp_path: Path) -> None:
+    # roam client's --server sets the parameter server_addr.
+    known = {"server": ("server_addr", False), "forward": ("forward", True)}
+    path = write(tmp_path, 'server = "127.0.0.1:7000"\nforward = "127.0.0.1:1=h:2"\n')
+    assert load_config(path, known) == {"server_addr": "127.0.0.1:7000",
+                                        "forward": ["127.0.0.1:1=h:2"]}

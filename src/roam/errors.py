@@ -54,6 +54,10 @@ class CryptoError(ProtocolError):
     """A record or handshake message failed authentication or was replayed."""
 
 
+class FramingError(ProtocolError):
+    """A transport's byte stream cannot be split into records: drop that transport."""
+
+
 class HandshakeError(RoamError):
     """The handshake could not complete; the message says why, for the operator."""
 

@@ -250,3 +250,26 @@ def test_every_byte_arrives_once_in_order(actions: list[tuple[str, int, int, boo
     p.run(20)  # the last ACKs (delayed by at most ack_delay)
     assert p.client.statistics().replay_bytes == 0
     assert p.server.statistics().replay_bytes == 0
+
+
+def test_closed_session_is_not_revived_by_a_transport() -> None:
+    s = Session(is_client=False, now=0.0)
+    s.transport_attached(0.0, resume=False)
+    s.close(CloseCode.SHUTDOWN, "done")
+    s.transport_attached(1.0, resume=True)
+    assert s.state is SessionState.CLOSED
+
+
+def test_send_budget_keeps_the_rest_in_the_replay_buffer() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    p.write(cid, b"q" * 200_000)
+    first = p.client.payloads_to_send(p.now, budget=50_000)
+    sent = sum(len(x) for x in first)
+    assert 50_000 <= sent < 50_000 + fr.MAX_DATA_CHUNK + 200
+    rest = p.client.payloads_to_send(p.now)
+    for payload in first + rest:
+        p.server.receive_payload(payload, p.now)
+    p.run(5)
+    assert p.up[cid].received == b"q" * 200_000

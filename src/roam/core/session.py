@@ -43,8 +43,8 @@ class SessionConfig:
     # Largest record plaintext we build; records this size keep per-record
     # costs (AEAD call, length prefix, Python overhead) under 1% of the data.
     max_record_payload: int = 128 * 1024
-    # A PING when nothing else went out for this long keeps NAT bindings warm
-    # and measures RTT; mosh uses 3 s, we want a dead path found sooner.
+    # A PING this often measures the RTT and keeps NAT bindings warm, busy or
+    # idle; mosh uses 3 s, we want a dead path found sooner.
     keepalive_interval: float = 1.0
     # A transport is dead after this much silence at least, however small the
     # RTT: a loaded Python peer can pause for hundreds of ms (GC, big writes).
@@ -128,7 +128,6 @@ class Session:
         self._pings: dict[int, float] = {}  # token -> when sent
         self._ping_token = 0
         self._last_received = now
-        self._last_sent = now
         self._last_ping = now
         self._detached_since: float | None = now
         self._rr: deque[int] = deque()  # channels with data waiting, round-robin
@@ -144,12 +143,14 @@ class Session:
         """A new transport carries the session from now on.
 
         `resume=False` only for the transport of the handshake. For a resume,
-        the client speaks first (RESUME); the server waits for it.
+        the client speaks first (RESUME); the server waits for it. A closed
+        session stays closed.
         """
+        if self.state is SessionState.CLOSED:
+            return
         self._control.clear()
         self._pings.clear()
         self._last_received = now
-        self._last_sent = now
         self._detached_since = None
         if not resume:
             self.state = SessionState.ATTACHED
@@ -252,8 +253,12 @@ class Session:
 
     # ---- output ----------------------------------------------------------
 
-    def payloads_to_send(self, now: float) -> list[bytes]:
-        """Record plaintexts to send on the current transport, in order."""
+    def payloads_to_send(self, now: float, budget: int | None = None) -> list[bytes]:
+        """Record plaintexts to send on the current transport, in order.
+
+        At most about `budget` bytes of reliable frames: the rest stays in
+        the replay buffer, not in a transport's write buffer as a second copy.
+        """
         if self.state is SessionState.DETACHED:
             return []
         if self.state is SessionState.RESUMING:
@@ -281,8 +286,10 @@ class Session:
             self._control.clear()
         limit = self.config.max_record_payload
         pending, unacked = self._pending, self._unacked
-        while pending:
+        room = budget if budget is not None else self._replay_bytes
+        while pending and room > 0:
             item = pending.popleft()
+            room -= len(item[1])
             unacked.append(item)
             frame = item[1]
             if parts and size + len(frame) > limit:
@@ -292,7 +299,6 @@ class Session:
             size += len(frame)
         if parts:
             payloads.append(b"".join(parts))
-            self._last_sent = now
         return payloads
 
     def _fill_data(self) -> None:

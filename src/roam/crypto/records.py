@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 
 from roam.crypto.noise import CipherState
-from roam.errors import CryptoError, ProtocolError
+from roam.errors import CryptoError, FramingError
 
 HEADER = struct.Struct("!IQ")
 TAG = 16
@@ -36,6 +36,11 @@ REKEY_BYTES = 1 << 30
 # WireGuard rekeys every 120 s; ten minutes bounds what one key protects
 # without churning keys on idle sessions.
 REKEY_SECONDS = 600.0
+# Epochs a receiver follows in one step. Every record of an epoch can be lost
+# with a transport (or an epoch can start on a resume attempt that never
+# arrives), so the next record may be several epochs ahead: 64 covers ten
+# hours of failed resume attempts; each step costs one AES block.
+MAX_EPOCH_SKIP = 64
 
 
 class RecordSealer:
@@ -90,15 +95,16 @@ class RecordOpener:
         current = 0 if self.last is None else self.last >> _EPOCH_SHIFT
         epoch = counter >> _EPOCH_SHIFT
         cipher = self._cipher
-        if epoch == current + 1:
+        if current < epoch <= current + MAX_EPOCH_SKIP:
             cipher = self._cipher.copy()
-            cipher.rekey()
+            for _ in range(epoch - current):
+                cipher.rekey()
         elif epoch != current:
             raise CryptoError(f"record from key epoch {epoch}; this side is at {current}")
         plaintext = cipher.decrypt_with_nonce(counter, ad, bytes(ciphertext))
         if cipher is not self._cipher:
             self._cipher = cipher
-            self.rekeys += 1
+            self.rekeys += epoch - current
         self.last = counter
         return plaintext
 
@@ -118,7 +124,7 @@ class RecordFramer:
         while end - offset >= HEADER.size:
             length, counter = HEADER.unpack_from(buf, offset)
             if length < 8 + TAG or length > MAX_RECORD + 8:
-                raise ProtocolError(f"record length {length} is outside 24..{MAX_RECORD + 8}")
+                raise FramingError(f"record length {length} is outside 24..{MAX_RECORD + 8}")
             if end - offset < 4 + length:
                 break
             start = offset + HEADER.size

@@ -41,6 +41,7 @@ class Client:
         self.driver: SessionDriver | None = None
         self.session_id: bytes | None = None
         self._reconnecting: asyncio.Task[None] | None = None
+        self._need_handshake = False  # the server forgot the session
         self.on_new_session: Callable[[SessionDriver], None] = lambda d: None
         self.stopped = asyncio.Event()
         self.transports = 0
@@ -134,9 +135,15 @@ class Client:
             await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
             attempt += 1
             driver = self.driver
-            if driver is None or driver.session.state is SessionState.CLOSED:
+            if driver is None:
                 return
             try:
+                if self._need_handshake:
+                    await self.handshake(timeout=max(self._attempt_timeout(driver.session), 5.0))
+                    self._need_handshake = False
+                    return
+                if driver.session.state is SessionState.CLOSED:
+                    return
                 if await self._resume(driver):
                     return
             except HandshakeError as exc:
@@ -176,7 +183,9 @@ class Client:
                         "%d open connections are lost", self.server,
                         body.decode(errors="replace"), len(driver.apps))
             driver.close(reason="session unknown to the server")
+            self._need_handshake = True
             await self.handshake(timeout=max(timeout, 5.0))
+            self._need_handshake = False
             return True
         if status is not Status.OK or session.state is not SessionState.RESUMING:
             proto.abort()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from roam.core import events as ev
 from roam.core.session import Session, SessionState
 from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer
-from roam.errors import CloseCode, ProtocolError
+from roam.errors import CloseCode, CryptoError, FramingError, ProtocolError
 from roam.transport.protocol import TransportProtocol
 
 log = logging.getLogger("roam.session")
@@ -23,6 +23,10 @@ log = logging.getLogger("roam.session")
 # stops being returned to the peer: this, plus the channel window, is all a
 # non-reading application costs.
 APP_WRITE_HIGH = 256 * 1024
+# Record plaintext pulled from the core per batch; batches go on until the
+# transport's write buffer passes its high-water mark, so sealed copies of
+# the replay buffer never pile up in it.
+SEND_BATCH = 512 * 1024
 
 
 class AppConnection(asyncio.Protocol):
@@ -149,15 +153,17 @@ class SessionDriver:
             for counter, ct in self._framer.feed(data):
                 payload = self.opener.open(counter, ct)
                 self.session.receive_payload(payload, now)
-        except ProtocolError as exc:
-            if self.session.state is SessionState.ATTACHED and not _is_transport_level(exc):
-                log.warning("%s: peer broke the protocol: %s; closing the session",
-                            self.name, exc)
-                self.session.close(exc.code, str(exc))
-                self.flush()
-            else:
-                log.warning("%s: dropping transport from %s: %s", self.name, proto.peer, exc)
+        except (CryptoError, FramingError) as exc:
+            # Forged, replayed or mangled bytes condemn this transport only;
+            # the session resumes on another.
+            log.warning("%s: dropping transport from %s: %s", self.name, proto.peer, exc)
             self._drop(proto, str(exc))
+        except ProtocolError as exc:
+            # An authenticated peer broke the protocol: the session ends, and
+            # CLOSE says why (the transport closes gracefully after it).
+            log.warning("%s: peer broke the protocol: %s; closing the session", self.name, exc)
+            self.session.close(exc.code, str(exc))
+            self.flush()
         self.schedule()
 
     def _on_lost(self, proto: TransportProtocol, exc: Exception | None) -> None:
@@ -191,13 +197,13 @@ class SessionDriver:
             session.handle_timer(now)
         self._dispatch()
         proto = self.proto
-        if proto is not None and not proto.write_paused and proto.transport is not None:
-            payloads = session.payloads_to_send(now)
-            if payloads:
-                seal = self.sealer.seal
+        if proto is not None and proto.transport is not None:
+            seal = self.sealer.seal
+            while not proto.write_paused and not proto.lost:
+                payloads = session.payloads_to_send(now, SEND_BATCH)
+                if not payloads:
+                    break
                 proto.transport.writelines([seal(p, now) for p in payloads])
-        elif session.state is SessionState.CLOSED and self.proto is not None:
-            self.proto.close()
         if self.paused:
             for cid in list(self.paused):
                 if session.send_room(cid) > 0:
@@ -287,8 +293,9 @@ class SessionDriver:
             self._timer.cancel()
             self._timer = None
         if self.proto is not None:
-            # Let the CLOSE frame go out first.
-            self.loop.call_soon(self.proto.close)
+            # close(), not abort(): the CLOSE frame in the write buffer goes out first.
+            proto, self.proto = self.proto, None
+            self.loop.call_soon(proto.close)
         self.closed.set()
 
     def close(self, code: CloseCode = CloseCode.SHUTDOWN, reason: str = "") -> None:
@@ -296,9 +303,3 @@ class SessionDriver:
             self.session.close(code, reason)
             self.flush()
 
-
-def _is_transport_level(exc: ProtocolError) -> bool:
-    """Errors that condemn one transport (bad framing, forged records), not the session."""
-    from roam.errors import CryptoError
-
-    return isinstance(exc, CryptoError) or str(exc).startswith("record length")

@@ -33,6 +33,10 @@ PROLOGUE = b"roam/1 "
 # A peer that has not finished its half of the handshake by then is dropped:
 # it holds a socket and a task, and honest peers answer within a few RTTs.
 HANDSHAKE_TIMEOUT = 10.0
+# Transports still in their handshake at once; more are answered BUSY. Each
+# costs a socket and a task until HANDSHAKE_TIMEOUT, so this bounds what
+# unauthenticated peers can hold.
+MAX_HANDSHAKES = 256
 ACCEPTED = b"\x00"
 REFUSED = b"\x01"
 # Message 1 carries the client's wall clock in ns (as WireGuard's TAI64N
@@ -58,6 +62,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_hello: dict[bytes, int] = {}
+        self._handshaking = 0
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -83,22 +88,36 @@ class Server:
 
     async def _handle(self, proto: TransportProtocol) -> None:
         await asyncio.sleep(0)  # connection_made runs first
+        if self._handshaking >= MAX_HANDSHAKES:
+            self._refuse(proto, Status.BUSY, "too many handshakes in progress")
+            return
+        self._handshaking += 1
         try:
-            raw = await proto.read_exactly(PREAMBLE.size, HANDSHAKE_TIMEOUT)
-            try:
-                pre = decode_preamble(raw)
-            except ProtocolError as exc:
-                log.warning("transport from %s refused: %s", proto.peer, exc)
-                proto.write(reply_error(Status.BAD_PREAMBLE, str(exc)))
-                proto.close()
-                return
-            if pre.kind is TransportKind.NEW:
-                await self._new(proto, pre, raw)
-            else:
-                await self._resume(proto, pre, raw)
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await self._opening(proto)
+        except TimeoutError:
+            log.info("transport from %s: handshake not finished in %g s", proto.peer,
+                     HANDSHAKE_TIMEOUT)
+            proto.abort()
         except TransportError as exc:
             log.info("transport from %s ended during the handshake: %s", proto.peer, exc)
             proto.abort()
+        finally:
+            self._handshaking -= 1
+
+    async def _opening(self, proto: TransportProtocol) -> None:
+        raw = await proto.read_exactly(PREAMBLE.size, HANDSHAKE_TIMEOUT)
+        try:
+            pre = decode_preamble(raw)
+        except ProtocolError as exc:
+            log.warning("transport from %s refused: %s", proto.peer, exc)
+            proto.write(reply_error(Status.BAD_PREAMBLE, str(exc)))
+            proto.close()
+            return
+        if pre.kind is TransportKind.NEW:
+            await self._new(proto, pre, raw)
+        else:
+            await self._resume(proto, pre, raw)
 
     async def _new(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
         (length,) = HANDSHAKE_LEN.unpack(await proto.read_exactly(2, HANDSHAKE_TIMEOUT))
@@ -177,6 +196,9 @@ class Server:
             self._refuse(proto, Status.RESUME_REFUSED, f"first record length {length}")
             return
         body = await proto.read_exactly(length - 8, HANDSHAKE_TIMEOUT)
+        if driver.session.closed or self.sessions.get(pre.session_id) is not driver:
+            self._refuse(proto, Status.UNKNOWN_SESSION, "the session ended meanwhile")
+            return
         try:
             payload = driver.opener.open(counter, body, ad=raw)
         except CryptoError as exc:
