@@ -113,6 +113,10 @@ class AccessList:
         """True when a rule admits this host by name (or any host) on this port."""
         return any(r.port_ok(port) and (r.any_host or r.name_ok(host)) for r in self.rules)
 
+    def has_address_rules(self, port: int) -> bool:
+        """Whether some address or network rule covers this port."""
+        return any(r.network is not None and r.port_ok(port) for r in self.rules)
+
     def allows_address(self, addr: str, port: int) -> bool:
         try:
             ip = ipaddress.ip_address(addr)

@@ -71,6 +71,8 @@ class Connector:
     async def _resolve_allowed(self, host: str, port: int) -> str | None:
         """The address to connect to, or None when the rules forbid every one."""
         by_name = self.access.allows_name(host, port)
+        if not by_name and not self.access.has_address_rules(port):
+            return None  # no rule could admit it: do not even look the name up
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
         for *_, sockaddr in infos:
