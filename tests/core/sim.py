@@ -97,6 +97,32 @@ class Pair:
         self.client.transport_attached(self.now, resume=True)
         self.server.transport_attached(self.now, resume=True)
 
+    def soft_handover(self, token: int = 7, die_after: int | None = None) -> bool:
+        """Claim 5 in memory: BEGIN, drain, READY, resume on a new wire.
+
+        With `die_after`, the old transport dies after that many steps of the
+        drain: the handover becomes hard. True when it completed softly.
+        """
+        self.client.begin_handover(token)
+        steps = 0
+        while not any(isinstance(e, ev.HandoverReady) for e in self.events):
+            if die_after is not None and steps >= die_after:
+                self.in_flight()
+                self.break_transport()
+                self.reattach()
+                return False
+            self.step()
+            steps += 1
+            if steps > 10_000:
+                raise AssertionError("HANDOVER_READY never came")
+        self.events = [e for e in self.events if not isinstance(e, ev.HandoverReady)]
+        # The old wire is empty by construction: READY was the server's last frame.
+        leftover = self.in_flight()
+        self.to_server.clear()
+        self.to_client.clear()
+        self.reattach()
+        return leftover == (0, 0)
+
     def in_flight(self) -> tuple[int, int]:
         """Records each side would put on the wire now (pulled and queued)."""
         self.to_server.extend(self.client.payloads_to_send(self.now))

@@ -25,6 +25,8 @@ from roam.core.frames import (
     Fin,
     Frame,
     FrameType,
+    HandoverBegin,
+    HandoverReady,
     Open,
     OpenFail,
     OpenOk,
@@ -47,7 +49,7 @@ U64 = 2**64 - 1
 
 FRAME_CLASSES = (
     Open, OpenOk, OpenFail, Data, Fin, Reset, Window, Close, Dgram, Ack, Ping, Pong, Resume,
-    Resumed,
+    Resumed, HandoverBegin, HandoverReady,
 )
 
 # One instance of every frame type, with values at the edges of their fields.
@@ -76,6 +78,8 @@ EXAMPLES: list[Frame] = [
     Pong(U64),
     Resume(0),
     Resumed(21),
+    HandoverBegin(22),
+    HandoverReady(23),
 ]
 
 
@@ -122,6 +126,8 @@ frames_st: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Window, u64, u32, u32),
     st.builds(Close, u64, codes, reasons),
     st.builds(Dgram, u32, payloads),
+    st.builds(HandoverBegin, u32),
+    st.builds(HandoverReady, u32),
     st.builds(Ack, u64),
     st.builds(Ping, u64),
     st.builds(Pong, u64),
@@ -319,8 +325,14 @@ def test_unknown_frame_type(ftype: int) -> None:
 
 
 @pytest.mark.parametrize("ftype", [FrameType.HANDOVER_BEGIN, FrameType.HANDOVER_READY])
-def test_reserved_frame_type(ftype: FrameType) -> None:
-    refused(raw(ftype, b""), f"{ftype.name} frames are not supported")
+def test_handover_frames_carry_exactly_a_token(ftype: FrameType) -> None:
+    refused(raw(ftype, b""), f"{ftype.name} frame body is 0 bytes; expected 4")
+    refused(raw(ftype, b"12345"), f"{ftype.name} frame body is 5 bytes; expected 4")
+
+
+def test_handover_frames_round_trip() -> None:
+    frames = [HandoverBegin(0), HandoverReady(2**32 - 1)]
+    assert decode_frames(b"".join(encode(f) for f in frames)) == frames
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,48 @@ def test_detached_server_gives_up_after_timeout() -> None:
     assert e.code is CloseCode.TIMEOUT
 
 
+def test_soft_handover_resends_nothing() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    up, down = _blob(2_000_000, 3), _blob(2_000_000, 4)
+    p.write(cid, up)
+    p.write(cid, down, from_client=False)
+    p.step()  # records in flight both ways when the handover begins
+    assert p.soft_handover() is True
+    p.run(300)
+    assert p.up[cid].received == up
+    assert p.down[cid].received == down
+    resumed = [e for e in p.events if isinstance(e, ev.SessionResumed)]
+    assert len(resumed) == 2
+    assert all(r.frames_resent == 0 for r in resumed)
+
+
+def test_soft_handover_whose_old_path_dies_becomes_hard() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    up = _blob(3_000_000, 5)
+    p.write(cid, up)
+    p.step()
+    assert p.soft_handover(die_after=0) is False
+    p.run(300)
+    assert p.up[cid].received == up
+    resumed = [e for e in p.events if isinstance(e, ev.SessionResumed)]
+    assert max(r.frames_resent for r in resumed) > 0
+
+
+def test_handover_frames_out_of_place_are_protocol_errors() -> None:
+    s = Session(is_client=True, now=0.0)
+    s.transport_attached(0.0, resume=False)
+    with pytest.raises(ProtocolError, match="HANDOVER_BEGIN"):
+        s.receive_payload(fr.encode(fr.HandoverBegin(1)), 0.0)
+    srv = Session(is_client=False, now=0.0)
+    srv.transport_attached(0.0, resume=False)
+    with pytest.raises(ProtocolError, match="HANDOVER_READY"):
+        srv.receive_payload(fr.encode(fr.HandoverReady(1)), 0.0)
+
+
 # ---- the invariant: every byte arrives once, in order ---------------------
 
 _actions = st.lists(
@@ -192,6 +234,7 @@ _actions = st.lists(
         st.tuples(st.just("run"), st.integers(1, 30), st.just(0), st.just(False)),
         st.tuples(st.just("break"), st.integers(0, 8), st.integers(0, 8), st.booleans()),
         st.tuples(st.just("silence"), st.integers(0, 3), st.just(0), st.just(False)),
+        st.tuples(st.just("soft"), st.integers(0, 20), st.just(0), st.booleans()),
     ),
     min_size=1,
     max_size=40,
@@ -224,6 +267,10 @@ def test_every_byte_arrives_once_in_order(actions: list[tuple[str, int, int, boo
             p.break_transport(keep_to_server=a, keep_to_client=b)
             if flag:
                 p.reattach()
+        elif kind == "soft":
+            if p.attached():
+                # flag: the old path dies after `a` steps of the drain
+                p.soft_handover(token=a, die_after=a if flag else None)
         else:  # silence: the path black-holes for a while, then a new one comes
             for _ in range(a * 100):
                 p.now += 0.01

@@ -70,6 +70,13 @@ class TransportDead:
 
 
 @dataclass(slots=True, frozen=True)
+class HandoverReady:
+    """Client: the server drained the old transport; resume on the new one now."""
+
+    token: int
+
+
+@dataclass(slots=True, frozen=True)
 class SessionResumed:
     """A resume completed on a new transport."""
 
@@ -87,4 +94,5 @@ class SessionClosed:
 Event = (
     ChannelOpenRequested | ChannelOpened | ChannelOpenFailed | DataReceived | EndOfStream
     | ChannelReset | ChannelClosed | TransportDead | SessionResumed | SessionClosed
+    | HandoverReady
 )

@@ -162,6 +162,20 @@ class Pong:
 
 
 @dataclass(slots=True, frozen=True)
+class HandoverBegin:
+    """Client, on the old transport: it moves to another path (token names it in logs)."""
+
+    token: int
+
+
+@dataclass(slots=True, frozen=True)
+class HandoverReady:
+    """Server, on the old transport: the last frame it sends there."""
+
+    token: int
+
+
+@dataclass(slots=True, frozen=True)
 class Resume:
     received: int
 
@@ -173,7 +187,7 @@ class Resumed:
 
 Frame = (
     Open | OpenOk | OpenFail | Data | Fin | Reset | Window | Close | Dgram | Ack | Ping | Pong
-    | Resume | Resumed
+    | Resume | Resumed | HandoverBegin | HandoverReady
 )
 ReliableFrame = Open | OpenOk | OpenFail | Data | Fin | Reset | Window | Close
 RELIABLE_CLASSES = (Open, OpenOk, OpenFail, Data, Fin, Reset, Window, Close)
@@ -246,6 +260,10 @@ def _encode(frame: Frame) -> bytes:
             return _frame(FrameType.RESUME, _U64.pack(n))
         case Resumed(n):
             return _frame(FrameType.RESUMED, _U64.pack(n))
+        case HandoverBegin(token):
+            return _frame(FrameType.HANDOVER_BEGIN, _CH.pack(token))
+        case HandoverReady(token):
+            return _frame(FrameType.HANDOVER_READY, _CH.pack(token))
     raise ValueError(f"cannot encode {frame!r}")
 
 
@@ -326,6 +344,12 @@ def _decode_one(ftype: FrameType, body: memoryview) -> Frame:
         _at_least(ftype, body, _CLOSE.size)
         seq, code = _CLOSE.unpack_from(body)
         return Close(seq, _code(code), _utf8(body[_CLOSE.size:], "CLOSE reason"))
+    if ftype in (FrameType.HANDOVER_BEGIN, FrameType.HANDOVER_READY):
+        _fixed(ftype, body, _CH.size)
+        (token,) = _CH.unpack_from(body)
+        if ftype is FrameType.HANDOVER_BEGIN:
+            return HandoverBegin(token)
+        return HandoverReady(token)
     if ftype is FrameType.DGRAM:
         _at_least(ftype, body, _CH.size)
         (channel,) = _CH.unpack_from(body)

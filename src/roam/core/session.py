@@ -69,6 +69,10 @@ _MAX_PINGS = 32
 
 class SessionState(Enum):
     ATTACHED = "attached"
+    # Soft handover (claim 5): the old transport is being emptied. Client:
+    # HANDOVER_BEGIN sent, no new reliable frames until it resumes elsewhere.
+    # Server: HANDOVER_READY sent as its last frame on the old transport.
+    DRAINING = "draining"
     RESUMING = "resuming"
     DETACHED = "detached"
     CLOSED = "closed"
@@ -132,6 +136,7 @@ class Session:
         self._detached_since: float | None = now
         self._rr: deque[int] = deque()  # channels with data waiting, round-robin
         self._close_sent = False
+        self._drained = False  # server: HANDOVER_READY is out; nothing more on this transport
         self.bytes_sent = 0
         self.bytes_received = 0
         self.frames_resent = 0
@@ -150,6 +155,7 @@ class Session:
             return
         self._control.clear()
         self._pings.clear()
+        self._drained = False
         self._last_received = now
         self._detached_since = None
         if not resume:
@@ -173,6 +179,21 @@ class Session:
     @property
     def rtt(self) -> RttEstimator:
         return self._rtt
+
+    def begin_handover(self, token: int) -> None:
+        """Client: start a soft handover; HANDOVER_BEGIN leaves on the current transport.
+
+        From now on nothing reliable is sent here; HandoverReady says when the
+        server has emptied its side, and `transport_attached(resume=True)` on
+        the new transport finishes it. If this transport dies first, the
+        same resume is a hard handover.
+        """
+        if not self.is_client:
+            raise ValueError("only the client begins a handover")
+        if self.state is not SessionState.ATTACHED:
+            return
+        self.state = SessionState.DRAINING
+        self._control.append(fr.encode(fr.HandoverBegin(token)))
 
     # ---- channels: the application side ----------------------------------
 
@@ -265,6 +286,8 @@ class Session:
             out = [b"".join(self._control)] if self._control else []
             self._control.clear()
             return out
+        if self.state is SessionState.DRAINING:
+            return self._drain_payload()
         if self.state is SessionState.ATTACHED:
             self._fill_data()
         elif not self._close_sent:
@@ -300,6 +323,22 @@ class Session:
         if parts:
             payloads.append(b"".join(parts))
         return payloads
+
+    def _drain_payload(self) -> list[bytes]:
+        """While draining only the ACK and control frames (BEGIN, READY) go out."""
+        if self._drained:
+            return []
+        parts: list[bytes] = []
+        if self._received > self._ack_sent:
+            parts.append(fr.encode(fr.Ack(self._received)))
+            self._ack_sent = self._received
+            self._unacked_bytes = 0
+            self._ack_due = None
+        parts.extend(self._control)
+        self._control.clear()
+        if not self.is_client and parts:
+            self._drained = True
+        return [b"".join(parts)] if parts else []
 
     def _fill_data(self) -> None:
         """Turn buffered channel bytes into DATA frames while the replay buffer has room."""
@@ -481,6 +520,18 @@ class Session:
                 self._rtt.sample(now - sent)
                 # Older pings were lost or overtaken; they will never count.
                 self._pings = {t: s for t, s in self._pings.items() if s > sent}
+        elif isinstance(frame, fr.HandoverBegin):
+            if self.is_client or self.state is not SessionState.ATTACHED:
+                raise ProtocolError("HANDOVER_BEGIN from the server or outside an attached "
+                                    "session")
+            # Claim 5 step 2: stop sending here; READY is the last frame, after
+            # everything already sent, so the client's mark will be exact.
+            self.state = SessionState.DRAINING
+            self._control = [fr.encode(fr.HandoverReady(frame.token))]
+        elif isinstance(frame, fr.HandoverReady):
+            if not self.is_client or self.state is not SessionState.DRAINING:
+                raise ProtocolError("HANDOVER_READY without a HANDOVER_BEGIN")
+            self._events.append(ev.HandoverReady(frame.token))
         elif isinstance(frame, fr.Resume | fr.Resumed):
             if self.state is not SessionState.RESUMING:
                 raise ProtocolError(f"{type(frame).__name__.upper()} outside a resume")
@@ -534,8 +585,9 @@ class Session:
         deadline = self._last_received + self._dead_after()
         if self.state is SessionState.ATTACHED:
             deadline = min(deadline, self._last_ping + self._ping_interval())
-            if self._ack_due is not None:
-                deadline = min(deadline, self._ack_due)
+        if self._ack_due is not None and self.state in (SessionState.ATTACHED,
+                                                        SessionState.DRAINING):
+            deadline = min(deadline, self._ack_due)
         return deadline
 
     def _ping_interval(self) -> float:
