@@ -11,6 +11,8 @@ class Conn:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
     upstream: bytearray = field(default_factory=bytearray)  # what the client sent
+    silent: bool = False  # this connection alone black-holed
+    source: str = ""  # the client's address, which tells the paths apart
 
 
 class Proxy:
@@ -30,18 +32,19 @@ class Proxy:
 
     async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sr, sw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        conn = Conn(cw, sw)
+        conn = Conn(cw, sw, source=cw.get_extra_info("peername")[0])
         self.conns.append(conn)
-        for coro in (self._pump(cr, sw, conn), self._pump(sr, cw, None)):
+        for coro in (self._pump(cr, sw, conn, True), self._pump(sr, cw, conn, False)):
             task = asyncio.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    record: Conn | None) -> None:
+                    conn: Conn, upstream: bool) -> None:
+        record = conn if upstream else None
         try:
             while data := await reader.read(65536):
-                if self.silent:
+                if self.silent or conn.silent:
                     continue
                 if record is not None:
                     if self.tamper_at is not None and len(data) > self.tamper_at:

@@ -173,6 +173,11 @@ class Session:
             self._control.clear()
 
     @property
+    def last_received(self) -> float:
+        """When the last record arrived (the `now` of that call)."""
+        return self._last_received
+
+    @property
     def closed(self) -> bool:
         return self.state is SessionState.CLOSED
 

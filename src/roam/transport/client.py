@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,28 @@ log = logging.getLogger("roam.client")
 # Waits between reconnect attempts: the first at once (a reset is usually a
 # one-off), then doubling, capped so a returning network is found within 2 s.
 BACKOFF = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Where a transport leaves from: a named path, bound to a device or a source address."""
+
+    name: str
+    device: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class HandoverRecord:
+    """One handover, for `roam status` and the event log."""
+
+    kind: str  # "soft" | "hard"
+    reason: str
+    origin: str | None
+    target: str
+    stall_ms: float  # from the last byte heard on the old transport to RESUMED
+    frames_resent: int
+    started: float  # wall clock, seconds since the epoch
 
 
 @dataclass
@@ -45,24 +68,62 @@ class Client:
         self.on_new_session: Callable[[SessionDriver], None] = lambda d: None
         self.stopped = asyncio.Event()
         self.transports = 0
+        # Paths: where the current transport leaves from, and which one to try
+        # on the n-th reconnect attempt (the path manager rotates through the
+        # usable ones); without paths the system picks the route.
+        self.attachment: Attachment | None = None
+        self.choose_attachment: Callable[[int], Attachment | None] = lambda n: self.attachment
+        self.on_handover: Callable[[HandoverRecord], None] = lambda r: None
+        self.on_attachment_failed: Callable[[Attachment, str], None] = lambda a, why: None
+        self._lost: tuple[float, str] | None = None  # (last heard, reason) of a lost transport
+        self._handover_ready: asyncio.Future[int] | None = None
+        self._resumed: asyncio.Future[int] | None = None
+        self._token = 0
 
     @property
     def server(self) -> str:
         return f"{self.config.server_host}:{self.config.server_port}"
 
-    async def _connect(self, timeout: float) -> TransportProtocol:
+    async def _connect(self, timeout: float, via: Attachment | None = None) -> TransportProtocol:
         loop = asyncio.get_running_loop()
+        where = f" via {via.name}" if via is not None else ""
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(TransportProtocol, self.config.server_host,
-                                       self.config.server_port), timeout)
+            async with asyncio.timeout(timeout):
+                if via is None or (via.device is None and via.source is None):
+                    _, proto = await loop.create_connection(
+                        TransportProtocol, self.config.server_host, self.config.server_port)
+                else:
+                    sock = await self._bound_socket(via)
+                    _, proto = await loop.create_connection(TransportProtocol, sock=sock)
         except TimeoutError:
-            raise TransportError(f"connecting to {self.server} timed out") from None
+            raise TransportError(f"connecting to {self.server}{where} timed out") from None
         except OSError as exc:
-            raise TransportError(f"cannot connect to {self.server}: "
+            raise TransportError(f"cannot connect to {self.server}{where}: "
                                  f"{exc.strerror or exc}") from None
         self.transports += 1
         return proto
+
+    async def _bound_socket(self, via: Attachment) -> socket.socket:
+        """A connected socket that leaves by `via`: its device, else its source address."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.config.server_host, self.config.server_port,
+                                       type=socket.SOCK_STREAM)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if via.device is not None:
+                # SO_BINDTODEVICE needs CAP_NET_RAW; it makes the route lookup
+                # use only this device's routes, as a radio-specific socket must.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                via.device.encode())
+            if via.source is not None:
+                sock.bind((via.source, 0))
+            await loop.sock_connect(sock, addr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def _read_reply(self, proto: TransportProtocol, timeout: float) -> tuple[Status, bytes]:
         status_raw, length = REPLY.unpack(await proto.read_exactly(REPLY.size, timeout))
@@ -77,7 +138,7 @@ class Client:
         """A new session. HandshakeError when the server refuses us or is not the one pinned."""
         cfg = self.config
         loop = asyncio.get_running_loop()
-        proto = await self._connect(timeout)
+        proto = await self._connect(timeout, self.attachment)
         raw = Preamble(TransportKind.NEW, cfg.suite).encode()
         hs = HandshakeState(cfg.suite.noise_name, initiator=True, prologue=PROLOGUE + raw,
                             s=cfg.private_key, rs=cfg.server_key)
@@ -114,6 +175,8 @@ class Client:
         driver = SessionDriver(session, RecordSealer(send, now), RecordOpener(recv),
                                name=f"session {self.session_id.hex()[:8]}")
         driver.on_transport_lost = self._transport_lost
+        driver.on_handover_ready = self._on_handover_ready
+        driver.on_resumed = self._on_resumed
         session.transport_attached(now, resume=False)
         driver.attach(proto)
         self.driver = driver
@@ -121,9 +184,23 @@ class Client:
         self.on_new_session(driver)
         return driver
 
+    def _on_handover_ready(self, token: int) -> None:
+        if self._handover_ready is not None and not self._handover_ready.done():
+            self._handover_ready.set_result(token)
+
+    def _on_resumed(self, frames_resent: int) -> None:
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(frames_resent)
+
     def _transport_lost(self, reason: str) -> None:
         if self.stopped.is_set():
             return
+        if self._handover_ready is not None and not self._handover_ready.done():
+            # A soft handover is under way: it finishes as a hard one.
+            self._handover_ready.set_exception(TransportError(reason))
+            return
+        if self.driver is not None:
+            self._lost = (self.driver.session.last_received, reason)
         log.warning("transport to %s lost (%s); resuming", self.server, reason)
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(
@@ -137,14 +214,20 @@ class Client:
             driver = self.driver
             if driver is None:
                 return
+            via = self.choose_attachment(attempt - 1)
             try:
                 if self._need_handshake:
+                    self.attachment = via
                     await self.handshake(timeout=max(self._attempt_timeout(driver.session), 5.0))
                     self._need_handshake = False
                     return
                 if driver.session.state is SessionState.CLOSED:
                     return
-                if await self._resume(driver):
+                origin = self.attachment
+                self._resumed = asyncio.get_running_loop().create_future()
+                if await self._resume(driver, via):
+                    self.attachment = via
+                    await self._record("hard", origin, via)
                     return
             except HandshakeError as exc:
                 log.error("%s", exc)
@@ -152,17 +235,98 @@ class Client:
                 return
             except TransportError as exc:
                 log.info("resume attempt %d failed: %s", attempt, exc)
+                if via is not None:
+                    self.on_attachment_failed(via, str(exc))
 
     def _attempt_timeout(self, session: Session) -> float:
         # Long enough for a handshake over a slow path, short enough to move
         # on from a black-holed one well before the session's dead timer.
         return max(1.0, 3 * session.rtt.rto)
 
-    async def _resume(self, driver: SessionDriver) -> bool:
+    async def _record(self, kind: str, origin: Attachment | None, target: Attachment | None,
+                      reason: str | None = None) -> None:
+        """Wait for RESUMED and report the handover with its stall."""
+        lost = self._lost
+        self._lost = None
+        resumed = self._resumed
+        frames = 0
+        if resumed is not None:
+            try:
+                frames = await asyncio.wait_for(resumed, 10)
+            except (TimeoutError, TransportError):
+                return
+        loop = asyncio.get_running_loop()
+        since = lost[0] if lost is not None else loop.time()
+        why = reason or (lost[1] if lost is not None else "transport lost")
+        record = HandoverRecord(kind, why, origin.name if origin else None,
+                                target.name if target else "default",
+                                round((loop.time() - since) * 1000, 1), frames, time.time())
+        log.info("handover %s %s -> %s (%s): stall %.0f ms, %d frames resent", kind,
+                 record.origin, record.target, why, record.stall_ms, frames)
+        self.on_handover(record)
+
+    async def handover(self, target: Attachment, *, soft: bool, reason: str) -> None:
+        """Move the session to `target` (claims 5 and 6).
+
+        Soft: connect on the new path first, HANDOVER_BEGIN on the old one,
+        wait for HANDOVER_READY, then RESUME on the new transport: nothing is
+        resent. If the old transport dies meanwhile, or soft is not possible,
+        the RESUME alone is a hard handover. TransportError when the new path
+        cannot carry it (the session stays where it was, if it still can).
+        """
+        driver = self.driver
+        if driver is None or self.session_id is None:
+            raise TransportError("no session to hand over")
+        if self._reconnecting is not None and not self._reconnecting.done():
+            self._reconnecting.cancel()  # this handover is the reconnect now
+        loop = asyncio.get_running_loop()
+        session = driver.session
+        origin = self.attachment
+        timeout = self._attempt_timeout(session)
+        kind = "soft" if soft and session.state is SessionState.ATTACHED else "hard"
+        proto = await self._connect(timeout, target)  # make before break
+        started = loop.time()
+        if kind == "soft" and session.state is SessionState.ATTACHED:
+            self._token += 1
+            self._handover_ready = loop.create_future()
+            session.begin_handover(self._token)
+            driver.flush()
+            try:
+                await asyncio.wait_for(self._handover_ready, timeout)
+            except (TimeoutError, TransportError):
+                kind = "hard"  # the old path died or went silent mid-way
+            finally:
+                self._handover_ready = None
+        else:
+            kind = "hard"
+        if kind == "hard":
+            last = session.last_received if session.state is not SessionState.ATTACHED else started
+            self._lost = (min(last, started), reason)
+        else:
+            self._lost = (started, reason)
+        old = driver.proto
+        if old is not None:
+            driver.proto = None
+            old.detach()
+        if session.state is not SessionState.DETACHED:
+            session.transport_lost(loop.time())
+        self._resumed = loop.create_future()
+        try:
+            await self._resume(driver, target, proto)
+        except TransportError as exc:
+            self._lost = None
+            self._transport_lost(f"handover to {target.name} failed: {exc}")
+            raise
+        self.attachment = target
+        await self._record(kind, origin, target, reason)
+
+    async def _resume(self, driver: SessionDriver, via: Attachment | None = None,
+                      proto: TransportProtocol | None = None) -> bool:
         """One resume attempt; True when the session is attached again."""
         session = driver.session
         timeout = self._attempt_timeout(session)
-        proto = await self._connect(timeout)
+        if proto is None:
+            proto = await self._connect(timeout, via)
         loop = asyncio.get_running_loop()
         if self.session_id is None:
             raise TransportError("no session to resume")

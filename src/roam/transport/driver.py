@@ -140,6 +140,8 @@ class SessionDriver:
         self.on_transport_lost: Callable[[str], None] = lambda reason: None
         self.on_open_request: Callable[[ev.ChannelOpenRequested], None] = self._refuse_open
         self.on_open_failed: Callable[[ev.ChannelOpenFailed], None] = lambda e: None
+        self.on_handover_ready: Callable[[int], None] = lambda token: None
+        self.on_resumed: Callable[[int], None] = lambda frames_resent: None
 
     # ---- transports ----------------------------------------------------------
 
@@ -298,6 +300,9 @@ class SessionDriver:
             elif isinstance(e, ev.SessionResumed):
                 log.info("%s: resumed; resent %d frames (%d bytes)", self.name,
                          e.frames_resent, e.bytes_resent)
+                self.on_resumed(e.frames_resent)
+            elif isinstance(e, ev.HandoverReady):
+                self.on_handover_ready(e.token)
             elif isinstance(e, ev.SessionClosed):
                 who = "peer" if e.by_peer else "this side"
                 log.info("%s: session closed by %s: %s %s", self.name, who, e.code.name,
