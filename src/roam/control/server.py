@@ -1,0 +1,118 @@
+"""The control socket: one JSON object per line in, one per line out.
+
+Request: `{"cmd": "status"}` or `{"cmd": "link", "path": "wifi", "up": false}`.
+Answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+A malformed request gets an error answer; the daemon never dies of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from roam.errors import ConfigError, RoamError
+
+log = logging.getLogger("roam.control")
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+# A request larger than this is not a control request.
+MAX_LINE = 64 * 1024
+
+
+def default_control_path(role: str) -> str:
+    """Where a daemon's control socket lives unless --control says otherwise."""
+    if os.geteuid() == 0:
+        base = Path("/run/roam")
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        base = Path(runtime) / "roam" if runtime else Path(f"/tmp/roam-{os.geteuid()}")
+    return str(base / f"{role}.sock")
+
+
+class ControlServer:
+    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+        self.path = path
+        self.handlers = handlers
+        self._server: asyncio.Server | None = None
+
+    def _existing_socket(self) -> bool:
+        """Make the directory; True when an old socket sits at the path."""
+        p = Path(self.path)
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if p.is_socket():
+            return True
+        if p.exists():
+            raise ConfigError(f"--control {self.path}: exists and is not a socket")
+        return False
+
+    async def start(self) -> None:
+        try:
+            if self._existing_socket():
+                await self._refuse_if_live(Path(self.path))
+                os.unlink(self.path)
+            self._server = await asyncio.start_unix_server(self._client, path=self.path,
+                                                           limit=MAX_LINE)
+            os.chmod(self.path, 0o600)  # the control socket changes links: owner only
+        except OSError as exc:
+            raise ConfigError(f"--control {self.path}: {exc.strerror or exc}") from None
+
+    async def _refuse_if_live(self, p: Path) -> None:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(p)), 1)
+        except (OSError, TimeoutError):
+            return  # a leftover from a daemon that died: take it over
+        writer.close()
+        raise ConfigError(f"--control {self.path}: another daemon is listening there")
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(_answer(False, f"request longer than {MAX_LINE} bytes"))
+                    break
+                if not line:
+                    break
+                writer.write(await self._handle(line))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, line: bytes) -> bytes:
+        try:
+            request = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _answer(False, f"not a JSON request: {exc}")
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            return _answer(False, 'a request is a JSON object with a "cmd" string')
+        cmd = request["cmd"]
+        handler = self.handlers.get(cmd)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            return _answer(False, f"unknown command {cmd!r} (known: {known})")
+        try:
+            return _answer(True, await handler(request))
+        except RoamError as exc:
+            return _answer(False, str(exc))
+        except (KeyError, TypeError, ValueError) as exc:
+            return _answer(False, f"bad {cmd} request: {exc}")
+
+
+def _answer(ok: bool, value: Any) -> bytes:
+    body = {"ok": True, "result": value} if ok else {"ok": False, "error": value}
+    return json.dumps(body, default=str).encode() + b"\n"
