@@ -1,0 +1,629 @@
+"""A three-namespace network lab: a mobile device, a router and a server.
+
+    mobile ==wifi== router ==srv== server
+    mobile ==cell== router           (the router masquerades cell traffic)
+
+`mobile` has two uplinks, `wifi` (198.18.1.0/24) and `cell` (198.18.2.0/24),
+each with its own default route; wifi has the lower metric so unbound
+traffic prefers it, and a socket bound to a device with SO_BINDTODEVICE
+(`ping -I cell`) leaves by that device. `router` forwards between the uplinks
+and `server` (198.19.0.2, one fixed address on a veth pair). Cell traffic is
+masqueraded on its way to the server, as a carrier's NAT would; wifi traffic
+reaches the server with mobile's own address, so the server routes
+198.18.1.0/24 back through the router and has no route to the cell subnet.
+
+Each uplink is a pair of TUN devices (`wifi` in mobile, `wifi-r` in router)
+joined by a `roam.lab.tunlink` process, which adds delay and can black-hole
+the link while it stays up. Rate limits are tbf qdiscs on both TUN devices;
+random loss is an nftables table of the lab's own in the router namespace.
+This kernel-independent mix stands in for netem, which not every kernel has.
+
+Every name the lab creates carries a prefix made of the process id and a
+counter (`roam<pid>x<n>-mobile`), so parallel labs and leftovers of a crashed
+run never collide. `destroy()` removes all of it, and never raises.
+All addresses come from 198.18.0.0/15, the range reserved for benchmarking.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import math
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from roam.errors import RoamError
+from roam.lab.tunlink import DEFAULT_MTU
+
+__all__ = ["LINKS", "LabError", "NetLab"]
+
+LINKS: Final = ("wifi", "cell")
+
+_SERVER_NET = "198.19.0"
+_SERVER_HOST = 2
+_ROUTER_HOST = 1
+_MOBILE_HOST = 2
+_NFT_TABLE = "roamlab"
+
+# How long one `ip`/`tc`/`nft` command, and a tunlink's start, may take.
+_COMMAND_TIMEOUT = 30.0
+_READY_TIMEOUT = 20.0
+# Grace between SIGTERM and SIGKILL when ending a process.
+_TERM_GRACE = 3.0
+
+_counter = itertools.count()
+
+
+class LabError(RoamError):
+    """The lab could not be built or changed; the message names what failed."""
+
+
+@dataclass(frozen=True)
+class _Link:
+    name: str
+    net: str  # first three octets of the /24
+    metric: int
+
+    @property
+    def router_iface(self) -> str:
+        return f"{self.name}-r"
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.net}.{_ROUTER_HOST}"
+
+
+_LINKS: Final = {
+    "wifi": _Link("wifi", "198.18.1", 100),
+    "cell": _Link("cell", "198.18.2", 200),
+}
+_NAT_LINK: Final = "cell"
+
+
+def _check_delay(delay_ms: float, what: str) -> float:
+    if not isinstance(delay_ms, int | float) or not math.isfinite(delay_ms) or delay_ms < 0:
+        raise LabError(f"{what} must be a finite number of milliseconds >= 0, got {delay_ms!r}")
+    return float(delay_ms)
+
+
+class NetLab:
+    """Builds, changes and removes the lab; use it as a context manager.
+
+    `wifi_delay_ms` and `cell_delay_ms` are one-way delays added in each
+    direction of that link, so its round trip grows by twice as much.
+    """
+
+    def __init__(
+        self,
+        *,
+        wifi_delay_ms: float = 0.0,
+        cell_delay_ms: float = 0.0,
+        mtu: int = DEFAULT_MTU,
+    ) -> None:
+        self._initial_delay = {
+            "wifi": _check_delay(wifi_delay_ms, "wifi_delay_ms"),
+            "cell": _check_delay(cell_delay_ms, "cell_delay_ms"),
+        }
+        if not 576 <= mtu <= 65535:
+            raise LabError(f"mtu must be between 576 and 65535, got {mtu}")
+        self.mtu = mtu
+        self.prefix = f"roam{os.getpid()}x{next(_counter)}"
+        self.mobile = f"{self.prefix}-mobile"
+        self.router = f"{self.prefix}-router"
+        self.server = f"{self.prefix}-server"
+        # Problems met while tearing down; destroy() records instead of raising.
+        self.cleanup_errors: list[str] = []
+        self._built = False
+        self._dir: Path | None = None
+        self._created: list[str] = []
+        self._tunlinks: dict[str, subprocess.Popen[bytes]] = {}
+        self._processes: list[subprocess.Popen[Any]] = []
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._hosts = dict.fromkeys(LINKS, _MOBILE_HOST)
+        self._down: set[str] = set()
+        self._loss = dict.fromkeys(LINKS, 0.0)
+        self._rate: dict[str, int | None] = dict.fromkeys(LINKS, None)
+
+    # -- names and addresses -------------------------------------------------
+
+    @property
+    def namespaces(self) -> tuple[str, str, str]:
+        """(mobile, router, server) namespace names."""
+        return (self.mobile, self.router, self.server)
+
+    @property
+    def built(self) -> bool:
+        return self._built
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Current addresses: mobile_wifi, mobile_cell, router_wifi, router_cell,
+        router_server (router's address toward the server, which is also what
+        the server sees for NATed cell traffic) and server."""
+        out: dict[str, str] = {}
+        for link in _LINKS.values():
+            out[f"mobile_{link.name}"] = f"{link.net}.{self._hosts[link.name]}"
+            out[f"router_{link.name}"] = link.gateway
+        out["router_server"] = f"{_SERVER_NET}.{_ROUTER_HOST}"
+        out["server"] = f"{_SERVER_NET}.{_SERVER_HOST}"
+        return out
+
+    def pids(self) -> list[int]:
+        """Process ids of everything the lab started (tunlinks and run())."""
+        return [p.pid for p in self._tunlinks.values()] + [p.pid for p in self._processes]
+
+    def _namespace(self, ns: str) -> str:
+        roles = {"mobile": self.mobile, "router": self.router, "server": self.server}
+        if ns in roles:
+            return roles[ns]
+        if ns in roles.values():
+            return ns
+        raise LabError(
+            f"unknown namespace {ns!r}: expected mobile, router, server or one of {self.namespaces}"
+        )
+
+    @staticmethod
+    def _link(name: str) -> _Link:
+        link = _LINKS.get(name)
+        if link is None:
+            raise LabError(f"unknown link {name!r}: the lab has {', '.join(LINKS)}")
+        return link
+
+    def _require_built(self) -> None:
+        if not self._built:
+            raise LabError("the lab is not built: call build() or use it in a with block")
+
+    # -- life cycle ----------------------------------------------------------
+
+    def __enter__(self) -> NetLab:
+        self.build()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.destroy()
+
+    def build(self) -> None:
+        """Create namespaces, links, routes and NAT; a second call does nothing."""
+        if self._built:
+            return
+        # Interpreter exit without destroy() (an uncaught error outside a with
+        # block) must still not leave namespaces and tunlinks behind.
+        atexit.register(self.destroy)
+        try:
+            self._build()
+        except BaseException:
+            self.destroy()
+            raise
+        self._built = True
+
+    def _build(self) -> None:
+        self._reset_state()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        for ns in self.namespaces:
+            # Fails if the name exists: someone else's namespace is never
+            # adopted, so never deleted either.
+            self._cmd(["ip", "netns", "add", ns])
+            self._created.append(ns)
+            # Both uplinks receive traffic for a source the default route
+            # would send elsewhere; reverse-path filtering would drop it.
+            # IPv6 is off so the links carry only the traffic tests make.
+            self._exec(
+                ns,
+                [
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            )
+            self._cmd(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
+        self._exec(self.router, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+
+        # Start both forwarders before waiting, so their start-ups overlap.
+        for name in LINKS:
+            self._start_tunlink(self._link(name))
+        deadline = time.monotonic() + _READY_TIMEOUT
+        for name, proc in self._tunlinks.items():
+            self._wait_ready(name, proc, deadline)
+
+        router_ip = f"{_SERVER_NET}.{_ROUTER_HOST}/24"
+        server_ip = f"{_SERVER_NET}.{_SERVER_HOST}/24"
+        # Created inside the router namespace, so no name ever appears on the host.
+        self._ip(
+            self.router,
+            "link",
+            "add",
+            "srv",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "srv",
+            "netns",
+            self.server,
+        )
+        self._ip(self.router, "addr", "add", router_ip, "dev", "srv")
+        self._ip(self.router, "link", "set", "dev", "srv", "up")
+        self._ip(self.server, "addr", "add", server_ip, "dev", "srv")
+        self._ip(self.server, "link", "set", "dev", "srv", "up")
+
+        for link in _LINKS.values():
+            self._ip(self.router, "addr", "add", f"{link.gateway}/24", "dev", link.router_iface)
+            self._ip(self.mobile, "addr", "add", f"{link.net}.{_MOBILE_HOST}/24", "dev", link.name)
+            self._default_route(link)
+        self._ip(
+            self.server,
+            "route",
+            "add",
+            f"{_LINKS['wifi'].net}.0/24",
+            "via",
+            f"{_SERVER_NET}.{_ROUTER_HOST}",
+            "dev",
+            "srv",
+        )
+
+        nat_net = f"{_LINKS[_NAT_LINK].net}.0/24"
+        self._nft(
+            f"""
+            table ip {_NFT_TABLE} {{
+                chain nat_postrouting {{
+                    type nat hook postrouting priority srcnat; policy accept;
+                    ip saddr {nat_net} oifname "srv" masquerade
+                }}
+                chain loss_in {{
+                    type filter hook prerouting priority raw; policy accept;
+                }}
+                chain loss_out {{
+                    type filter hook postrouting priority filter; policy accept;
+                }}
+            }}
+            """
+        )
+
+    def destroy(self) -> None:
+        """Remove everything build() made; safe to call any time, never raises."""
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.destroy)
+        for proc in self._processes:
+            self._end(proc, "process")
+        self._processes.clear()
+        for ns in self._created:
+            self._kill_namespace_processes(ns)
+        for name, proc in self._tunlinks.items():
+            self._end(proc, f"tunlink {name}")
+        self._tunlinks.clear()
+        for ns in reversed(self._created):
+            try:
+                self._cmd(["ip", "netns", "del", ns])
+            except Exception as exc:
+                self.cleanup_errors.append(f"deleting namespace {ns}: {exc}")
+        self._created.clear()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self._built = False
+
+    def _end(self, proc: subprocess.Popen[Any], what: str) -> None:
+        try:
+            if proc.stdin is not None:
+                # A tunlink started with --watch-stdin exits on this alone.
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(_TERM_GRACE)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(_TERM_GRACE)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        except Exception as exc:
+            self.cleanup_errors.append(f"ending {what} {proc.pid}: {exc}")
+
+    def _kill_namespace_processes(self, ns: str) -> None:
+        # Children of run() processes (a shell's jobs, say) outlive their
+        # parent's SIGTERM; anything still inside our namespace is ours.
+        try:
+            out = subprocess.run(
+                ["ip", "netns", "pids", ns],
+                capture_output=True,
+                text=True,
+                timeout=_COMMAND_TIMEOUT,
+                check=False,
+            ).stdout
+            for word in out.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(word), signal.SIGKILL)
+        except Exception as exc:
+            self.cleanup_errors.append(f"listing processes in {ns}: {exc}")
+
+    # -- running things inside -----------------------------------------------
+
+    def run(self, ns: str, argv: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        """Start `argv` in namespace `ns` (a role or full name); destroy() ends it."""
+        self._require_built()
+        proc: subprocess.Popen[Any] = subprocess.Popen(
+            ["ip", "netns", "exec", self._namespace(ns), *argv], **popen_kwargs
+        )
+        self._processes.append(proc)
+        return proc
+
+    def check(self, ns: str, argv: list[str], timeout: float = _COMMAND_TIMEOUT) -> str:
+        """Run `argv` in namespace `ns` to completion and return its stdout."""
+        self._require_built()
+        return self._exec(self._namespace(ns), argv, timeout)
+
+    def _exec(self, ns: str, argv: list[str], timeout: float = _COMMAND_TIMEOUT) -> str:
+        return self._cmd(["ip", "netns", "exec", ns, *argv], timeout)
+
+    def _ip(self, ns: str, *args: str) -> str:
+        return self._cmd(["ip", "-n", ns, *args])
+
+    def _cmd(self, argv: list[str], timeout: float = _COMMAND_TIMEOUT, stdin: str = "") -> str:
+        try:
+            done = subprocess.run(
+                argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except FileNotFoundError:
+            raise LabError(f"{argv[0]} is not installed (needed for: {' '.join(argv)})") from None
+        except subprocess.TimeoutExpired:
+            raise LabError(f"{' '.join(argv)} did not finish within {timeout} s") from None
+        if done.returncode != 0:
+            raise LabError(
+                f"{' '.join(argv)} failed with status {done.returncode}: "
+                f"{done.stderr.strip() or done.stdout.strip() or 'no output'}"
+            )
+        return done.stdout
+
+    def _nft(self, script: str) -> None:
+        self._cmd(["ip", "netns", "exec", self.router, "nft", "-f", "-"], stdin=script)
+
+    # -- the userspace links -------------------------------------------------
+
+    def _control_path(self, name: str) -> Path:
+        if self._dir is None:
+            raise LabError("the lab is not built: call build() or use it in a with block")
+        return self._dir / f"{name}.ctl"
+
+    def _start_tunlink(self, link: _Link) -> None:
+        control = self._control_path(link.name)
+        # The package may not be installed in the interpreter's site-packages.
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        argv = [
+            sys.executable,
+            "-m",
+            "roam.lab.tunlink",
+            "--a",
+            f"{self.mobile}:{link.name}",
+            "--b",
+            f"{self.router}:{link.router_iface}",
+            "--delay-ms",
+            repr(self._initial_delay[link.name]),
+            "--mtu",
+            str(self.mtu),
+            "--control",
+            str(control),
+            "--watch-stdin",
+        ]
+        with open(control.with_suffix(".log"), "wb") as log:
+            self._tunlinks[link.name] = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env
+            )
+
+    def _log_tail(self, name: str) -> str:
+        try:
+            text = self._control_path(name).with_suffix(".log").read_text(errors="replace")
+        except (OSError, LabError):
+            return ""
+        return f": {text.strip()[-2000:]}" if text.strip() else ""
+
+    def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        if proc.stdout is None:
+            raise LabError(f"tunlink for {name} has no stdout pipe")
+        fd = proc.stdout.fileno()
+        buffer = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LabError(
+                        f"tunlink for {name} did not report ready within {_READY_TIMEOUT} s"
+                        f"{self._log_tail(name)}"
+                    )
+                if not selector.select(remaining):
+                    continue
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    status = proc.wait(_TERM_GRACE)
+                    raise LabError(
+                        f"tunlink for {name} exited with status {status} before it was ready"
+                        f"{self._log_tail(name)}"
+                    )
+                buffer += chunk
+        first = buffer.split(b"\n", 1)[0].strip()
+        if first != b"ready":
+            raise LabError(f"tunlink for {name} said {first!r} instead of 'ready'")
+
+    def control(self, name: str, command: str) -> str:
+        """Send one control command to link `name`'s tunlink; returns its answer."""
+        self._require_built()
+        self._link(name)
+        path = self._control_path(name)
+        data = b""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(_COMMAND_TIMEOUT)
+                sock.connect(str(path))
+                sock.sendall(command.encode("utf-8") + b"\n")
+                while not data.endswith(b"\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError as exc:
+            raise LabError(f"tunlink for {name}: {command!r} failed: {exc}") from None
+        answer = data.decode("utf-8", "replace").strip()
+        if not answer or answer.startswith("error"):
+            raise LabError(f"tunlink for {name}: {command!r}: {answer or 'no answer'}")
+        return answer
+
+    # -- changing the links --------------------------------------------------
+
+    def _default_route(self, link: _Link) -> None:
+        self._ip(
+            self.mobile,
+            "route",
+            "replace",
+            "default",
+            "via",
+            link.gateway,
+            "dev",
+            link.name,
+            "metric",
+            str(link.metric),
+        )
+
+    def link_down(self, name: str) -> None:
+        """Take mobile's side of the link down, as when the radio goes away."""
+        self._require_built()
+        link = self._link(name)
+        self._ip(self.mobile, "link", "set", "dev", link.name, "down")
+        self._down.add(link.name)
+
+    def link_up(self, name: str) -> None:
+        """Bring mobile's side back up and restore its default route."""
+        self._require_built()
+        link = self._link(name)
+        self._ip(self.mobile, "link", "set", "dev", link.name, "up")
+        self._down.discard(link.name)
+        # The kernel dropped the route when the device went down.
+        self._default_route(link)
+
+    def blackhole(self, name: str, on: bool) -> None:
+        """Silently drop everything on the link (both ways) while it stays up."""
+        self._require_built()
+        self.control(self._link(name).name, "blackhole on" if on else "blackhole off")
+
+    def set_delay(self, name: str, ms: float) -> None:
+        """One-way delay added in each direction of the link."""
+        self._require_built()
+        link = self._link(name)
+        self.control(link.name, f"delay {_check_delay(ms, 'delay'):g}")
+
+    def set_loss(self, name: str, percent: float) -> None:
+        """Drop `percent` of packets at random in each direction of the link."""
+        self._require_built()
+        link = self._link(name)
+        if not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            raise LabError(f"loss must be between 0 and 100 percent, got {percent!r}")
+        self._loss[link.name] = float(percent)
+        lines = [f"flush chain ip {_NFT_TABLE} loss_in", f"flush chain ip {_NFT_TABLE} loss_out"]
+        for other in _LINKS.values():
+            # numgen works on whole numbers: hundredths of a percent.
+            threshold = round(self._loss[other.name] * 100)
+            if threshold == 0:
+                continue
+            drop = f"numgen random mod 10000 < {threshold} drop"
+            iface = other.router_iface
+            lines.append(f'add rule ip {_NFT_TABLE} loss_in iifname "{iface}" {drop}')
+            lines.append(f'add rule ip {_NFT_TABLE} loss_out oifname "{iface}" {drop}')
+        self._nft("\n".join(lines) + "\n")
+
+    def set_rate(self, name: str, bits_per_s: int | None) -> None:
+        """Cap the link at `bits_per_s` in each direction; None removes the cap."""
+        self._require_built()
+        link = self._link(name)
+        if bits_per_s is not None and (not isinstance(bits_per_s, int) or bits_per_s <= 0):
+            raise LabError(
+                f"rate must be a whole number of bits per second > 0, got {bits_per_s!r}"
+            )
+        ends = ((self.mobile, link.name), (self.router, link.router_iface))
+        if bits_per_s is None:
+            if self._rate[link.name] is not None:
+                for ns, dev in ends:
+                    self._cmd(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"])
+            self._rate[link.name] = None
+            return
+        burst = self._burst(bits_per_s)
+        # The queue holds about 100 ms, a typical access-link buffer.
+        limit = max(burst + self.mtu, bits_per_s // 80)
+        for ns, dev in ends:
+            self._cmd(
+                [
+                    "tc",
+                    "-n",
+                    ns,
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    f"{bits_per_s}bit",
+                    "burst",
+                    str(burst),
+                    "limit",
+                    str(limit),
+                ]
+            )
+        self._rate[link.name] = bits_per_s
+
+    def _burst(self, bits_per_s: int) -> int:
+        # The bucket must hold whole packets, or tbf drops every full-size
+        # one; otherwise about 10 ms of traffic.
+        return max(2 * self.mtu, bits_per_s // 800)
+
+    def rate_burst(self, name: str) -> int:
+        """Bytes the link's tbf lets through at once before the cap bites (0: no cap)."""
+        rate = self._rate[self._link(name).name]
+        return 0 if rate is None else self._burst(rate)
+
+    def change_address(self, name: str, new_host_octet: int) -> str:
+        """Give mobile a new address on the link (same /24); returns it."""
+        self._require_built()
+        link = self._link(name)
+        if not isinstance(new_host_octet, int) or not 2 <= new_host_octet <= 254:
+            raise LabError(f"host octet must be 2..254 (1 is the router), got {new_host_octet!r}")
+        old = f"{link.net}.{self._hosts[link.name]}"
+        new = f"{link.net}.{new_host_octet}"
+        if new == old:
+            return new
+        self._ip(self.mobile, "addr", "del", f"{old}/24", "dev", link.name)
+        self._ip(self.mobile, "addr", "add", f"{new}/24", "dev", link.name)
+        self._hosts[link.name] = new_host_octet
+        if link.name not in self._down:
+            # Removing the old address took the default route with it.
+            self._default_route(link)
+        return new
+
+    def link_stats(self, name: str) -> str:
+        """The link's tunlink counters, as the JSON line `stats` returns."""
+        return self.control(self._link(name).name, "stats")

@@ -1,0 +1,372 @@
+"""The namespace lab, end to end: needs root, ip, tc, nft, sysctl and ping.
+
+Timing checks are lower bounds only: a slow machine may make anything slower,
+never faster than the emulated link allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from roam.lab.netlab import LabError, NetLab
+from tests.conftest import require
+
+pytestmark = pytest.mark.root
+
+TOOLS = ("ip", "tc", "nft", "sysctl", "ping")
+PORT = 5001
+STARTUP_TIMEOUT = 20.0
+
+# Answers every connection with the peer address it sees, then closes it.
+PEER_SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+s.settimeout(60)
+print("listening", flush=True)
+while True:
+    c, addr = s.accept()
+    c.sendall(addr[0].encode() + b"\n")
+    c.close()
+"""
+
+# Connects from a socket bound to one device and prints the first line it gets.
+PEER_CLIENT = r"""
+import socket, sys
+dev, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket()
+if dev != "-":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+s.settimeout(10)
+s.connect((host, port))
+print(s.makefile().readline().strip())
+"""
+
+# Reads one connection to its end, then answers with the byte count.
+SINK_SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+s.settimeout(60)
+print("listening", flush=True)
+c, _ = s.accept()
+c.settimeout(60)
+total = 0
+while chunk := c.recv(1 << 16):
+    total += len(chunk)
+c.sendall(b"%d\n" % total)
+c.close()
+"""
+
+# Sends N bytes from a socket bound to one device; prints seconds until the
+# server confirmed it had them all.
+SINK_CLIENT = r"""
+import socket, sys, time
+dev, host, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+s.settimeout(60)
+s.connect((host, port))
+started = time.monotonic()
+s.sendall(bytes(size))
+s.shutdown(socket.SHUT_WR)
+answer = s.makefile().readline().strip()
+print(answer, time.monotonic() - started)
+"""
+
+
+def require_lab() -> None:
+    require(os.geteuid() == 0, "the network lab needs root (namespaces, TUN, nftables)")
+    for tool in TOOLS:
+        require(shutil.which(tool) is not None, f"the network lab needs {tool} installed")
+
+
+@pytest.fixture
+def lab() -> Iterator[NetLab]:
+    require_lab()
+    with NetLab(wifi_delay_ms=1, cell_delay_ms=5) as lab:
+        yield lab
+    assert not lab.cleanup_errors
+
+
+def lab_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def read_line(proc: subprocess.Popen[Any], timeout: float = STARTUP_TIMEOUT) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError(f"no output from {proc.args!r} within {timeout} s")
+    return str(proc.stdout.readline()).strip()
+
+
+def start_server(lab: NetLab, code: str) -> subprocess.Popen[str]:
+    proc: subprocess.Popen[str] = lab.run(
+        "server", [sys.executable, "-c", code, str(PORT)], stdout=subprocess.PIPE, text=True
+    )
+    assert read_line(proc) == "listening"
+    return proc
+
+
+def peer_seen(lab: NetLab, device: str) -> str:
+    out = lab.check(
+        "mobile", [sys.executable, "-c", PEER_CLIENT, device, lab.addresses["server"], str(PORT)]
+    )
+    return out.strip()
+
+
+@dataclass
+class Ping:
+    sent: int
+    received: int
+    min_rtt_ms: float | None
+
+
+def ping(
+    lab: NetLab, device: str, count: int = 3, interval: float = 0.2, wait_s: float = 1.0
+) -> Ping:
+    argv = [
+        "ping",
+        "-n",
+        "-q",
+        "-I",
+        device,
+        "-c",
+        str(count),
+        "-i",
+        str(interval),
+        "-W",
+        str(wait_s),
+        lab.addresses["server"],
+    ]
+    proc = lab.run("mobile", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=count * interval + wait_s + 10)
+    counts = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    if counts is None:
+        # An unreachable network fails before sending anything.
+        return Ping(0, 0, None)
+    rtt = re.search(r"= ([\d.]+)/", out)
+    return Ping(int(counts[1]), int(counts[2]), float(rtt[1]) if rtt else None)
+
+
+def reaches(lab: NetLab, device: str) -> bool:
+    return ping(lab, device, count=2, interval=0.1).received > 0
+
+
+def test_ping_server_over_each_link(lab: NetLab) -> None:
+    for device in ("wifi", "cell"):
+        result = ping(lab, device)
+        assert result.received == 3, device
+
+
+def test_cell_is_nated_and_wifi_is_not(lab: NetLab) -> None:
+    start_server(lab, PEER_SERVER)
+    addresses = lab.addresses
+    assert peer_seen(lab, "cell") == addresses["router_server"]
+    assert peer_seen(lab, "wifi") == addresses["mobile_wifi"]
+    # Unbound traffic takes the preferred default route, wifi.
+    assert peer_seen(lab, "-") == addresses["mobile_wifi"]
+
+
+def test_link_down_fails_that_link_only(lab: NetLab) -> None:
+    lab.link_down("wifi")
+    assert not reaches(lab, "wifi")
+    assert reaches(lab, "cell")
+    lab.link_up("wifi")
+    assert reaches(lab, "wifi")
+    lab.link_down("cell")
+    assert not reaches(lab, "cell")
+    assert reaches(lab, "wifi")
+
+
+def test_blackhole_silences_a_link_that_stays_up(lab: NetLab) -> None:
+    lab.blackhole("cell", True)
+    assert not reaches(lab, "cell")
+    assert "UP" in lab.check("mobile", ["ip", "-br", "link", "show", "dev", "cell"])
+    assert reaches(lab, "wifi")
+    assert json.loads(lab.link_stats("cell"))["a_to_b"]["dropped_blackhole"] >= 2
+    lab.blackhole("cell", False)
+    assert reaches(lab, "cell")
+
+
+def test_delay_is_added_to_the_round_trip() -> None:
+    require_lab()
+    delay = 30.0
+    with NetLab(wifi_delay_ms=2.5, cell_delay_ms=delay) as lab:
+        result = ping(lab, "cell")
+        assert result.min_rtt_ms is not None
+        assert result.min_rtt_ms >= 2 * delay
+        lab.set_delay("wifi", 20)
+        result = ping(lab, "wifi")
+        assert result.min_rtt_ms is not None
+        assert result.min_rtt_ms >= 40
+
+
+def test_loss_drops_packets(lab: NetLab) -> None:
+    lab.set_loss("wifi", 30)
+    # 30 % each way loses about half the echoes: ~100 of 200; 30 is far below.
+    result = ping(lab, "wifi", count=200, interval=0.005)
+    assert result.sent == 200
+    assert result.sent - result.received >= 30
+    lab.set_loss("wifi", 0)
+    assert ping(lab, "wifi", count=20, interval=0.01).received == 20
+
+
+def test_rate_limit_slows_a_transfer(lab: NetLab) -> None:
+    rate = 8_000_000
+    size = 1_500_000
+    lab.set_rate("wifi", rate)
+    start_server(lab, SINK_SERVER)
+    out = lab.check(
+        "mobile",
+        [sys.executable, "-c", SINK_CLIENT, "wifi", lab.addresses["server"], str(PORT), str(size)],
+        timeout=60,
+    )
+    received, elapsed = out.split()
+    assert int(received) == size
+    # The bucket lets one burst through at once; the rest waits for tokens.
+    assert float(elapsed) >= (size - lab.rate_burst("wifi")) / (rate / 8)
+    lab.set_rate("wifi", None)
+    assert lab.rate_burst("wifi") == 0
+
+
+def test_change_address(lab: NetLab) -> None:
+    start_server(lab, PEER_SERVER)
+    new = lab.change_address("wifi", 7)
+    assert new == "198.18.1.7"
+    assert lab.addresses["mobile_wifi"] == new
+    assert peer_seen(lab, "wifi") == new
+    assert "198.18.1.2" not in lab.check("mobile", ["ip", "-br", "addr", "show", "dev", "wifi"])
+    with pytest.raises(LabError, match="host octet"):
+        lab.change_address("wifi", 1)
+
+
+def test_bulk_transfer_with_iperf3(lab: NetLab) -> None:
+    require(shutil.which("iperf3") is not None, "iperf3 is not installed")
+    server = lab.run(
+        "server", ["iperf3", "-s", "-1", "-B", lab.addresses["server"]], stdout=subprocess.DEVNULL
+    )
+    argv = ["iperf3", "-c", lab.addresses["server"], "--bind-dev", "cell", "-n", "10M", "-J"]
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        try:
+            out = lab.check("mobile", argv, timeout=30)
+            break
+        except LabError:
+            # The server may not listen yet.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    result = json.loads(out)
+    # The receiver's total can miss the last interval; the sender's is exact.
+    assert result["end"]["sum_sent"]["bytes"] >= 10 << 20
+    assert result["end"]["sum_received"]["bytes"] > 0
+    server.wait(10)
+
+
+def test_errors_name_the_problem(lab: NetLab) -> None:
+    with pytest.raises(LabError, match="unknown link 'lte'"):
+        lab.set_delay("lte", 1)
+    with pytest.raises(LabError, match="unknown namespace"):
+        lab.check("moon", ["true"])
+    with pytest.raises(LabError, match="failed with status"):
+        lab.check("mobile", ["false"])
+    with pytest.raises(LabError, match="loss must be"):
+        lab.set_loss("wifi", 120)
+    with pytest.raises(LabError, match="rate must be"):
+        lab.set_rate("wifi", 0)
+
+
+def test_methods_need_a_built_lab() -> None:
+    with pytest.raises(LabError, match="not built"):
+        NetLab().link_down("wifi")
+
+
+def test_destroy_removes_everything() -> None:
+    require_lab()
+    lab = NetLab()
+    lab.build()
+    lab.build()  # idempotent
+    sleeper = lab.run("server", ["sleep", "30"])
+    names = set(lab.namespaces)
+    pids = lab.pids()
+    assert sleeper.pid in pids
+    assert len(pids) == 3
+    assert names <= lab_namespaces()
+    lab.destroy()
+    lab.destroy()  # idempotent
+    assert not names & lab_namespaces()
+    assert not [pid for pid in pids if alive(pid)]
+    assert sleeper.returncode is not None
+    assert not lab.cleanup_errors
+    assert not lab.built
+
+
+def test_failing_body_still_cleans_up() -> None:
+    require_lab()
+    seen: dict[str, Any] = {}
+
+    def body() -> None:
+        with NetLab() as lab:
+            seen["names"] = set(lab.namespaces)
+            seen["pids"] = [*lab.pids(), lab.run("mobile", ["sleep", "30"]).pid]
+            raise RuntimeError("deliberate failure inside the lab")
+
+    with pytest.raises(RuntimeError, match="deliberate"):
+        body()
+    assert not seen["names"] & lab_namespaces()
+    assert not [pid for pid in seen["pids"] if alive(pid)]
+
+
+def test_parallel_labs_do_not_collide() -> None:
+    require_lab()
+    with NetLab() as first, NetLab() as second:
+        assert not set(first.namespaces) & set(second.namespaces)
+        for each in (first, second):
+            assert ping(each, "wifi", count=1).received == 1
+
+
+def test_failed_build_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_lab()
+    lab = NetLab()
+    pids: list[int] = []
+
+    def broken_nft(script: str) -> None:
+        # The last build step: namespaces and tunlinks exist by now.
+        pids.extend(lab.pids())
+        raise LabError("nft broke")
+
+    monkeypatch.setattr(lab, "_nft", broken_nft)
+    with pytest.raises(LabError, match="nft broke"):
+        lab.build()
+    assert len(pids) == 2
+    assert not set(lab.namespaces) & lab_namespaces()
+    assert not [pid for pid in pids if alive(pid)]
+    assert not lab.built
