@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -103,6 +104,11 @@ def pubkey(path: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+_control_flag = click.option(
+    "--control", type=click.Path(dir_okay=False), default=None,
+    help="Control socket for roam status (default: /run/roam/ROLE.sock as root, else "
+         "$XDG_RUNTIME_DIR/roam/ROLE.sock).")
+
 _log_level = click.option("--log-level", default="info", show_default=True,
                           type=click.Choice(["debug", "info", "warning", "error"]))
 
@@ -119,14 +125,15 @@ _log_level = click.option("--log-level", default="info", show_default=True,
                    "a name or *.suffix; PORT may be *). Default: none.")
 @click.option("--linger", default=900.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds a session without transport waits for its client to resume.")
+@_control_flag
 @_log_level
 def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], linger: float,
-           log_level: str) -> None:
+           control: str | None, log_level: str) -> None:
     """Run the server daemon beside the services."""
     from roam.daemons import run_server
 
     _setup_logging(log_level, "server")
-    _run("server", run_server(listen, key, authorized_keys, list(allow), linger))
+    _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control))
 
 
 @main.command()
@@ -143,14 +150,83 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
 @click.option("--cipher", type=click.Choice(["auto", "aesgcm", "chachapoly"]), default="auto",
               show_default=True, help="AEAD: auto picks AES-GCM where the CPU has AES "
                                       "instructions.")
+@click.option("--path", "paths", multiple=True,
+              metavar="NAME:dev=IFACE[,priority=N][,kind=K][,billing=B][,idle-switch=S]"
+                      "[,min-signal=N]",
+              help="A local attachment the session may use (repeatable); lower priority "
+                   "is preferred.")
+@click.option("--links", type=click.Choice(["linux", "static", "emulated"]), default="linux",
+              show_default=True, help="Link driver reporting the paths' state.")
+@click.option("--dwell", default=3.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a more preferred path must stay usable before a switch to it.")
+@click.option("--event-log", type=click.Path(dir_okay=False), default=None,
+              help="Append JSON-lines events (handovers, path changes) to this file.")
+@_control_flag
 @_log_level
 def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
-           log_level: str) -> None:
+           paths: tuple[str, ...], links: str, dwell: float, event_log: str | None,
+           control: str | None, log_level: str) -> None:
     """Run the client daemon on the mobile unit."""
     from roam.daemons import run_client
 
     _setup_logging(log_level, "client")
-    _run("client", run_client(server_addr, server_key, key, list(forward), cipher))
+    _run("client", run_client(server_addr, server_key, key, list(forward), cipher,
+                              list(paths), links, dwell, control, event_log))
+
+
+def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None = None) -> Any:
+    from roam.control.client import request
+    from roam.control.server import default_control_path
+
+    try:
+        return request(control or default_control_path(role), cmd, fields)
+    except RoamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--control", type=click.Path(dir_okay=False), default=None,
+              help="The daemon's control socket (default: the client's).")
+@click.option("--server", "of_server", is_flag=True, help="Ask the server daemon instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
+def status(control: str | None, of_server: bool, as_json: bool) -> None:
+    """Show paths, the active path, channels and the handover history."""
+    from roam.control.render import render_status
+
+    result = _ask(control, "server" if of_server else "client", "status")
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        click.echo(render_status(result))
+
+
+@main.command()
+@click.argument("name")
+@click.argument("change", metavar="up|down|signal=N")
+@click.option("--control", type=click.Path(dir_okay=False), default=None,
+              help="The client's control socket.")
+def link(name: str, change: str, control: str | None) -> None:
+    """Change an emulated link: up, down or signal=N."""
+    click.echo(json.dumps(_ask(control, "client", "link", {"path": name, "change": change})))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--control", type=click.Path(dir_okay=False), default=None,
+              help="The client's control socket.")
+def switch(name: str, control: str | None) -> None:
+    """Hand the session over to path NAME now (soft if the old path allows).
+
+    The session stays on NAME until it stops working; `roam switch auto` gives
+    the choice back to the policy.
+    """
+    result = _ask(control, "client", "switch", {"path": name})
+    last = result["handovers"][-1] if result.get("handovers") else None
+    if name == "auto":
+        click.echo("the policy chooses the path again")
+    elif last:
+        click.echo(f"{last['kind']} handover {last['origin']} -> {last['target']}: "
+                   f"stall {last['stall_ms']:.0f} ms, {last['frames_resent']} frames resent")
 
 
 @main.command()

@@ -8,18 +8,25 @@ that pass port 0 learn the real port.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 
 from roam.connector.allow import AccessList, format_host_port, parse_port, split_host_port
 from roam.connector.connector import Connector
+from roam.control.eventlog import EventLog
+from roam.control.server import ControlServer, Handler, default_control_path
 from roam.core.preamble import Suite
 from roam.core.session import SessionConfig
 from roam.crypto.cpu import default_cipher
 from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
 from roam.errors import ConfigError, KeyFileError, TransportError
 from roam.interfaces.forward import Forward, ForwardSpec
-from roam.transport.client import BACKOFF, Client, ClientConfig
+from roam.links.driver import make_driver
+from roam.policy.paths import parse_paths
+from roam.policy.policy import Policy
+from roam.transport.client import BACKOFF, Client, ClientConfig, HandoverRecord
+from roam.transport.pathmanager import PathManager
 from roam.transport.server import Server, ServerConfig
 
 log = logging.getLogger("roam")
@@ -37,8 +44,23 @@ def _ready(line: str) -> None:
     print(line, flush=True)
 
 
+async def _control(path: str | None, role: str,
+                   handlers: dict[str, Handler]) -> ControlServer | None:
+    """The control socket: where --control says, else the default place if it is free."""
+    server = ControlServer(path or default_control_path(role), handlers)
+    try:
+        await server.start()
+    except ConfigError as exc:
+        if path is not None:
+            raise
+        log.warning("no control socket (%s); give --control PATH for one", exc)
+        return None
+    log.info("control socket %s", server.path)
+    return server
+
+
 async def run_server(listen: str, key: str, authorized_keys: str, allow: list[str],
-                     linger: float) -> int:
+                     linger: float, control: str | None = None) -> int:
     host, port = _address(listen, "--listen")
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
@@ -54,15 +76,29 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
     except OSError as exc:
         raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
     _ready(f"listening {format_host_port(bound[0], bound[1])}")
+
+    async def status(_: dict[str, object]) -> object:
+        return {"listening": format_host_port(bound[0], bound[1]),
+                "sessions": [{"id": sid.hex(), "name": d.name,
+                              "transport": d.proto.peer if d.proto else None,
+                              **dataclasses.asdict(d.session.statistics()),
+                              "channel_ids": d.session.channel_ids()}
+                             for sid, d in server.sessions.items()]}
+
+    ctl = await _control(control, "server", {"status": status})
     try:
         await asyncio.Event().wait()
     finally:
+        if ctl is not None:
+            await ctl.close()
         await server.close()
     return 0
 
 
 async def run_client(server: str, server_key: str, key: str, forwards: list[str],
-                     cipher: str) -> int:
+                     cipher: str, paths: list[str] | None = None, links: str = "linux",
+                     dwell: float = 3.0, control: str | None = None,
+                     event_log: str | None = None) -> int:
     host, port = _address(server, "--server")
     try:
         pinned = decode_public_key(server_key)
@@ -76,8 +112,29 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
                                                        "chachapoly": "ChaChaPoly"}[cipher]
     suite = Suite.AESGCM_SHA256 if name == "AESGCM" else Suite.CHACHAPOLY_BLAKE2S
     client = Client(ClientConfig(host, port, pinned, private, SessionConfig(), suite))
+    events = EventLog(event_log)
+    path_configs = parse_paths(paths or [])
+    manager: PathManager | None = None
+    history: list[HandoverRecord] = []
+    if path_configs:
+        driver = make_driver(links, {p.name: p.device for p in path_configs})
+        manager = PathManager(client, Policy(path_configs, dwell=dwell), driver, events)
+        await manager.start()
+    else:
+        def record(r: HandoverRecord) -> None:
+            history.append(r)
+            events.write("handover", type=r.kind, reason=r.reason, **{"from": r.origin},
+                         to=r.target, stall_ms=r.stall_ms, frames_resent=r.frames_resent)
+        client.on_handover = record
+    ctl = await _control(control, "client", _client_handlers(client, manager, history))
     attempt = 0
     while True:
+        if manager is not None:
+            client.attachment = manager.initial()
+            if client.attachment is None:
+                log.warning("no usable path yet; waiting")
+                await asyncio.sleep(1.0)
+                continue
         try:
             await client.handshake()
             break
@@ -100,4 +157,40 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
         for fwd in started:
             fwd.close()
         client.stop()
+        if manager is not None:
+            await manager.close()
+        if ctl is not None:
+            await ctl.close()
+        events.close()
         await asyncio.sleep(0.05)  # the CLOSE frame leaves before the loop ends
+
+
+def _client_handlers(client: Client, manager: PathManager | None,
+                     history: list[HandoverRecord]) -> dict[str, Handler]:
+    async def status(_: dict[str, object]) -> object:
+        if manager is not None:
+            return manager.status()
+        driver = client.driver
+        return {"active_path": None, "links": None, "paths": [],
+                "session": dataclasses.asdict(driver.session.statistics()) if driver else None,
+                "channels": driver.session.channel_ids() if driver else [],
+                "handovers": [dataclasses.asdict(r) for r in history[-100:]]}
+
+    async def link(req: dict[str, object]) -> object:
+        if manager is None:
+            raise ConfigError("this client has no --path: there are no links to change")
+        return manager.set_link(str(req["path"]), str(req["change"]))
+
+    async def switch(req: dict[str, object]) -> object:
+        if manager is None:
+            raise ConfigError("this client has no --path to switch to")
+        if req["path"] == "auto":
+            manager.pin(None)
+            return manager.status()
+        try:
+            await manager.switch(str(req["path"]), soft=True, reason="roam switch", pin=True)
+        except TransportError as exc:
+            raise ConfigError(f"switch to {req['path']} failed: {exc}") from None
+        return manager.status()
+
+    return {"status": status, "link": link, "switch": switch}

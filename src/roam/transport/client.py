@@ -75,6 +75,7 @@ class Client:
         self.choose_attachment: Callable[[int], Attachment | None] = lambda n: self.attachment
         self.on_handover: Callable[[HandoverRecord], None] = lambda r: None
         self.on_attachment_failed: Callable[[Attachment, str], None] = lambda a, why: None
+        self.on_lost: Callable[[Attachment | None, str], None] = lambda a, why: None
         self._lost: tuple[float, str] | None = None  # (last heard, reason) of a lost transport
         self._handover_ready: asyncio.Future[int] | None = None
         self._resumed: asyncio.Future[int] | None = None
@@ -202,6 +203,7 @@ class Client:
         if self.driver is not None:
             self._lost = (self.driver.session.last_received, reason)
         log.warning("transport to %s lost (%s); resuming", self.server, reason)
+        self.on_lost(self.attachment, reason)
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(
                 self._reconnect(), name="reconnect")

@@ -1,0 +1,52 @@
+"""`roam status` for people: the JSON status as a few aligned tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def render_status(status: dict[str, Any]) -> str:
+    out: list[str] = []
+    if "sessions" in status:  # the server's status
+        out.append(f"listening {status['listening']}; {len(status['sessions'])} session(s)")
+        rows = [["session", "transport", "state", "channels", "rtt ms", "resumes"]]
+        for s in status["sessions"]:
+            rtt = f"{s['srtt'] * 1000:.1f}" if s.get("srtt") is not None else "-"
+            rows.append([s["name"], _fmt(s["transport"]), s["state"], str(s["channels"]),
+                         rtt, str(s["resumes"])])
+        return "\n".join(out + _table(rows))
+    session = status.get("session") or {}
+    out.append(f"session {session.get('state', 'none')}; active path "
+               f"{_fmt(status.get('active_path'))}; {len(status.get('channels', []))} channel(s)")
+    if status.get("paths"):
+        rows = [["path", "active", "usable", "up", "signal", "rtt ms", "sent", "received",
+                 "why not usable"]]
+        for p in status["paths"]:
+            signal = _fmt(p["signal"]) if p.get("signal_known") else "n/a"
+            rows.append([p["name"], "*" if p["active"] else "", _fmt(p["usable"]),
+                         _fmt(p["up"]), signal, _fmt(p["rtt_ms"]), str(p["bytes_sent"]),
+                         str(p["bytes_received"]), _fmt(p["reason"])])
+        out += ["", *_table(rows)]
+    handovers = status.get("handovers") or []
+    if handovers:
+        rows = [["when", "kind", "from", "to", "stall ms", "resent", "reason"]]
+        for h in handovers[-10:]:
+            rows.append([time.strftime("%H:%M:%S", time.localtime(h["started"])), h["kind"],
+                         _fmt(h["origin"]), h["target"], f"{h['stall_ms']:.0f}",
+                         str(h["frames_resent"]), h["reason"]])
+        out += ["", "handovers (latest last)", *_table(rows)]
+    return "\n".join(out)
