@@ -1,0 +1,162 @@
+"""Handover in the network lab (root): real links, the linux driver, NAT on cell.
+
+    mobile ==wifi (RTT ~5 ms)==  router == server
+    mobile ==cell (RTT ~60 ms, NAT)==>
+
+The client prefers wifi. An echo conversation of 200 MiB (a 200 MiB upload
+and a 200 MiB download at once) runs through a forward while the lab takes
+wifi down and brings it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from roam.lab.netlab import NetLab
+from tests.conftest import require
+
+from .harness import ENV, ROOT, SERVICES, Keys
+from .test_survival import _report
+
+MIB = 1 << 20
+TRANSFER = int(os.environ.get("ROAM_LAB_MIB", "200")) * MIB
+ROAM_PORT, ECHO_PORT, FORWARD_PORT = 7000, 7007, 7100
+
+
+class LabRoam:
+    """roam server in `server`, roam client with two paths in `mobile`."""
+
+    def __init__(self, lab: NetLab, tmp: Path) -> None:
+        self.lab, self.tmp = lab, tmp
+        self.keys = Keys.make(tmp / "keys")
+        self.control = tmp / "client.sock"
+        self.events = tmp / "events.jsonl"
+
+    def start(self, dwell: float = 2.0) -> None:
+        server = self.lab.addresses["server"]
+        self._run("server", "echo", [sys.executable, str(SERVICES), "echo", "--port",
+                                     str(ECHO_PORT)])
+        self._run("server", "roam-server", [
+            sys.executable, "-m", "roam", "server", "--listen", f"{server}:{ROAM_PORT}",
+            "--key", str(self.keys.server_key), "--authorized-keys", str(self.keys.authorized),
+            "--allow", f"127.0.0.1:{ECHO_PORT}", "--control", str(self.tmp / "server.sock")])
+        time.sleep(1.0)
+        self._run("mobile", "roam-client", [
+            sys.executable, "-m", "roam", "client", "--server", f"{server}:{ROAM_PORT}",
+            "--server-key", self.keys.server_pub, "--key", str(self.keys.client_key),
+            "--forward", f"127.0.0.1:{FORWARD_PORT}=127.0.0.1:{ECHO_PORT}",
+            "--links", "linux", "--path", "wifi:dev=wifi,priority=10,kind=wifi",
+            "--path", "cell:dev=cell,priority=20,kind=cellular", "--dwell", str(dwell),
+            "--control", str(self.control), "--event-log", str(self.events)])
+        self.wait(lambda s: s["active_path"] == "wifi" and s["session"], "session on wifi")
+
+    def _run(self, ns: str, name: str, argv: list[str]) -> subprocess.Popen[Any]:
+        log = (self.tmp / f"{name}.log").open("wb")
+        return self.lab.run(ns, argv, stdout=log, stderr=log, env=ENV, cwd=ROOT)
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-m", "roam", "status", "--json", "--control",
+                              str(self.control)], capture_output=True, text=True, timeout=30,
+                             env=ENV)
+        if out.returncode != 0:
+            raise AssertionError(out.stderr + self.logs())
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+
+    def wait(self, condition: Any, what: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                last = self.status()
+                if condition(last):
+                    return last
+            except AssertionError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"waited {timeout} s for {what}: {last}\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}\n"
+                       for p in sorted(self.tmp.glob("*.log")))
+
+    def app(self, total: int, seed: int) -> App:
+        proc = self.lab.run("mobile", [sys.executable, str(ROOT / "tests/system/lab_app.py"),
+                                       str(FORWARD_PORT), str(total), str(seed)],
+                            stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+        return App(proc)
+
+
+class App:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.received = 0
+        self.result: dict[str, Any] | None = None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        if self.proc.stdout is None:
+            return
+        for line in self.proc.stdout:
+            if line.startswith("progress "):
+                self.received = int(line.split()[1])
+            elif line.startswith("{"):
+                self.result = json.loads(line)
+
+    def wait_progress(self, n: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.received < n and self.result is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 300.0) -> dict[str, Any]:
+        self.proc.wait(timeout)
+        self._thread.join(5)
+        if self.result is None:
+            raise AssertionError("the application printed no result")
+        return self.result
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[NetLab]:
+    require(os.geteuid() == 0, "the network lab needs root")
+    with NetLab(wifi_delay_ms=2.5, cell_delay_ms=30) as lab:
+        yield lab
+
+
+def test_wifi_down_hard_to_cell_then_soft_back(lab: NetLab, tmp_path: Path) -> None:
+    roam = LabRoam(lab, tmp_path)
+    roam.start(dwell=2.0)
+    app = roam.app(TRANSFER, 11)
+    app.wait_progress(TRANSFER // 4)
+    lab.link_down("wifi")
+    down_at = time.monotonic()
+    roam.wait(lambda s: len(s["handovers"]) >= 1, "hard handover to cell")
+    app.wait_progress(TRANSFER * 3 // 5, timeout=300)
+    lab.link_up("wifi")
+    status = roam.wait(lambda s: len(s["handovers"]) >= 2, "soft handover back to wifi")
+    result = app.finish()
+    hard, soft = status["handovers"][:2]
+    _report("lab_handover", {
+        "mib": TRANSFER // MIB, "hard_stall_ms": hard["stall_ms"],
+        "soft_stall_ms": soft["stall_ms"], "app_longest_stall_ms":
+        round(result["longest_stall"] * 1000), "hard_found_after_s":
+        round(time.monotonic() - down_at, 2)})
+    assert result["error"] is None, roam.logs()
+    assert result["mismatch_at"] is None
+    assert result["received"] == TRANSFER
+    assert (hard["kind"], hard["origin"], hard["target"]) == ("hard", "wifi", "cell")
+    assert hard["reason"] == "wifi is down"
+    assert (soft["kind"], soft["origin"], soft["target"]) == ("soft", "cell", "wifi")
+    assert soft["frames_resent"] == 0
+    assert roam.status()["active_path"] == "wifi"
