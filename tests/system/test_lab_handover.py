@@ -160,3 +160,75 @@ def test_wifi_down_hard_to_cell_then_soft_back(lab: NetLab, tmp_path: Path) -> N
     assert (soft["kind"], soft["origin"], soft["target"]) == ("soft", "cell", "wifi")
     assert soft["frames_resent"] == 0
     assert roam.status()["active_path"] == "wifi"
+
+
+def _check(result: dict[str, Any], roam: LabRoam, total: int) -> None:
+    assert result["error"] is None, roam.logs()
+    assert result["mismatch_at"] is None
+    assert result["received"] == total
+
+
+def test_address_change_on_the_active_link(lab: NetLab, tmp_path: Path) -> None:
+    roam = LabRoam(lab, tmp_path)
+    roam.start()
+    total = TRANSFER // 2
+    app = roam.app(total, 12)
+    app.wait_progress(total // 3)
+    new = lab.change_address("wifi", 7)
+    status = roam.wait(lambda s: len(s["handovers"]) >= 1, "resume from the new address")
+    result = app.finish()
+    handover = status["handovers"][0]
+    _report("lab_address_change", {"stall_ms": handover["stall_ms"],
+                                    "app_longest_stall_ms": round(result["longest_stall"] * 1000)})
+    _check(result, roam, total)
+    assert (handover["kind"], handover["origin"], handover["target"]) == ("hard", "wifi", "wifi")
+    assert "lost address 198.18.1.2" in handover["reason"]
+    wifi = next(p for p in roam.status()["paths"] if p["name"] == "wifi")
+    assert new in wifi["addresses"]
+
+
+def test_silent_black_hole_found_by_liveness(lab: NetLab, tmp_path: Path) -> None:
+    roam = LabRoam(lab, tmp_path)
+    roam.start(dwell=1.0)
+    total = TRANSFER // 2
+    app = roam.app(total, 13)
+    app.wait_progress(total // 4)
+    lab.blackhole("wifi", True)  # the link stays up; nothing gets through
+    status = roam.wait(lambda s: len(s["handovers"]) >= 1, "move to cell")
+    lab.blackhole("wifi", False)
+    back = roam.wait(lambda s: len(s["handovers"]) >= 2, "back to wifi", timeout=60)
+    result = app.finish()
+    first = status["handovers"][0]
+    _report("lab_black_hole", {"stall_ms": first["stall_ms"],
+                               "app_longest_stall_ms": round(result["longest_stall"] * 1000)})
+    _check(result, roam, total)
+    assert (first["kind"], first["origin"], first["target"]) == ("hard", "wifi", "cell")
+    assert "silent" in first["reason"]
+    assert (back["handovers"][1]["kind"], back["handovers"][1]["target"]) == ("soft", "wifi")
+
+
+def test_soft_handover_whose_old_path_black_holes_midway_completes_hard(
+        lab: NetLab, tmp_path: Path) -> None:
+    roam = LabRoam(lab, tmp_path)
+    roam.start()
+    switch = subprocess.run([sys.executable, "-m", "roam", "switch", "cell", "--control",
+                             str(roam.control)], capture_output=True, text=True, timeout=30,
+                            env=ENV)
+    assert switch.returncode == 0, switch.stderr
+    total = TRANSFER // 4
+    app = roam.app(total, 14)
+    app.wait_progress(total // 4)
+    # A slow old path, so that the soft handover's drain takes a while...
+    lab.set_delay("cell", 400)
+    time.sleep(1.0)
+    mover = subprocess.Popen([sys.executable, "-m", "roam", "switch", "wifi", "--control",
+                              str(roam.control)], stdout=subprocess.PIPE, text=True, env=ENV)
+    time.sleep(0.6)  # ...and it black-holes while HANDOVER_BEGIN and READY are under way
+    lab.blackhole("cell", True)
+    out, _ = mover.communicate(timeout=60)
+    status = roam.wait(lambda s: len(s["handovers"]) >= 2, "on wifi")
+    result = app.finish()
+    last = status["handovers"][-1]
+    _check(result, roam, total)
+    assert out.startswith("hard handover cell -> wifi"), out
+    assert (last["kind"], last["origin"], last["target"]) == ("hard", "cell", "wifi")

@@ -141,9 +141,27 @@ class PathManager:
     # ---- link state and the policy -----------------------------------------------
 
     def _links_changed(self, links: Mapping[str, LinkState]) -> None:
-        self._links = dict(links)
+        before, self._links = self._links, dict(links)
         self.events.write("links", links={k: dataclasses.asdict(v) for k, v in links.items()})
+        current = self._current()
+        old = before.get(current) if current else None
+        new = self._links.get(current) if current else None
+        if (current and old is not None and new is not None and new.addresses
+                and set(old.addresses) - set(new.addresses) and not self._busy):
+            # The address our transport leaves from is gone: its packets (and
+            # the answers to them) go nowhere now. Resume on a fresh transport
+            # from the new address at once rather than wait for silence.
+            gone = ", ".join(sorted(set(old.addresses) - set(new.addresses)))
+            asyncio.get_running_loop().create_task(
+                self._rebind(current, f"{current} lost address {gone}"), name="rebind")
+            return
         asyncio.get_running_loop().call_soon(self._evaluate)
+
+    async def _rebind(self, name: str, reason: str) -> None:
+        try:
+            await self.switch(name, soft=False, reason=reason)
+        except TransportError as exc:
+            log.warning("%s: %s", reason, exc)
 
     def _effective(self) -> dict[str, LinkState]:
         """Link states as the policy should see them: suspect paths do not work."""
