@@ -42,14 +42,16 @@ class LabRoam:
         self.control = tmp / "client.sock"
         self.events = tmp / "events.jsonl"
 
-    def start(self, dwell: float = 2.0) -> None:
+    def start(self, dwell: float = 2.0, extra: tuple[str, ...] = (),
+              allow: tuple[str, ...] = ()) -> None:
         server = self.lab.addresses["server"]
         self._run("server", "echo", [sys.executable, str(SERVICES), "echo", "--port",
                                      str(ECHO_PORT)])
         self._run("server", "roam-server", [
             sys.executable, "-m", "roam", "server", "--listen", f"{server}:{ROAM_PORT}",
             "--key", str(self.keys.server_key), "--authorized-keys", str(self.keys.authorized),
-            "--allow", f"127.0.0.1:{ECHO_PORT}", "--control", str(self.tmp / "server.sock")])
+            "--allow", f"127.0.0.1:{ECHO_PORT}", *(x for a in allow for x in ("--allow", a)),
+            "--control", str(self.tmp / "server.sock")])
         time.sleep(1.0)
         self._run("mobile", "roam-client", [
             sys.executable, "-m", "roam", "client", "--server", f"{server}:{ROAM_PORT}",
@@ -57,7 +59,8 @@ class LabRoam:
             "--forward", f"127.0.0.1:{FORWARD_PORT}=127.0.0.1:{ECHO_PORT}",
             "--links", "linux", "--path", "wifi:dev=wifi,priority=10,kind=wifi",
             "--path", "cell:dev=cell,priority=20,kind=cellular", "--dwell", str(dwell),
-            "--control", str(self.control), "--event-log", str(self.events)])
+            "--control", str(self.control), "--event-log", str(self.events),
+            *(x for f in extra for x in ("--forward", f))])
         self.wait(lambda s: s["active_path"] == "wifi" and s["session"], "session on wifi")
 
     def _run(self, ns: str, name: str, argv: list[str]) -> subprocess.Popen[Any]:
@@ -232,3 +235,49 @@ def test_soft_handover_whose_old_path_black_holes_midway_completes_hard(
     _check(result, roam, total)
     assert out.startswith("hard handover cell -> wifi"), out
     assert (last["kind"], last["origin"], last["target"]) == ("hard", "cell", "wifi")
+
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def _sshd(lab: NetLab, tmp: Path) -> Path:
+    """sshd on 127.0.0.1:22 in the server namespace, with throwaway keys; the user key."""
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)],
+                       check=True, timeout=30)
+    (tmp / "authorized_keys").write_text((tmp / "user_key.pub").read_text())
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation
+    config = tmp / "sshd_config"
+    config.write_text("\n".join([
+        "Port 22", "ListenAddress 127.0.0.1", f"HostKey {tmp / 'host_key'}",
+        f"PidFile {tmp / 'sshd.pid'}", f"AuthorizedKeysFile {tmp / 'authorized_keys'}",
+        "StrictModes no", "UsePAM no", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", ""]))
+    log = (tmp / "sshd.log").open("wb")
+    lab.run("server", [str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+    return tmp / "user_key"
+
+
+def test_ssh_session_survives_wifi_down_and_back(lab: NetLab, tmp_path: Path) -> None:
+    require(SSHD.exists(), "sshd is missing (scripts/setup-env installs openssh-server)")
+    key = _sshd(lab, tmp_path)
+    roam = LabRoam(lab, tmp_path)
+    roam.start(dwell=1.0, extra=("127.0.0.1:2222=127.0.0.1:22",), allow=("127.0.0.1:22",))
+    lines = 80  # one every 100 ms: 8 s of output
+    ssh = lab.run("mobile", [
+        "ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
+        "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ServerAliveInterval=0",
+        "-i", str(key), "-p", "2222", "root@127.0.0.1",
+        f"for i in $(seq 1 {lines}); do echo line $i; sleep 0.1; done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    lab.link_down("wifi")
+    roam.wait(lambda s: len(s["handovers"]) >= 1, "hard handover to cell")
+    time.sleep(1.5)
+    lab.link_up("wifi")
+    roam.wait(lambda s: len(s["handovers"]) >= 2, "soft handover back to wifi")
+    out, err = ssh.communicate(timeout=60)
+    assert ssh.returncode == 0, err + roam.logs()
+    assert out.splitlines() == [f"line {i}" for i in range(1, lines + 1)]
+    kinds = [(h["kind"], h["target"]) for h in roam.status()["handovers"]]
+    assert kinds[:2] == [("hard", "cell"), ("soft", "wifi")]
