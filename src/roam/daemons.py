@@ -22,6 +22,7 @@ from roam.crypto.cpu import default_cipher
 from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
 from roam.errors import ConfigError, KeyFileError, TransportError
 from roam.interfaces.forward import Forward, ForwardSpec
+from roam.interfaces.udpforward import UdpForward
 from roam.links.driver import make_driver
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy
@@ -144,11 +145,13 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             log.warning("%s; retrying in %.1f s", exc, delay)
             attempt += 1
             await asyncio.sleep(delay)
-    started = [Forward(spec, lambda: client.driver) for spec in specs]
+    started: list[Forward | UdpForward] = [
+        (UdpForward if spec.udp else Forward)(spec, lambda: client.driver) for spec in specs]
     try:
         for fwd in started:
             lhost, lport = await fwd.start()
-            _ready(f"forward {format_host_port(lhost, lport)}="
+            proto = "udp:" if fwd.spec.udp else ""
+            _ready(f"forward {proto}{format_host_port(lhost, lport)}="
                    f"{format_host_port(fwd.spec.dest_host, fwd.spec.dest_port)}")
         await client.stopped.wait()
         print("roam client: stopped: the session cannot continue", file=sys.stderr)

@@ -320,3 +320,40 @@ def test_send_budget_keeps_the_rest_in_the_replay_buffer() -> None:
         p.server.receive_payload(payload, p.now)
     p.run(5)
     assert p.up[cid].received == b"q" * 200_000
+
+
+def _datagrams(p: Pair) -> list[tuple[int, bytes]]:
+    return [(e.channel, e.data) for e in p.events if isinstance(e, ev.DatagramReceived)]
+
+
+def test_datagram_channel_both_ways_and_early_datagrams_wait_for_open_ok() -> None:
+    p = Pair()
+    cid = p.client.open_channel("dns.example", 53, fr.ChannelKind.DATAGRAM)
+    assert p.client.send_datagram(cid, b"query 1")  # before OPEN_OK: held
+    p.run(5)
+    assert _datagrams(p) == [(cid, b"query 1")]
+    assert p.server.send_datagram(cid, b"answer 1")
+    p.run(5)
+    assert _datagrams(p)[-1] == (cid, b"answer 1")
+
+
+def test_datagrams_are_dropped_not_queued_while_detached() -> None:
+    p = Pair()
+    cid = p.client.open_channel("dns.example", 53, fr.ChannelKind.DATAGRAM)
+    p.run(5)
+    p.break_transport()
+    assert p.client.send_datagram(cid, b"lost") is False
+    p.reattach()
+    p.run(20)
+    assert p.client.send_datagram(cid, b"after")
+    p.run(5)
+    assert [d for _, d in _datagrams(p)] == [b"after"]
+
+
+def test_datagram_on_a_stream_channel_is_a_protocol_error() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    assert p.client.send_datagram(cid, b"x") is False
+    with pytest.raises(ProtocolError, match="not an open datagram channel"):
+        p.server.receive_payload(fr.encode(fr.Dgram(cid, b"x")), p.now)

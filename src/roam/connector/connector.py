@@ -31,12 +31,34 @@ class Connector:
         driver.on_open_request = lambda e: self._request(driver, e)
 
     def _request(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
-        if e.kind is not ChannelKind.STREAM:
-            driver.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED,
-                                          "datagram channels are not supported yet")
-            return
-        asyncio.get_running_loop().create_task(self._open(driver, e),
+        opener = self._open if e.kind is ChannelKind.STREAM else self._open_datagram
+        asyncio.get_running_loop().create_task(opener(driver, e),
                                                name=f"{driver.name}-open-{e.channel}")
+
+    async def _open_datagram(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
+        dest = f"udp {e.host}:{e.port}"
+        try:
+            addr = await self._resolve_allowed(e.host, e.port, socket.SOCK_DGRAM)
+        except OSError as exc:
+            self._fail(driver, e, CloseCode.UNREACHABLE, f"cannot resolve {e.host}: {exc}")
+            return
+        if addr is None:
+            self._fail(driver, e, CloseCode.NOT_ALLOWED, f"{dest} is not allowed by --allow")
+            return
+        flow = DatagramConnection(driver, e.channel)
+        try:
+            flow.transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: flow, remote_addr=(addr, e.port))
+        except OSError as exc:
+            self._fail(driver, e, CloseCode.CONNECT_FAILED, f"{dest}: {exc.strerror or exc}")
+            return
+        if e.channel not in driver.session.channel_ids():
+            flow.abort()
+            return
+        driver.add_app(flow)
+        driver.session.accept_channel(e.channel)
+        log.info("%s: datagram channel %d open to %s (%s)", driver.name, e.channel, dest, addr)
+        driver.schedule()
 
     async def _open(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
         dest = f"{e.host}:{e.port}"
@@ -68,13 +90,13 @@ class Connector:
         log.info("%s: channel %d open to %s (%s)", driver.name, e.channel, dest, addr)
         driver.schedule()
 
-    async def _resolve_allowed(self, host: str, port: int) -> str | None:
+    async def _resolve_allowed(self, host: str, port: int,
+                               kind: socket.SocketKind = socket.SOCK_STREAM) -> str | None:
         """The address to connect to, or None when the rules forbid every one."""
         by_name = self.access.allows_name(host, port)
         if not by_name and not self.access.has_address_rules(port):
             return None  # no rule could admit it: do not even look the name up
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
         for *_, sockaddr in infos:
             addr = str(sockaddr[0])
             if by_name or self.access.allows_address(addr, port):
@@ -86,3 +108,35 @@ class Connector:
         log.warning("%s: refused channel %d: %s", driver.name, e.channel, reason)
         driver.session.refuse_channel(e.channel, code, reason)
         driver.schedule()
+
+
+class DatagramConnection(asyncio.DatagramProtocol):
+    """The server's UDP socket for one datagram channel, connected to its destination."""
+
+    def __init__(self, driver: SessionDriver, cid: int) -> None:
+        self.driver = driver
+        self.cid: int | None = cid
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if self.cid is not None:
+            self.driver.session.send_datagram(self.cid, data)
+            self.driver.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: UDP's way of losing a datagram.
+        log.debug("%s: datagram channel %s: %s", self.driver.name, self.cid, exc)
+
+    def deliver(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data)
+
+    def end(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

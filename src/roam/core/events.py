@@ -41,6 +41,14 @@ class DataReceived:
 
 
 @dataclass(slots=True, frozen=True)
+class DatagramReceived:
+    """One datagram for a datagram channel (no credit, no order across transports)."""
+
+    channel: int
+    data: bytes
+
+
+@dataclass(slots=True, frozen=True)
 class EndOfStream:
     """The peer half-closed the channel (FIN): no more data will arrive on it."""
 
@@ -92,7 +100,8 @@ class SessionClosed:
 
 
 Event = (
-    ChannelOpenRequested | ChannelOpened | ChannelOpenFailed | DataReceived | EndOfStream
+    ChannelOpenRequested | ChannelOpened | ChannelOpenFailed | DataReceived | DatagramReceived
+    | EndOfStream
     | ChannelReset | ChannelClosed | TransportDead | SessionResumed | SessionClosed
     | HandoverReady
 )

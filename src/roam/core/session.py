@@ -65,6 +65,12 @@ class SessionConfig:
 
 # Pings outstanding at once; a silent path is declared dead long before more.
 _MAX_PINGS = 32
+# Datagrams a channel holds while its OPEN is unanswered (a DNS client's
+# first query and a retry or two); later ones are dropped, as UDP may.
+_EARLY_DATAGRAMS = 8
+# Datagram bytes queued for the current transport at most; beyond, datagrams
+# are dropped rather than delay the stream data behind them.
+_DATAGRAM_QUEUE = 256 * 1024
 
 
 class SessionState(Enum):
@@ -92,8 +98,8 @@ class SessionStatistics:
 
 
 class _Channel:
-    __slots__ = ("consumed", "credit", "fin_pending", "fin_received", "fin_sent", "id",
-                 "kind", "local", "opened", "recv_left", "send_buf")
+    __slots__ = ("consumed", "credit", "early", "fin_pending", "fin_received", "fin_sent",
+                 "id", "kind", "local", "opened", "recv_left", "send_buf")
 
     def __init__(self, cid: int, kind: fr.ChannelKind, local: bool, window: int) -> None:
         self.id = cid
@@ -107,6 +113,7 @@ class _Channel:
         self.fin_pending = False
         self.fin_sent = False
         self.fin_received = False
+        self.early: list[bytes] = []  # datagrams waiting for OPEN_OK
 
 
 class Session:
@@ -141,6 +148,9 @@ class Session:
         self.bytes_received = 0
         self.frames_resent = 0
         self.resumes = 0
+        self.datagrams_sent = 0
+        self.datagrams_received = 0
+        self._datagram_bytes = 0
 
     # ---- transports ------------------------------------------------------
 
@@ -233,6 +243,24 @@ class Session:
             self._rr.append(cid)
         ch.send_buf += data
 
+    def send_datagram(self, cid: int, data: bytes) -> bool:
+        """Queue one datagram; False when it was dropped (unknown channel, no room)."""
+        ch = self._channels.get(cid)
+        if ch is None or ch.kind is not fr.ChannelKind.DATAGRAM or len(data) > fr.MAX_DATA_CHUNK:
+            return False
+        if not ch.opened:
+            if len(ch.early) >= _EARLY_DATAGRAMS:
+                return False
+            ch.early.append(data)
+            return True
+        if self.state is not SessionState.ATTACHED or self._datagram_bytes > _DATAGRAM_QUEUE:
+            return False  # no transport now: a datagram may be lost, never delayed for long
+        frame = fr.encode(fr.Dgram(cid, data))
+        self._datagram_bytes += len(frame)
+        self._control.append(frame)
+        self.datagrams_sent += 1
+        return True
+
     def send_room(self, cid: int) -> int:
         """How many more bytes the driver may read from the application now."""
         ch = self._channels.get(cid)
@@ -312,6 +340,7 @@ class Session:
             parts.extend(self._control)
             size += sum(len(c) for c in self._control)
             self._control.clear()
+            self._datagram_bytes = 0
         limit = self.config.max_record_payload
         pending, unacked = self._pending, self._unacked
         room = budget if budget is not None else self._replay_bytes
@@ -458,6 +487,9 @@ class Session:
             if ch.send_buf or ch.fin_pending:
                 self._rr.append(ch.id)
             self._events.append(ev.ChannelOpened(ch.id))
+            early, ch.early = ch.early, []
+            for datagram in early:
+                self.send_datagram(ch.id, datagram)
         elif isinstance(frame, fr.OpenFail):
             ch = self._peer_channel(frame.channel)
             if ch is None:
@@ -515,7 +547,16 @@ class Session:
             self._events.append(ev.ChannelClosed(ch.id))
 
     def _unreliable(self, frame: fr.Frame, now: float) -> None:
-        if isinstance(frame, fr.Ack):
+        if isinstance(frame, fr.Dgram):
+            ch = self._peer_channel(frame.channel)
+            if ch is None:
+                return
+            if ch.kind is not fr.ChannelKind.DATAGRAM or not ch.opened:
+                raise ProtocolError(f"DGRAM on channel {ch.id}, which is not an open datagram "
+                                    "channel")
+            self.datagrams_received += 1
+            self._events.append(ev.DatagramReceived(ch.id, frame.payload))
+        elif isinstance(frame, fr.Ack):
             self._acked(frame.received)
         elif isinstance(frame, fr.Ping):
             self._control.append(fr.encode(fr.Pong(frame.token)))

@@ -24,16 +24,25 @@ class ForwardSpec:
     listen_port: int
     dest_host: str
     dest_port: int
+    udp: bool = False
 
     @classmethod
     def parse(cls, text: str) -> ForwardSpec:
-        if text.count("=") != 1:
+        """`[tcp:|udp:]LHOST:LPORT=RHOST:RPORT` (TCP when no protocol is named)."""
+        udp = text.startswith("udp:")
+        if udp or text.startswith("tcp:"):
+            return cls._parse(text[4:], text, udp)
+        return cls._parse(text, text, False)
+
+    @classmethod
+    def _parse(cls, spec: str, text: str, udp: bool) -> ForwardSpec:
+        if spec.count("=") != 1:
             raise ConfigError(f"--forward {text!r}: expected LHOST:LPORT=RHOST:RPORT "
                               "with exactly one '='")
-        left, _, right = text.partition("=")
+        left, _, right = spec.partition("=")
         lhost, lport = split_host_port(left, "--forward listen address")
         rhost, rport = split_host_port(right, "--forward destination")
-        return cls(lhost, _port(lport, text, allow_zero=True), rhost, _port(rport, text))
+        return cls(lhost, _port(lport, text, allow_zero=True), rhost, _port(rport, text), udp)
 
     def __str__(self) -> str:
         return (f"{format_host_port(self.listen_host, self.listen_port)}="

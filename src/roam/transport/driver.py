@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from roam.core import events as ev
 from roam.core.session import Session, SessionState
@@ -28,6 +29,17 @@ APP_WRITE_HIGH = 256 * 1024
 # transport's write buffer passes its high-water mark, so sealed copies of
 # the replay buffer never pile up in it.
 SEND_BATCH = 512 * 1024
+
+
+class ChannelApp(Protocol):
+    """What the driver needs of whatever a channel carries (a socket, a UDP flow)."""
+
+    cid: int | None
+
+    def deliver(self, data: bytes) -> None: ...
+    def end(self) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class AppConnection(asyncio.Protocol):
@@ -128,7 +140,7 @@ class SessionDriver:
         self.loop = asyncio.get_running_loop()
         self.proto: TransportProtocol | None = None
         self._framer = RecordFramer()
-        self.apps: dict[int, AppConnection] = {}
+        self.apps: dict[int, ChannelApp] = {}
         self.paused: set[int] = set()
         self._scheduled = False
         self._flushing = False
@@ -237,7 +249,8 @@ class SessionDriver:
                 if session.send_room(cid) > 0:
                     self.paused.discard(cid)
                     app = self.apps.get(cid)
-                    if app is not None and app.transport is not None and not app.finished:
+                    if (isinstance(app, AppConnection) and app.transport is not None
+                            and not app.finished):
                         app.transport.resume_reading()
         self._arm()
 
@@ -271,6 +284,10 @@ class SessionDriver:
                     app.deliver(e.data)
                 else:
                     session.consumed(e.channel, len(e.data))
+            elif isinstance(e, ev.DatagramReceived):
+                app = self.apps.get(e.channel)
+                if app is not None:
+                    app.deliver(e.data)
             elif isinstance(e, ev.EndOfStream):
                 app = self.apps.get(e.channel)
                 if app is not None:
@@ -312,7 +329,7 @@ class SessionDriver:
     def _refuse_open(self, e: ev.ChannelOpenRequested) -> None:
         self.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED, "this side opens nothing")
 
-    def add_app(self, app: AppConnection) -> None:
+    def add_app(self, app: ChannelApp) -> None:
         if app.cid is not None:
             self.apps[app.cid] = app
 
