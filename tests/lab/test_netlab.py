@@ -370,3 +370,47 @@ def test_failed_build_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not set(lab.namespaces) & lab_namespaces()
     assert not [pid for pid in pids if alive(pid)]
     assert not lab.built
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("listening", flush=True)
+while True:
+    data, addr = s.recvfrom(2048)
+    s.sendto(data, addr)
+"""
+
+UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+s.settimeout(0.5)
+for _ in range(4):
+    s.sendto(b"ping", (sys.argv[2], int(sys.argv[3])))
+    try:
+        s.recvfrom(2048)
+        print("answered")
+        break
+    except TimeoutError:
+        pass
+else:
+    print("silent")
+"""
+
+
+def test_block_udp_drops_udp_and_passes_tcp(lab: NetLab) -> None:
+    start_server(lab, UDP_ECHO)
+
+    def udp(device: str) -> str:
+        return lab.check("mobile", [sys.executable, "-c", UDP_ASK, device,
+                                    lab.addresses["server"], str(PORT)]).strip()
+
+    assert udp("wifi") == "answered"
+    lab.block_udp("wifi", True)
+    assert udp("wifi") == "silent"
+    assert udp("cell") == "answered"
+    assert reaches(lab, "wifi")  # ICMP (and TCP) still pass
+    lab.block_udp("wifi", False)
+    assert udp("wifi") == "answered"

@@ -281,3 +281,28 @@ def test_ssh_session_survives_wifi_down_and_back(lab: NetLab, tmp_path: Path) ->
     assert out.splitlines() == [f"line {i}" for i in range(1, lines + 1)]
     kinds = [(h["kind"], h["target"]) for h in roam.status()["handovers"]]
     assert kinds[:2] == [("hard", "cell"), ("soft", "wifi")]
+
+
+def test_dig_through_a_udp_forward_across_a_handover_and_with_udp_blocked(
+        lab: NetLab, tmp_path: Path) -> None:
+    require(Path("/usr/sbin/dnsmasq").exists(), "dnsmasq is missing (dnsmasq-base)")
+    log = (tmp_path / "dnsmasq.log").open("wb")
+    lab.run("server", ["/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv",
+                       "--no-hosts", "--user=root", "--listen-address=127.0.0.1",
+                       "--bind-interfaces", "--port=53", "--address=/roam.test/198.18.7.7"],
+            stdout=log, stderr=log)
+    roam = LabRoam(lab, tmp_path)
+    roam.start(dwell=1.0, extra=("udp:127.0.0.1:5353=127.0.0.1:53",), allow=("127.0.0.1:53",))
+
+    def dig(name: str) -> str:
+        return lab.check("mobile", ["dig", "@127.0.0.1", "-p", "5353", name, "+short",
+                                    "+time=2", "+tries=3"], timeout=30).strip()
+
+    assert dig("a.roam.test") == "198.18.7.7"
+    lab.link_down("wifi")
+    roam.wait(lambda s: len(s["handovers"]) >= 1, "hard handover to cell")
+    assert dig("b.roam.test") == "198.18.7.7"
+    lab.link_up("wifi")
+    roam.wait(lambda s: len(s["handovers"]) >= 2, "soft handover back to wifi")
+    lab.block_udp("wifi", True)  # the network drops UDP: datagrams still arrive
+    assert dig("c.roam.test") == "198.18.7.7"

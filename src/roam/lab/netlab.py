@@ -137,6 +137,7 @@ class NetLab:
         self._down: set[str] = set()
         self._loss = dict.fromkeys(LINKS, 0.0)
         self._rate: dict[str, int | None] = dict.fromkeys(LINKS, None)
+        self._udp_blocked: set[str] = set()
 
     # -- names and addresses -------------------------------------------------
 
@@ -297,6 +298,9 @@ class NetLab:
                 }}
                 chain loss_out {{
                     type filter hook postrouting priority filter; policy accept;
+                }}
+                chain udp_block {{
+                    type filter hook forward priority filter; policy accept;
                 }}
             }}
             """
@@ -554,6 +558,22 @@ class NetLab:
             iface = other.router_iface
             lines.append(f'add rule ip {_NFT_TABLE} loss_in iifname "{iface}" {drop}')
             lines.append(f'add rule ip {_NFT_TABLE} loss_out oifname "{iface}" {drop}')
+        self._nft("\n".join(lines) + "\n")
+
+    def block_udp(self, name: str, on: bool) -> None:
+        """Drop every UDP packet crossing the link (as some networks do); TCP passes."""
+        self._require_built()
+        link = self._link(name)
+        if on:
+            self._udp_blocked.add(link.name)
+        else:
+            self._udp_blocked.discard(link.name)
+        lines = [f"flush chain ip {_NFT_TABLE} udp_block"]
+        for blocked in sorted(self._udp_blocked):
+            iface = _LINKS[blocked].router_iface
+            for way in ("iifname", "oifname"):
+                lines.append(f'add rule ip {_NFT_TABLE} udp_block {way} "{iface}" '
+                             "meta l4proto udp drop")
         self._nft("\n".join(lines) + "\n")
 
     def set_rate(self, name: str, bits_per_s: int | None) -> None:
