@@ -169,12 +169,12 @@ def execute(emulator: LinkEmulator, line: bytes) -> str:
     return f"error: unknown command {words[0]!r} (expected one of: {_COMMANDS})"
 
 
-class _ControlServer:
-    """Serves the control socket; one command per line, one answer per line."""
+class LineControlServer:
+    """A Unix control socket: one command per line in, `execute`'s answer per line out."""
 
-    def __init__(self, emulator: LinkEmulator, path: str) -> None:
-        self.emulator = emulator
+    def __init__(self, path: str, execute: Callable[[bytes], str]) -> None:
         self.path = path
+        self.execute = execute
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -205,7 +205,7 @@ class _ControlServer:
                     break
                 if not line:
                     break
-                writer.write(execute(self.emulator, line).encode("utf-8") + b"\n")
+                writer.write(self.execute(line).encode("utf-8") + b"\n")
                 await writer.drain()
         except ConnectionError:
             # The controller went away mid-answer; nothing left to tell it.
@@ -239,7 +239,8 @@ def _check_control_path(parser: argparse.ArgumentParser, path: str) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     emulator = LinkEmulator(args.listen, args.target, delay_ms=args.delay_ms, rate_bps=args.rate)
-    control = _ControlServer(emulator, args.control) if args.control is not None else None
+    control = (LineControlServer(args.control, lambda line: execute(emulator, line))
+               if args.control is not None else None)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

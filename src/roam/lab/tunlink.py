@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roam.lab.linkemu_cli import CONTROL_LINE_LIMIT, _check_control_path, parse_delay
+from roam.lab.linkemu_cli import LineControlServer, _check_control_path, parse_delay
 
 __all__ = [
     "DEFAULT_MTU",
@@ -505,52 +505,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _ControlServer:
-    """Serves the control socket; one command per line, one answer per line."""
-
-    def __init__(self, link: TunLink, path: str) -> None:
-        self.link = link
-        self.path = path
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(
-            self._serve, self.path, limit=CONTROL_LINE_LIMIT
-        )
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for writer in list(self._writers):
-            writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:
-                    # The stream has lost track of line boundaries; stop here.
-                    writer.write(b"error: line too long\n")
-                    await writer.drain()
-                    break
-                if not line:
-                    break
-                writer.write(execute(self.link, line).encode("utf-8") + b"\n")
-                await writer.drain()
-        except ConnectionError:
-            # The controller went away mid-answer; nothing left to tell it.
-            return
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     fd = sys.stdin.fileno()
 
@@ -571,7 +525,7 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 
 async def _serve(args: argparse.Namespace, a_fd: int, b_fd: int) -> int:
     link = TunLink(a_fd, b_fd, mtu=args.mtu, delay_ms=args.delay_ms, loss=args.loss)
-    control = _ControlServer(link, args.control)
+    control = LineControlServer(args.control, lambda line: execute(link, line))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
