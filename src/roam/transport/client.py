@@ -82,6 +82,11 @@ class Client:
         self._token = 0
 
     @property
+    def reconnecting(self) -> bool:
+        """A transport was lost and the reconnect loop is finding another."""
+        return self._reconnecting is not None and not self._reconnecting.done()
+
+    @property
     def server(self) -> str:
         return f"{self.config.server_host}:{self.config.server_port}"
 
@@ -301,7 +306,9 @@ class Client:
                 self._handover_ready = None
         else:
             kind = "hard"
-        if kind == "hard":
+        if self._lost is not None:
+            pass  # an unplanned loss is being repaired: its stall began back then
+        elif kind == "hard":
             last = session.last_received if session.state is not SessionState.ATTACHED else started
             self._lost = (min(last, started), reason)
         else:

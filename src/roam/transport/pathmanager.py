@@ -197,7 +197,10 @@ class PathManager:
 
     def _evaluate(self) -> None:
         driver = self.client.driver
-        if self._busy or driver is None or driver.session.state is SessionState.CLOSED:
+        if (self._busy or driver is None or driver.session.state is SessionState.CLOSED
+                or self.client.reconnecting):
+            # A lost transport is being replaced, best path first: let it finish
+            # rather than race it with a second handover.
             return
         links = self._effective()
         if self._pinned is not None:
