@@ -35,15 +35,22 @@ class Connector:
         asyncio.get_running_loop().create_task(opener(driver, e),
                                                name=f"{driver.name}-open-{e.channel}")
 
-    async def _open_datagram(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
-        dest = f"udp {e.host}:{e.port}"
+    async def _allowed(self, driver: SessionDriver, e: ChannelOpenRequested, dest: str,
+                       kind: socket.SocketKind) -> str | None:
+        """The address to open for `e`, or None after refusing the channel."""
         try:
-            addr = await self._resolve_allowed(e.host, e.port, socket.SOCK_DGRAM)
+            addr = await self._resolve_allowed(e.host, e.port, kind)
         except OSError as exc:
             self._fail(driver, e, CloseCode.UNREACHABLE, f"cannot resolve {e.host}: {exc}")
-            return
+            return None
         if addr is None:
             self._fail(driver, e, CloseCode.NOT_ALLOWED, f"{dest} is not allowed by --allow")
+        return addr
+
+    async def _open_datagram(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
+        dest = f"udp {e.host}:{e.port}"
+        addr = await self._allowed(driver, e, dest, socket.SOCK_DGRAM)
+        if addr is None:
             return
         flow = DatagramConnection(driver, e.channel)
         try:
@@ -63,13 +70,8 @@ class Connector:
     async def _open(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
         dest = f"{e.host}:{e.port}"
         loop = asyncio.get_running_loop()
-        try:
-            addr = await self._resolve_allowed(e.host, e.port)
-        except OSError as exc:
-            self._fail(driver, e, CloseCode.UNREACHABLE, f"cannot resolve {e.host}: {exc}")
-            return
+        addr = await self._allowed(driver, e, dest, socket.SOCK_STREAM)
         if addr is None:
-            self._fail(driver, e, CloseCode.NOT_ALLOWED, f"{dest} is not allowed by --allow")
             return
         app = AppConnection(driver, e.channel)
         try:

@@ -133,16 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def execute(emulator: LinkEmulator, line: bytes) -> str:
-    """Run one control command and return the one-line answer."""
+def split_command(line: bytes, commands: str) -> tuple[str, list[str]] | str:
+    """A control line as (command as typed, arguments), or the error answer for it."""
     try:
         text = line.decode("utf-8").strip()
     except UnicodeDecodeError:
         return "error: command is not UTF-8 text"
     words = text.split()
     if not words:
-        return f"error: empty command (expected one of: {_COMMANDS})"
-    name, args = words[0].lower(), words[1:]
+        return f"error: empty command (expected one of: {commands})"
+    return words[0], words[1:]
+
+
+def execute(emulator: LinkEmulator, line: bytes) -> str:
+    """Run one control command and return the one-line answer."""
+    split = split_command(line, _COMMANDS)
+    if isinstance(split, str):
+        return split
+    typed, args = split
+    name = typed.lower()
     simple: dict[str, Callable[[], None]] = {
         "cut": emulator.cut,
         "blackhole": emulator.blackhole,
@@ -166,7 +175,7 @@ def execute(emulator: LinkEmulator, line: bytes) -> str:
         except (argparse.ArgumentTypeError, ValueError) as exc:
             return f"error: {exc}"
         return "ok"
-    return f"error: unknown command {words[0]!r} (expected one of: {_COMMANDS})"
+    return f"error: unknown command {typed!r} (expected one of: {_COMMANDS})"
 
 
 class LineControlServer:

@@ -48,7 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roam.lab.linkemu_cli import LineControlServer, _check_control_path, parse_delay
+from roam.lab.linkemu_cli import (
+    LineControlServer,
+    _check_control_path,
+    parse_delay,
+    split_command,
+)
 
 __all__ = [
     "DEFAULT_MTU",
@@ -421,14 +426,11 @@ class TunLink:
 
 def execute(link: TunLink, line: bytes) -> str:
     """Run one control command and return the one-line answer."""
-    try:
-        text = line.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return "error: command is not UTF-8 text"
-    words = text.split()
-    if not words:
-        return f"error: empty command (expected one of: {_COMMANDS})"
-    name, args = words[0].lower(), words[1:]
+    split = split_command(line, _COMMANDS)
+    if isinstance(split, str):
+        return split
+    typed, args = split
+    name = typed.lower()
     if name == "stats":
         if args:
             return "error: stats takes no argument"
@@ -440,7 +442,7 @@ def execute(link: TunLink, line: bytes) -> str:
     }
     setter = setters.get(name)
     if setter is None:
-        return f"error: unknown command {words[0]!r} (expected one of: {_COMMANDS})"
+        return f"error: unknown command {typed!r} (expected one of: {_COMMANDS})"
     if len(args) != 1:
         return f"error: {name} takes exactly one argument"
     try:

@@ -65,7 +65,6 @@ class Client:
         self.session_id: bytes | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._need_handshake = False  # the server forgot the session
-        self.on_new_session: Callable[[SessionDriver], None] = lambda d: None
         self.stopped = asyncio.Event()
         self.transports = 0
         # Paths: where the current transport leaves from, and which one to try
@@ -187,7 +186,6 @@ class Client:
         driver.attach(proto)
         self.driver = driver
         log.info("%s: new session with %s", driver.name, self.server)
-        self.on_new_session(driver)
         return driver
 
     def _on_handover_ready(self, token: int) -> None:

@@ -53,7 +53,6 @@ class AppConnection(asyncio.Protocol):
         self._on_made = on_made
         self._write_blocked = False
         self._owed = 0
-        self.reading_paused = False
         self.finished = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,7 +75,6 @@ class AppConnection(asyncio.Protocol):
         session.send(self.cid, data)
         if session.send_room(self.cid) <= 0 and self.transport is not None:
             self.transport.pause_reading()
-            self.reading_paused = True
             self.driver.paused.add(self.cid)
         self.driver.flush()
 
@@ -151,7 +149,6 @@ class SessionDriver:
         # Hooks for the side that owns the driver.
         self.on_transport_lost: Callable[[str], None] = lambda reason: None
         self.on_open_request: Callable[[ev.ChannelOpenRequested], None] = self._refuse_open
-        self.on_open_failed: Callable[[ev.ChannelOpenFailed], None] = lambda e: None
         self.on_handover_ready: Callable[[int], None] = lambda token: None
         self.on_resumed: Callable[[int], None] = lambda frames_resent: None
 
@@ -306,7 +303,6 @@ class SessionDriver:
                 app = self.apps.pop(e.channel, None)
                 if app is not None:
                     app.abort()
-                self.on_open_failed(e)
             elif isinstance(e, ev.TransportDead):
                 log.warning("%s: nothing heard for %.1f s: transport declared dead",
                             self.name, e.silence)
