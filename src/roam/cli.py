@@ -125,15 +125,17 @@ _log_level = click.option("--log-level", default="info", show_default=True,
                    "a name or *.suffix; PORT may be *). Default: none.")
 @click.option("--linger", default=900.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds a session without transport waits for its client to resume.")
+@click.option("--udp/--no-udp", default=True, show_default=True,
+              help="Also listen for UDP on the same address, for datagram channels.")
 @_control_flag
 @_log_level
 def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], linger: float,
-           control: str | None, log_level: str) -> None:
+           udp: bool, control: str | None, log_level: str) -> None:
     """Run the server daemon beside the services."""
     from roam.daemons import run_server
 
     _setup_logging(log_level, "server")
-    _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control))
+    _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp))
 
 
 @main.command()
@@ -161,17 +163,20 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
               help="Seconds a more preferred path must stay usable before a switch to it.")
 @click.option("--event-log", type=click.Path(dir_okay=False), default=None,
               help="Append JSON-lines events (handovers, path changes) to this file.")
+@click.option("--udp/--no-udp", default=True, show_default=True,
+              help="Carry datagram channels over UDP when it gets through (else on the "
+                   "stream transport).")
 @_control_flag
 @_log_level
 def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
-           paths: tuple[str, ...], links: str, dwell: float, event_log: str | None,
+           paths: tuple[str, ...], links: str, dwell: float, event_log: str | None, udp: bool,
            control: str | None, log_level: str) -> None:
     """Run the client daemon on the mobile unit."""
     from roam.daemons import run_client
 
     _setup_logging(log_level, "client")
     _run("client", run_client(server_addr, server_key, key, list(forward), cipher,
-                              list(paths), links, dwell, control, event_log))
+                              list(paths), links, dwell, control, event_log, udp))
 
 
 def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None = None) -> Any:

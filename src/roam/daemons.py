@@ -61,7 +61,7 @@ async def _control(path: str | None, role: str,
 
 
 async def run_server(listen: str, key: str, authorized_keys: str, allow: list[str],
-                     linger: float, control: str | None = None) -> int:
+                     linger: float, control: str | None = None, udp: bool = True) -> int:
     host, port = _address(listen, "--listen")
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
@@ -71,7 +71,7 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
     if not access.rules:
         log.warning("no --allow rule: every destination will be refused")
     server = Server(ServerConfig(host, port, private, authorized, Connector(access),
-                                 SessionConfig(detached_timeout=linger)))
+                                 SessionConfig(detached_timeout=linger), udp))
     try:
         bound = await server.start()
     except OSError as exc:
@@ -83,7 +83,8 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
                 "sessions": [{"id": sid.hex(), "name": d.name,
                               "transport": d.proto.peer if d.proto else None,
                               **dataclasses.asdict(d.session.statistics()),
-                              "channel_ids": d.session.channel_ids()}
+                              "channel_ids": d.session.channel_ids(),
+                              "udp": d.datagrams.status() if d.datagrams else None}
                              for sid, d in server.sessions.items()]}
 
     ctl = await _control(control, "server", {"status": status})
@@ -99,7 +100,7 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
 async def run_client(server: str, server_key: str, key: str, forwards: list[str],
                      cipher: str, paths: list[str] | None = None, links: str = "linux",
                      dwell: float = 3.0, control: str | None = None,
-                     event_log: str | None = None) -> int:
+                     event_log: str | None = None, udp: bool = True) -> int:
     host, port = _address(server, "--server")
     try:
         pinned = decode_public_key(server_key)
@@ -112,7 +113,7 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
     name = default_cipher() if cipher == "auto" else {"aesgcm": "AESGCM",
                                                        "chachapoly": "ChaChaPoly"}[cipher]
     suite = Suite.AESGCM_SHA256 if name == "AESGCM" else Suite.CHACHAPOLY_BLAKE2S
-    client = Client(ClientConfig(host, port, pinned, private, SessionConfig(), suite))
+    client = Client(ClientConfig(host, port, pinned, private, SessionConfig(), suite, udp))
     events = EventLog(event_log)
     path_configs = parse_paths(paths or [])
     manager: PathManager | None = None
@@ -177,6 +178,7 @@ def _client_handlers(client: Client, manager: PathManager | None,
         return {"active_path": None, "links": None, "paths": [],
                 "session": dataclasses.asdict(driver.session.statistics()) if driver else None,
                 "channels": driver.session.channel_ids() if driver else [],
+                "udp": driver.datagrams.status() if driver and driver.datagrams else None,
                 "handovers": [dataclasses.asdict(r) for r in history[-100:]]}
 
     async def link(req: dict[str, object]) -> object:

@@ -389,3 +389,14 @@ def test_parse_cpuinfo() -> None:
     assert not cpu.parse_cpuinfo_aes("flags\t\t: fpu sse2 avx vaes-like\n")
     assert not cpu.parse_cpuinfo_aes("model name\t: aes\n")
     assert cpu.default_cipher() in ("AESGCM", "ChaChaPoly")
+
+
+def test_datagram_keys_pair_up_and_differ_from_the_stream_keys() -> None:
+    init, resp, _, _ = _ik_pair()
+    with pytest.raises(NoiseUsageError):
+        init.datagram_keys()
+    (i_send, _), _ = _handshake(init, resp)
+    (d_send, _), (_, r_drecv) = init.datagram_keys(), resp.datagram_keys()
+    sealed = d_send.encrypt_with_nonce(7, b"", b"datagram")
+    assert r_drecv.decrypt_with_nonce(7, b"", sealed) == b"datagram"
+    assert i_send.encrypt_with_nonce(7, b"", b"datagram") != sealed

@@ -19,9 +19,11 @@ from roam.crypto.records import (
     REKEY_BYTES,
     REKEY_SECONDS,
     TAG,
+    DatagramOpener,
     RecordFramer,
     RecordOpener,
     RecordSealer,
+    ReplayWindow,
 )
 from roam.errors import CryptoError, ProtocolError
 
@@ -465,3 +467,85 @@ def test_record_from_an_earlier_transport_after_later_ones(cipher: str) -> None:
     ]
     refuse(opener, only_record(old, held_back[20:]), "replayed record: counter 0")
     assert open_all(opener, new.feed(sealer.seal(b"next", 0.0))) == [b"next"]
+
+
+# ---- datagrams: a sliding replay window instead of strict order -------------
+
+
+def _datagram_pair(cipher: str = "AESGCM", window: int = 64) -> tuple[RecordSealer,
+                                                                        DatagramOpener]:
+    key = os.urandom(32)
+    return (RecordSealer(CipherState(cipher, key), 0.0),
+            DatagramOpener(CipherState(cipher, key), window))
+
+
+def _split(record: bytes) -> tuple[int, bytes]:
+    _, counter = HEADER.unpack_from(record)
+    return counter, record[HEADER.size:]
+
+
+def test_window_accepts_reordering_within_it_and_each_counter_once() -> None:
+    sealer, opener = _datagram_pair()
+    packets = [_split(sealer.seal(bytes([i]), 0.0)) for i in range(10)]
+    order = [3, 0, 9, 1, 2, 8, 4, 7, 5, 6]
+    assert [opener.open(*packets[i])[0] for i in order] == [bytes([i]) for i in order]
+    for i in order:
+        with pytest.raises(CryptoError, match="replayed datagram"):
+            opener.open(*packets[i])
+
+
+def test_window_says_which_packet_is_the_newest() -> None:
+    sealer, opener = _datagram_pair()
+    a, b, c = (_split(sealer.seal(b"x", 0.0)) for _ in range(3))
+    assert opener.open(*b)[1] is True
+    assert opener.open(*a)[1] is False  # late: its source is not where the peer is now
+    assert opener.open(*c)[1] is True
+
+
+def test_packets_older_than_the_window_are_refused() -> None:
+    sealer, opener = _datagram_pair(window=64)
+    old = _split(sealer.seal(b"old", 0.0))
+    for _ in range(64):
+        sealer.seal(b"", 0.0)
+    opener.open(*_split(sealer.seal(b"new", 0.0)))
+    with pytest.raises(CryptoError, match="older than the replay window"):
+        opener.open(*old)
+
+
+def test_a_forged_packet_does_not_move_the_window() -> None:
+    sealer, opener = _datagram_pair()
+    first = _split(sealer.seal(b"a", 0.0))
+    later = _split(sealer.seal(b"b", 0.0))
+    with pytest.raises(CryptoError):
+        opener.open(later[0] + 1000, later[1])
+    assert opener.window.highest is None
+    assert opener.open(*first)[0] == b"a"
+    assert opener.open(*later)[0] == b"b"
+
+
+def test_datagram_epochs_move_forward_only() -> None:
+    sealer, opener = _datagram_pair()
+    before = _split(sealer.seal(b"before", 0.0))
+    sealer._next_epoch(0.0)
+    after = _split(sealer.seal(b"after", 0.0))
+    assert opener.open(*after)[0] == b"after"
+    assert opener.rekeys == 1
+    with pytest.raises(CryptoError):
+        opener.open(*before)  # a whole epoch back: beyond any window
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=300), max_size=200))
+def test_window_never_accepts_a_counter_twice(counters: list[int]) -> None:
+    window = ReplayWindow(64)
+    accepted: set[int] = set()
+    for counter in counters:
+        try:
+            window.check(counter)
+        except CryptoError:
+            assert counter in accepted or (window.highest is not None
+                                           and counter <= window.highest - 64)
+            continue
+        assert counter not in accepted
+        window.accept(counter)
+        accepted.add(counter)

@@ -33,6 +33,7 @@ class Stack:
     server_key: bytes = field(default_factory=generate_private_key)
     client_key: bytes = field(default_factory=generate_private_key)
     suite: Suite = Suite.AESGCM_SHA256
+    udp: bool = True
 
     async def start(self) -> Stack:
         self.echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
@@ -43,7 +44,7 @@ class Stack:
         self.proxy_port = await self.proxy.start()
         self.client = Client(ClientConfig("127.0.0.1", self.proxy_port,
                                           public_key(self.server_key), self.client_key,
-                                          SessionConfig(), self.suite))
+                                          SessionConfig(), self.suite, self.udp))
         await self.client.handshake()
         self.forward = Forward(ForwardSpec("127.0.0.1", 0, "127.0.0.1", self.echo_port),
                                lambda: self.client.driver)

@@ -122,7 +122,7 @@ class DatagramConnection(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         if self.cid is not None:
-            self.driver.session.send_datagram(self.cid, data)
+            self.driver.send_datagram(self.cid, data)
             self.driver.flush()
 
     def error_received(self, exc: Exception) -> None:

@@ -32,6 +32,12 @@ def render_status(status: dict[str, Any]) -> str:
     session = status.get("session") or {}
     out.append(f"session {session.get('state', 'none')}; active path "
                f"{_fmt(status.get('active_path'))}; {len(status.get('channels', []))} channel(s)")
+    udp = status.get("udp")
+    if udp:
+        out.append(f"udp {udp['state']} (peer {_fmt(udp['peer'])}, rtt ms {_fmt(udp['rtt_ms'])}): "
+                   f"{udp['datagrams_sent']} datagram(s) sent, {udp['datagrams_received']} "
+                   f"received; on the stream {session.get('datagrams_sent', 0)} sent, "
+                   f"{session.get('datagrams_received', 0)} received")
     if status.get("paths"):
         rows = [["path", "active", "usable", "up", "signal", "rtt ms", "sent", "received",
                  "why not usable"]]

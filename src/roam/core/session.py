@@ -95,6 +95,9 @@ class SessionStatistics:
     bytes_received: int
     frames_resent: int
     resumes: int
+    # Datagrams carried on the stream transport (UDP's own count is apart).
+    datagrams_sent: int
+    datagrams_received: int
 
 
 class _Channel:
@@ -260,6 +263,21 @@ class Session:
         self._control.append(frame)
         self.datagrams_sent += 1
         return True
+
+    def datagram_frame(self, cid: int, data: bytes) -> bytes | None:
+        """The DGRAM frame for a datagram that may take the datagram transport;
+        None when it must go through `send_datagram` (channel not open yet) or
+        be dropped (not a datagram channel)."""
+        ch = self._channels.get(cid)
+        if (ch is None or ch.kind is not fr.ChannelKind.DATAGRAM or not ch.opened
+                or len(data) > fr.MAX_DATA_CHUNK or self.state is SessionState.CLOSED):
+            return None
+        return fr.encode(fr.Dgram(cid, data))
+
+    def receive_datagram(self, frame: fr.Dgram) -> None:
+        """A DGRAM frame from the datagram transport (already authenticated)."""
+        if self.state is not SessionState.CLOSED:
+            self._datagram(frame)
 
     def send_room(self, cid: int) -> int:
         """How many more bytes the driver may read from the application now."""
@@ -548,14 +566,8 @@ class Session:
 
     def _unreliable(self, frame: fr.Frame, now: float) -> None:
         if isinstance(frame, fr.Dgram):
-            ch = self._peer_channel(frame.channel)
-            if ch is None:
-                return
-            if ch.kind is not fr.ChannelKind.DATAGRAM or not ch.opened:
-                raise ProtocolError(f"DGRAM on channel {ch.id}, which is not an open datagram "
-                                    "channel")
-            self.datagrams_received += 1
-            self._events.append(ev.DatagramReceived(ch.id, frame.payload))
+            self.datagrams_received += 1  # on the stream transport
+            self._datagram(frame)
         elif isinstance(frame, fr.Ack):
             self._acked(frame.received)
         elif isinstance(frame, fr.Ping):
@@ -590,6 +602,15 @@ class Session:
             self.state = SessionState.ATTACHED
         else:
             raise ProtocolError(f"{type(frame).__name__.upper()} frames are not handled yet")
+
+    def _datagram(self, frame: fr.Dgram) -> None:
+        ch = self._peer_channel(frame.channel)
+        if ch is None:
+            return
+        if ch.kind is not fr.ChannelKind.DATAGRAM or not ch.opened:
+            raise ProtocolError(f"DGRAM on channel {ch.id}, which is not an open datagram "
+                                "channel")
+        self._events.append(ev.DatagramReceived(ch.id, frame.payload))
 
     def _acked(self, received: int) -> None:
         if received >= self._next_seq:
@@ -677,4 +698,5 @@ class Session:
             channels=len(self._channels), replay_bytes=self._replay_bytes,
             bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
             frames_resent=self.frames_resent, resumes=self.resumes,
+            datagrams_sent=self.datagrams_sent, datagrams_received=self.datagrams_received,
         )

@@ -382,3 +382,16 @@ class HandshakeState:
         c1 = CipherState(self._cipher, k1[:32])
         c2 = CipherState(self._cipher, k2[:32])
         return (c1, c2) if self.initiator else (c2, c1)
+
+    def datagram_keys(self) -> tuple[CipherState, CipherState]:
+        """(send, receive) keys for the session's datagram transport.
+
+        HKDF(ck, "roam datagrams"), as split() is HKDF(ck, ""): keys apart from
+        the stream's, so the two transports' counters never share a nonce.
+        """
+        if not self.complete:
+            raise NoiseUsageError("cannot derive keys before the handshake completes")
+        k1, k2 = self._hkdf(b"roam datagrams", 2)
+        c1 = CipherState(self._cipher, k1[:32])
+        c2 = CipherState(self._cipher, k2[:32])
+        return (c1, c2) if self.initiator else (c2, c1)

@@ -139,3 +139,78 @@ class RecordFramer:
         data = bytes(self._buf)
         self._buf.clear()
         return data
+
+
+# Counters a datagram receiver remembers below the highest it has seen.
+# WireGuard keeps 8192 - 64 (RFC 6479's bitmap); datagrams here travel one
+# path at a time, so reordering spans far fewer packets: 2048 is plenty.
+REPLAY_WINDOW = 2048
+
+
+class ReplayWindow:
+    """A sliding window of accepted counters (RFC 6479's idea, as a Python int).
+
+    `check` says whether a counter may be tried; `accept` records it once it
+    authenticated, so a forged packet never moves the window.
+    """
+
+    def __init__(self, size: int = REPLAY_WINDOW) -> None:
+        self.size = size
+        self.highest: int | None = None
+        self._seen = 0  # bit i: highest - i was accepted
+
+    def check(self, counter: int) -> None:
+        if self.highest is None or counter > self.highest:
+            return
+        back = self.highest - counter
+        if back >= self.size:
+            raise CryptoError(f"datagram counter {counter} is older than the replay window "
+                              f"({self.size} below {self.highest})")
+        if self._seen >> back & 1:
+            raise CryptoError(f"replayed datagram: counter {counter}")
+
+    def accept(self, counter: int) -> bool:
+        """Record `counter`; True when it is the newest so far."""
+        if self.highest is None or counter > self.highest:
+            shift = self.size if self.highest is None else counter - self.highest
+            # A jump past the window (a new key epoch) forgets everything;
+            # shifting by it would build a 2^32-bit integer.
+            kept = self._seen << shift if shift < self.size else 0
+            self._seen = (kept | 1) & ((1 << self.size) - 1)
+            self.highest = counter
+            return True
+        self._seen |= 1 << (self.highest - counter)
+        return False
+
+
+class DatagramOpener:
+    """Opens datagram packets: any order within the window, each counter once.
+
+    Key epochs work as for records, forward only: a packet from an epoch
+    before the current one is refused (UDP may lose it anyway).
+    """
+
+    def __init__(self, cipher: CipherState, window: int = REPLAY_WINDOW) -> None:
+        self._cipher = cipher
+        self.window = ReplayWindow(window)
+        self.rekeys = 0
+
+    def open(self, counter: int, ciphertext: bytes | memoryview, ad: bytes = b"") -> tuple[
+            bytes, bool]:
+        """(plaintext, newest): the state changes only when it authenticates."""
+        self.window.check(counter)
+        highest = self.window.highest
+        current = 0 if highest is None else highest >> _EPOCH_SHIFT
+        epoch = counter >> _EPOCH_SHIFT
+        cipher = self._cipher
+        if current < epoch <= current + MAX_EPOCH_SKIP:
+            cipher = self._cipher.copy()
+            for _ in range(epoch - current):
+                cipher.rekey()
+        elif epoch != current:
+            raise CryptoError(f"datagram from key epoch {epoch}; this side is at {current}")
+        plaintext = cipher.decrypt_with_nonce(counter, ad, bytes(ciphertext))
+        if cipher is not self._cipher:
+            self._cipher = cipher
+            self.rekeys += epoch - current
+        return plaintext, self.window.accept(counter)

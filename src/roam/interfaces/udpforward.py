@@ -83,7 +83,7 @@ class UdpForward(asyncio.DatagramProtocol):
             flow = _Flow(self, driver, addr)
             self.flows[addr] = flow
         flow.last_used = asyncio.get_running_loop().time()
-        if flow.cid is not None and not driver.session.send_datagram(flow.cid, data):
+        if flow.cid is not None and not driver.send_datagram(flow.cid, data):
             log.debug("udp forward %s: datagram of %d bytes dropped", self.spec, len(data))
         driver.flush()
 

@@ -9,12 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from roam.core.datagrams import DatagramPath
 from roam.core.preamble import HANDSHAKE_LEN, REPLY, Preamble, Status, Suite, TransportKind
 from roam.core.session import Session, SessionConfig, SessionState
 from roam.crypto.keys import encode_key, public_key
 from roam.crypto.noise import HandshakeState
 from roam.crypto.records import RecordOpener, RecordSealer
 from roam.errors import HandshakeError, ProtocolError, TransportError
+from roam.transport.datagrams import ClientDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
 from roam.transport.server import ACCEPTED, HELLO, PROLOGUE, REFUSED
@@ -56,6 +58,8 @@ class ClientConfig:
     private_key: bytes
     session: SessionConfig
     suite: Suite = Suite.AESGCM_SHA256
+    # UDP for datagram channels when it gets through; else they take the stream.
+    udp: bool = True
 
 
 class Client:
@@ -174,6 +178,7 @@ class Client:
                 f"{encode_key(public_key(cfg.private_key))} to the server's authorized keys")
         now = loop.time()
         send, recv = hs.split()
+        dsend, drecv = hs.datagram_keys()
         session = Session(is_client=True, now=now, config=cfg.session)
         session.rtt.sample(now - started)
         self.session_id = hs.handshake_hash[:16]
@@ -184,7 +189,14 @@ class Client:
         driver.on_resumed = self._on_resumed
         session.transport_attached(now, resume=False)
         driver.attach(proto)
+        old = self.driver
+        if old is not None and old.datagrams is not None:
+            old.datagrams.close()
         self.driver = driver
+        if cfg.udp:
+            driver.datagrams = ClientDatagrams(driver, DatagramPath(
+                self.session_id[:8], dsend, drecv, now, is_client=True))
+            await self._move_datagrams(proto, self.attachment)
         log.info("%s: new session with %s", driver.name, self.server)
         return driver
 
@@ -364,7 +376,16 @@ class Client:
             raise TransportError(f"resume refused by {self.server}: "
                                  f"{body.decode(errors='replace') or status.name}")
         driver.attach(proto)
+        await self._move_datagrams(proto, via)
         return True
+
+    async def _move_datagrams(self, proto: TransportProtocol, via: Attachment | None) -> None:
+        """UDP follows the stream transport: same path, same server address."""
+        datagrams = self.driver.datagrams if self.driver is not None else None
+        server = proto.transport.get_extra_info("peername") if proto.transport else None
+        if isinstance(datagrams, ClientDatagrams) and server is not None:
+            await datagrams.rebind(server, via.device if via else None,
+                                   via.source if via else None)
 
     def stop(self) -> None:
         self.stopped.set()

@@ -42,6 +42,14 @@ class ChannelApp(Protocol):
     def abort(self) -> None: ...
 
 
+class DatagramRoute(Protocol):
+    """Where a session's datagrams go when UDP carries them (transport.datagrams)."""
+
+    def send(self, cid: int, data: bytes) -> bool: ...
+    def close(self) -> None: ...
+    def status(self) -> dict[str, object]: ...
+
+
 class AppConnection(asyncio.Protocol):
     """An application socket carried by one channel."""
 
@@ -146,6 +154,8 @@ class SessionDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.closed = asyncio.Event()
+        # UDP for datagram channels, when the side set it up; else the stream.
+        self.datagrams: DatagramRoute | None = None
         # Hooks for the side that owns the driver.
         self.on_transport_lost: Callable[[str], None] = lambda reason: None
         self.on_open_request: Callable[[ev.ChannelOpenRequested], None] = self._refuse_open
@@ -325,11 +335,20 @@ class SessionDriver:
     def _refuse_open(self, e: ev.ChannelOpenRequested) -> None:
         self.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED, "this side opens nothing")
 
+    def send_datagram(self, cid: int, data: bytes) -> bool:
+        """One datagram from an application: by UDP when it gets through, else
+        on the stream transport. False when it was dropped."""
+        if self.datagrams is not None:
+            return self.datagrams.send(cid, data)
+        return self.session.send_datagram(cid, data)
+
     def add_app(self, app: ChannelApp) -> None:
         if app.cid is not None:
             self.apps[app.cid] = app
 
     def _shutdown(self) -> None:
+        if self.datagrams is not None:
+            self.datagrams.close()
         for app in list(self.apps.values()):
             app.abort()
         self.apps.clear()

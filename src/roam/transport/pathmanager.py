@@ -297,6 +297,7 @@ class PathManager:
             "links": self.driver.kind,
             "session": dataclasses.asdict(stats) if stats is not None else None,
             "channels": driver.session.channel_ids() if driver is not None else [],
+            "udp": driver.datagrams.status() if driver and driver.datagrams else None,
             "paths": paths,
             "handovers": [dataclasses.asdict(r) for r in self.history],
         }

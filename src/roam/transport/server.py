@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from roam.connector.connector import Connector
+from roam.core.datagrams import DatagramPath
 from roam.core.preamble import (
     HANDSHAKE_LEN,
     MAX_HANDSHAKE_MESSAGE,
@@ -24,6 +25,7 @@ from roam.crypto.keys import short_id
 from roam.crypto.noise import HandshakeState
 from roam.crypto.records import HEADER, MAX_RECORD, RecordFramer, RecordOpener, RecordSealer
 from roam.errors import CryptoError, ProtocolError, TransportError
+from roam.transport.datagrams import DatagramListener, SessionDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
 
@@ -53,6 +55,8 @@ class ServerConfig:
     authorized: dict[bytes, str]
     connector: Connector
     session: SessionConfig
+    # UDP for datagram channels, on the same address and port as TCP.
+    udp: bool = True
 
 
 class Server:
@@ -63,21 +67,33 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_hello: dict[bytes, int] = {}
         self._handshaking = 0
+        self.udp: DatagramListener | None = None
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._accept, self.config.host, self.config.port)
         sock = self._server.sockets[0].getsockname()
-        log.info("listening on %s:%d", sock[0], sock[1])
+        if self.config.udp:
+            self.udp = DatagramListener()
+            try:
+                await self.udp.start(sock[0], sock[1])
+            except TransportError:
+                self._server.close()
+                raise
+        log.info("listening on %s:%d%s", sock[0], sock[1], " (TCP and UDP)" if self.udp else "")
         return sock[0], sock[1]
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.udp is not None:
+            self.udp.close()
         for driver in list(self.sessions.values()):
             driver.close(reason="server shutting down")
         for task in list(self._tasks):
             task.cancel()
+        if self.udp is not None:
+            await self.udp.wait_closed()
 
     def _accept(self) -> TransportProtocol:
         proto = TransportProtocol()
@@ -160,6 +176,7 @@ class Server:
         self._last_hello[client_key] = stamp
         msg2 = hs.write_message(ACCEPTED)
         send, recv = hs.split()
+        dsend, drecv = hs.datagram_keys()
         sid = hs.handshake_hash[:16]
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -168,6 +185,11 @@ class Server:
                                name=f"session {sid.hex()[:8]} ({who})")
         self.config.connector.attach(driver)
         self.sessions[sid] = driver
+        if self.udp is not None:
+            datagrams = SessionDatagrams(driver, DatagramPath(sid[:8], dsend, drecv, now,
+                                                              is_client=False))
+            driver.datagrams = datagrams
+            self.udp.add(sid[:8], datagrams)
         driver.on_transport_lost = lambda reason: log.info(
             "%s: transport lost (%s); waiting for the client to resume", driver.name, reason)
         reaper = loop.create_task(self._reap(sid, driver), name=f"reap-{sid.hex()[:8]}")
@@ -183,6 +205,8 @@ class Server:
         await driver.closed.wait()
         if self.sessions.get(sid) is driver:
             del self.sessions[sid]
+            if self.udp is not None:
+                self.udp.remove(sid[:8])
 
     async def _resume(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
         driver = self.sessions.get(pre.session_id)
