@@ -105,7 +105,7 @@ def test_bad_version(version: int) -> None:
     refused(preamble_bytes(version=version), f"protocol version {version}; this side speaks 1")
 
 
-@pytest.mark.parametrize("kind", [0, 3, 255])
+@pytest.mark.parametrize("kind", [0, 4, 255])
 def test_unknown_kind(kind: int) -> None:
     refused(preamble_bytes(kind=kind), f"unknown transport kind {kind}")
 
@@ -120,8 +120,9 @@ def test_new_with_session_id(sid: bytes) -> None:
     refused(preamble_bytes(kind=TransportKind.NEW, sid=sid), "NEW carries no session id")
 
 
-def test_resume_without_session_id() -> None:
-    refused(preamble_bytes(kind=TransportKind.RESUME, sid=NO_SESSION), "RESUME needs one")
+@pytest.mark.parametrize("kind", [TransportKind.RESUME, TransportKind.STANDBY])
+def test_resume_and_standby_without_session_id(kind: TransportKind) -> None:
+    refused(preamble_bytes(kind=kind, sid=NO_SESSION), "RESUME and STANDBY need one")
 
 
 def test_checks_run_in_field_order() -> None:

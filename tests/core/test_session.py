@@ -357,3 +357,27 @@ def test_datagram_on_a_stream_channel_is_a_protocol_error() -> None:
     assert p.client.send_datagram(cid, b"x") is False
     with pytest.raises(ProtocolError, match="not an open datagram channel"):
         p.server.receive_payload(fr.encode(fr.Dgram(cid, b"x")), p.now)
+
+
+def test_after_a_resume_resumed_leaves_in_a_record_of_its_own() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    p.write(cid, _blob(1_000_000, 5), from_client=False)
+    p.in_flight()
+    p.break_transport()
+    p.reattach()
+    (resume,) = p.client.payloads_to_send(p.now)
+    p.server.receive_payload(resume, p.now)
+    first, *rest = p.server.payloads_to_send(p.now)
+    # A new connection's first window is about 14 KB: RESUMED must not wait
+    # behind the data being resent.
+    frames = fr.decode_frames(first)
+    assert isinstance(frames[0], fr.Resumed)
+    assert all(not isinstance(f, fr.Data) for f in frames)
+    assert len(first) < 100
+    assert rest  # the resent data follows in the next records
+    for payload in [first, *rest]:
+        p.client.receive_payload(payload, p.now)
+    p.run(300)
+    assert p.down[cid].received == p.down[cid].sent

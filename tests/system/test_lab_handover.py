@@ -140,6 +140,7 @@ def lab(tmp_path: Path) -> Iterator[NetLab]:
 def test_wifi_down_hard_to_cell_then_soft_back(lab: NetLab, tmp_path: Path) -> None:
     roam = LabRoam(lab, tmp_path)
     roam.start(dwell=2.0)
+    roam.wait(lambda s: s["standby"] == "cell", "a standby transport parked on cell")
     app = roam.app(TRANSFER, 11)
     app.wait_progress(TRANSFER // 4)
     lab.link_down("wifi")
@@ -160,6 +161,9 @@ def test_wifi_down_hard_to_cell_then_soft_back(lab: NetLab, tmp_path: Path) -> N
     assert result["received"] == TRANSFER
     assert (hard["kind"], hard["origin"], hard["target"]) == ("hard", "wifi", "cell")
     assert hard["reason"] == "wifi is down"
+    # The hard handover resumed on the standby: no connect on the cell path.
+    assert "resuming on the standby transport via cell" in (
+        tmp_path / "roam-client.log").read_text()
     assert (soft["kind"], soft["origin"], soft["target"]) == ("soft", "cell", "wifi")
     assert soft["frames_resent"] == 0
     assert roam.status()["active_path"] == "wifi"

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from roam.core.preamble import Suite
+from roam.core.preamble import PREAMBLE, Suite
 from roam.core.session import SessionState
+from roam.transport.client import Attachment
 
 from .stack import Stack
 
@@ -90,3 +91,78 @@ def test_restarted_server_means_a_new_session(caplog: pytest.LogCaptureFixture) 
 
     asyncio.run(main())
     assert "no longer knows the session" in caplog.text
+
+
+def test_a_hard_handover_resumes_on_the_parked_standby_without_a_connect() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conn = await asyncio.open_connection("127.0.0.1", stack.forward_port)
+            await stack.echo_check(300_000, conn=conn)
+            spare = Attachment("spare")
+            stack.client.choose_attachment = lambda attempt: spare
+            await stack.client.prepare_standby(spare)
+            assert stack.client.standby is not None
+            assert stack.client.transports == 2
+            active, parked = stack.proxy.conns
+            active.client.transport.abort()  # the active path dies
+            active.server.transport.abort()
+            await stack.echo_check(300_000, conn=conn)
+            assert stack.client.transports == 2  # no new connect: the standby carries it
+            assert stack.client.standby is None
+            assert stack.client.attachment == spare
+            assert len(parked.upstream) > PREAMBLE.size  # the RESUME went this way
+            # A standby closed with its path is not used: the next loss connects.
+            await stack.client.prepare_standby(spare)
+            assert stack.client.standby is not None
+            stack.proxy.cut()
+            await stack.echo_check(100_000, conn=conn)
+            assert stack.client.transports == 4
+            conn[1].close()
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_newer_standby_replaces_the_older_on_both_sides() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            await stack.client.prepare_standby(Attachment("a"))
+            assert stack.client.standby is not None
+            first = stack.client.standby[1]
+            await stack.client.prepare_standby(Attachment("b"))
+            assert first.lost or first.transport is None or first.transport.is_closing()
+            async with asyncio.timeout(5):
+                await _until(lambda: stack.proxy.conns[1].server.transport.is_closing())
+            await stack.echo_check(100_000)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_standby_that_went_silent_is_given_up_within_the_attempt_timeout() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conn = await asyncio.open_connection("127.0.0.1", stack.forward_port)
+            await stack.echo_check(100_000, conn=conn)
+            spare = Attachment("spare")
+            stack.client.choose_attachment = lambda attempt: spare
+            await stack.client.prepare_standby(spare)
+            active, parked = stack.proxy.conns
+            parked.silent = True  # its path black-holed while it waited
+            active.client.transport.abort()
+            active.server.transport.abort()
+            started = time.monotonic()
+            await stack.echo_check(100_000, conn=conn)
+            # max(1 s, 3 RTO) for RESUMED on the standby, then a fresh connect.
+            assert time.monotonic() - started < 5
+            assert stack.client.transports == 3
+            conn[1].close()
+        finally:
+            await stack.close()
+
+    asyncio.run(main())

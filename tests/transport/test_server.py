@@ -12,6 +12,7 @@ from roam.core.preamble import (
     HANDSHAKE_LEN,
     PREAMBLE,
     REPLY,
+    STANDBY_PROOF,
     Preamble,
     Status,
     Suite,
@@ -20,6 +21,7 @@ from roam.core.preamble import (
 from roam.crypto.keys import public_key
 from roam.crypto.noise import HandshakeState
 from roam.crypto.records import HEADER
+from roam.transport.client import Attachment
 from roam.transport.server import HELLO, PROLOGUE
 
 from .stack import Stack
@@ -132,3 +134,48 @@ def test_tampered_record_drops_the_transport_not_the_session(
     asyncio.run(main())
     assert "dropping transport" in caplog.text
     assert "decryption failed" in caplog.text or "forged" in caplog.text
+
+
+def test_standby_proofs_are_checked() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            sid = stack.client.session_id
+            assert sid is not None
+            raw = Preamble(TransportKind.STANDBY, Suite.AESGCM_SHA256, sid).encode()
+            status, body = await _raw(stack.server_port, raw + STANDBY_PROOF.pack(1, bytes(16)))
+            assert status is Status.RESUME_REFUSED
+            assert b"standby proof does not authenticate" in body
+            unknown = Preamble(TransportKind.STANDBY, Suite.AESGCM_SHA256, b"\x02" * 16).encode()
+            status, _ = await _raw(stack.server_port, unknown + STANDBY_PROOF.pack(1, bytes(16)))
+            assert status is Status.UNKNOWN_SESSION
+            # A genuine standby, recorded and played again, is a replay.
+            await stack.client.prepare_standby(Attachment("spare"))
+            recorded = bytes(stack.proxy.conns[-1].upstream)
+            assert len(recorded) == PREAMBLE.size + STANDBY_PROOF.size
+            status, body = await _raw(stack.server_port, recorded)
+            assert status is Status.RESUME_REFUSED
+            assert b"not newer" in body
+            await stack.echo_check(100_000)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_parked_standby_closes_with_its_session() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            await stack.client.prepare_standby(Attachment("spare"))
+            assert stack.client.standby is not None
+            parked = stack.client.standby[1]
+            (driver,) = stack.server.sessions.values()
+            driver.close(reason="test")
+            async with asyncio.timeout(5):
+                while not parked.lost:  # noqa: ASYNC110  (no event for it)
+                    await asyncio.sleep(0.01)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())

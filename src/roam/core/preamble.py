@@ -2,12 +2,14 @@
 
 Client -> server, first bytes of every transport (55 bytes):
 
-    magic "ROAM" | version u8 | kind u8 (NEW=1, RESUME=2) | suite u8
+    magic "ROAM" | version u8 | kind u8 (NEW=1, RESUME=2, STANDBY=3) | suite u8
     | session id (16 bytes, zero for NEW) | target identity (32 bytes, zero: none)
 
 NEW is followed by the first Noise message (`length:u16 | message`); RESUME
 by the first record of the resumed session, sealed with the preamble as its
-associated data, which proves the sender holds the session keys.
+associated data, which proves the sender holds the session keys. STANDBY by
+a proof of the session's standby key (`STANDBY_PROOF`); the server parks the
+transport, and later the client's first record on it (RESUME) resumes.
 
 Server -> client, once: `status:u8 | length:u16 | body`. Status OK carries the
 second Noise message (NEW) or nothing (RESUME; records follow). Any other
@@ -36,6 +38,15 @@ MAX_HANDSHAKE_MESSAGE = 1024
 class TransportKind(IntEnum):
     NEW = 1
     RESUME = 2
+    # A spare transport on another path, opened before it is needed: the
+    # server parks it, and a hard handover resumes on it without a connect.
+    STANDBY = 3
+
+
+# STANDBY is followed by `stamp:u64 | tag (16 bytes)`: an AEAD tag over the
+# preamble, with the session's standby key and the stamp as nonce. Stamps
+# rise with each standby of a session, so a recorded one cannot be replayed.
+STANDBY_PROOF = struct.Struct("!Q16s")
 
 
 class Suite(IntEnum):
@@ -71,7 +82,7 @@ class Preamble:
         if len(self.session_id) != 16 or len(self.target) != 32:
             raise ValueError("session id is 16 bytes and target 32")
         if (self.kind is TransportKind.NEW) != (self.session_id == NO_SESSION):
-            raise ValueError("NEW carries no session id and RESUME needs one")
+            raise ValueError("NEW carries no session id; RESUME and STANDBY need one")
         return PREAMBLE.pack(MAGIC, VERSION, self.kind, self.suite, self.session_id, self.target)
 
 
@@ -92,7 +103,7 @@ def decode_preamble(data: bytes) -> Preamble:
     except ValueError:
         raise ProtocolError(f"unknown cipher suite {suite}") from None
     if (tkind is TransportKind.NEW) != (sid == NO_SESSION):
-        raise ProtocolError("NEW carries no session id and RESUME needs one")
+        raise ProtocolError("NEW carries no session id; RESUME and STANDBY need one")
     return Preamble(tkind, tsuite, sid, target)
 
 

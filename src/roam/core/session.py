@@ -146,6 +146,11 @@ class Session:
         self._detached_since: float | None = now
         self._rr: deque[int] = deque()  # channels with data waiting, round-robin
         self._close_sent = False
+        # After a resume the control frames (RESUMED, ACK) leave in a record
+        # of their own: a new TCP connection starts with a 10-segment window
+        # (RFC 6928), and a 128 KiB first record would hold RESUMED back for
+        # three or four round trips of slow start.
+        self._control_alone = False
         self._drained = False  # server: HANDOVER_READY is out; nothing more on this transport
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -359,6 +364,10 @@ class Session:
             size += sum(len(c) for c in self._control)
             self._control.clear()
             self._datagram_bytes = 0
+        if self._control_alone and parts:
+            payloads.append(b"".join(parts))
+            parts, size = [], 0
+            self._control_alone = False
         limit = self.config.max_record_payload
         pending, unacked = self._pending, self._unacked
         room = budget if budget is not None else self._replay_bytes
@@ -595,6 +604,7 @@ class Session:
                 raise ProtocolError(f"{type(frame).__name__.upper()} outside a resume")
             self._acked(frame.received)
             self._resend_all()
+            self._control_alone = True
             if not self.is_client:
                 self._control.insert(0, fr.encode(fr.Resumed(self._received)))
                 self._ack_sent = self._received

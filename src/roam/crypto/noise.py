@@ -395,3 +395,10 @@ class HandshakeState:
         c1 = CipherState(self._cipher, k1[:32])
         c2 = CipherState(self._cipher, k2[:32])
         return (c1, c2) if self.initiator else (c2, c1)
+
+    def standby_key(self) -> CipherState:
+        """The key that proves a standby transport belongs to the session
+        (HKDF(ck, "roam standby")); both sides hold the same one."""
+        if not self.complete:
+            raise NoiseUsageError("cannot derive keys before the handshake completes")
+        return CipherState(self._cipher, self._hkdf(b"roam standby", 1)[0][:32])

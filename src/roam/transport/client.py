@@ -10,10 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from roam.core.datagrams import DatagramPath
-from roam.core.preamble import HANDSHAKE_LEN, REPLY, Preamble, Status, Suite, TransportKind
+from roam.core.preamble import (
+    HANDSHAKE_LEN,
+    REPLY,
+    STANDBY_PROOF,
+    Preamble,
+    Status,
+    Suite,
+    TransportKind,
+)
 from roam.core.session import Session, SessionConfig, SessionState
 from roam.crypto.keys import encode_key, public_key
-from roam.crypto.noise import HandshakeState
+from roam.crypto.noise import CipherState, HandshakeState
 from roam.crypto.records import RecordOpener, RecordSealer
 from roam.errors import HandshakeError, ProtocolError, TransportError
 from roam.transport.datagrams import ClientDatagrams
@@ -26,6 +34,11 @@ log = logging.getLogger("roam.client")
 # Waits between reconnect attempts: the first at once (a reset is usually a
 # one-off), then doubling, capped so a returning network is found within 2 s.
 BACKOFF = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+# TCP keepalive on a parked standby: it carries nothing for long stretches,
+# and a NAT or a dead path must not leave us trusting a corpse. Probes after
+# 15 s idle, every 5 s, 3 lost: a dead standby is found within 30 s, and the
+# carrier's NAT mapping (RFC 5382: at least 2 h) stays warm.
+STANDBY_KEEPIDLE, STANDBY_KEEPINTVL, STANDBY_KEEPCNT = 15, 5, 3
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,11 @@ class Client:
         self._handover_ready: asyncio.Future[int] | None = None
         self._resumed: asyncio.Future[int] | None = None
         self._token = 0
+        # A spare transport parked at the server on another path (STANDBY):
+        # a hard handover to that path resumes on it without a connect.
+        self.standby: tuple[Attachment, TransportProtocol] | None = None
+        self._standby_key: CipherState | None = None
+        self._standby_stamp = 0
 
     @property
     def reconnecting(self) -> bool:
@@ -179,6 +197,9 @@ class Client:
         now = loop.time()
         send, recv = hs.split()
         dsend, drecv = hs.datagram_keys()
+        self._standby_key = hs.standby_key()
+        self._standby_stamp = 0
+        self.drop_standby()
         session = Session(is_client=True, now=now, config=cfg.session)
         session.rtt.sample(now - started)
         self.session_id = hs.handshake_hash[:16]
@@ -301,7 +322,10 @@ class Client:
         origin = self.attachment
         timeout = self._attempt_timeout(session)
         kind = "soft" if soft and session.state is SessionState.ATTACHED else "hard"
-        proto = await self._connect(timeout, target)  # make before break
+        proto: TransportProtocol | None = None
+        if kind == "soft" or self.standby is None or self.standby[0] != target:
+            # Make before break; a hard handover to a parked standby needs none.
+            proto = await self._connect(timeout, target)
         started = loop.time()
         if kind == "soft" and session.state is SessionState.ATTACHED:
             self._token += 1
@@ -345,6 +369,10 @@ class Client:
         session = driver.session
         timeout = self._attempt_timeout(session)
         if proto is None:
+            parked = self._take_standby(via)
+            if parked is not None:
+                await self._resume_on_standby(driver, via, parked, timeout)
+                return True
             proto = await self._connect(timeout, via)
         loop = asyncio.get_running_loop()
         if self.session_id is None:
@@ -379,6 +407,84 @@ class Client:
         await self._move_datagrams(proto, via)
         return True
 
+    async def _resume_on_standby(self, driver: SessionDriver, via: Attachment | None,
+                                 proto: TransportProtocol, timeout: float) -> None:
+        """RESUME on the parked standby: its connect and preamble are done, so
+        the session is back after one RTT of the new path."""
+        loop = asyncio.get_running_loop()
+        session = driver.session
+        now = loop.time()
+        session.transport_attached(now, resume=True)
+        first = session.payloads_to_send(now)
+        proto.write(driver.sealer.seal(first[0], now))
+        driver.attach(proto)
+        where = via.name if via else "the default route"
+        log.info("%s: resuming on the standby transport via %s", driver.name, where)
+        resumed = self._resumed
+        if resumed is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(resumed), timeout)
+            except TimeoutError:
+                # A standby whose path died quietly while it waited: give it
+                # up now rather than after the session's dead timer.
+                if driver.proto is proto:
+                    driver.proto = None
+                proto.detach()
+                session.transport_lost(loop.time())
+                raise TransportError(f"no RESUMED on the standby via {where} within "
+                                     f"{timeout:g} s") from None
+        await self._move_datagrams(proto, via)
+
+    def _take_standby(self, via: Attachment | None) -> TransportProtocol | None:
+        if self.standby is None or via is None:
+            return None
+        where, proto = self.standby
+        if where != via:
+            return None
+        self.standby = None
+        if proto.lost:
+            return None
+        return proto
+
+    async def prepare_standby(self, via: Attachment, timeout: float = 10.0) -> None:
+        """Open a spare transport on `via` and park it at the server (STANDBY).
+
+        TransportError when the path cannot reach the server or the server
+        refuses; an older standby is closed once the new one is parked.
+        """
+        if self.session_id is None or self._standby_key is None:
+            raise TransportError("no session to prepare a standby for")
+        proto = await self._connect(timeout, via)
+        sock = proto.transport.get_extra_info("socket") if proto.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, STANDBY_KEEPIDLE)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, STANDBY_KEEPINTVL)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, STANDBY_KEEPCNT)
+        raw = Preamble(TransportKind.STANDBY, self.config.suite, self.session_id).encode()
+        self._standby_stamp += 1
+        stamp = self._standby_stamp
+        tag = self._standby_key.encrypt_with_nonce(stamp, raw, b"")
+        proto.write(raw + STANDBY_PROOF.pack(stamp, tag))
+        try:
+            status, body = await self._read_reply(proto, timeout)
+        except TransportError:
+            proto.abort()
+            raise
+        if status is not Status.OK:
+            proto.abort()
+            raise TransportError(f"{self.server} refused the standby via {via.name}: "
+                                 f"{body.decode(errors='replace') or status.name}")
+        self.drop_standby()
+        self.standby = (via, proto)
+        log.info("standby transport via %s parked at %s", via.name, self.server)
+
+    def drop_standby(self) -> None:
+        if self.standby is not None:
+            _, proto = self.standby
+            self.standby = None
+            proto.abort()
+
     async def _move_datagrams(self, proto: TransportProtocol, via: Attachment | None) -> None:
         """UDP follows the stream transport: same path, same server address."""
         datagrams = self.driver.datagrams if self.driver is not None else None
@@ -389,6 +495,7 @@ class Client:
 
     def stop(self) -> None:
         self.stopped.set()
+        self.drop_standby()
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         if self.driver is not None:

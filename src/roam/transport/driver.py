@@ -198,6 +198,10 @@ class SessionDriver:
         if proto is self.proto:
             self._drop(proto, f"transport closed ({exc or 'EOF'})")
 
+    def drop_transport(self, proto: TransportProtocol, reason: str) -> None:
+        """Give up on `proto` if it is still the current transport."""
+        self._drop(proto, reason)
+
     def _drop(self, proto: TransportProtocol, reason: str) -> None:
         if proto is not self.proto:
             return

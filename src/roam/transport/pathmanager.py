@@ -65,6 +65,7 @@ class PathManager:
         # preference wait until that path stops working or `roam switch auto`.
         self._pinned: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._standby_task: asyncio.Task[None] | None = None
         self._last_activity = time.monotonic()
         self._last_bytes = (0, 0)
         self._counters = {p.name: _PathCounters() for p in policy.paths}
@@ -82,8 +83,9 @@ class PathManager:
         self._task = asyncio.get_running_loop().create_task(self._ticker(), name="path-policy")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._standby_task):
+            if task is not None:
+                task.cancel()
         await self.driver.close()
         self.events.close()
 
@@ -205,6 +207,7 @@ class PathManager:
         links = self._effective()
         if self._pinned is not None:
             if self.policy.works(self._pinned, links):
+                self._keep_standby(links)
                 return
             log.info("pinned path %s stopped working; the policy chooses again", self._pinned)
             self._pinned = None
@@ -215,11 +218,48 @@ class PathManager:
             self.events.write("path", state="none usable", reason=decision.reason)
             return
         if decision is None or decision.target == self._current():
+            self._keep_standby(links)
             return
         soft = decision.kind is HandoverKind.SOFT
         asyncio.get_running_loop().create_task(
             self.switch(decision.target, soft=soft, reason=decision.reason),
             name=f"handover-{decision.target}")
+
+    # ---- the standby transport ------------------------------------------------
+
+    def _backup(self, links: Mapping[str, LinkState]) -> str | None:
+        """The path a hard handover would go to now: the best other usable one."""
+        current = self._current()
+        for name in self._ranked():
+            if name != current and self.policy.works(name, links):
+                return name
+        return None
+
+    def _keep_standby(self, links: Mapping[str, LinkState]) -> None:
+        """Keep a standby transport parked on the backup path, and only there."""
+        if self._standby_task is not None and not self._standby_task.done():
+            return
+        want = self._backup(links)
+        have = self.client.standby
+        if have is not None and (have[1].lost or have[0].name != want):
+            self.client.drop_standby()
+            have = None
+        if want is None or have is not None:
+            return
+        self._standby_task = asyncio.get_running_loop().create_task(
+            self._open_standby(want), name=f"standby-{want}")
+
+    async def _open_standby(self, name: str) -> None:
+        driver = self.client.driver
+        timeout = max(1.0, 3 * driver.session.rtt.rto) if driver is not None else 5.0
+        try:
+            await self.client.prepare_standby(self.attachment(name), timeout)
+        except TransportError as exc:
+            # Suspect, so the next try waits (and a hard handover prefers
+            # another path while this one cannot even connect).
+            self._make_suspect(name, f"standby: {exc}")
+            return
+        self.events.write("path", name=name, state="standby")
 
     def pin(self, name: str | None) -> None:
         self._pinned = name
@@ -298,6 +338,7 @@ class PathManager:
             "session": dataclasses.asdict(stats) if stats is not None else None,
             "channels": driver.session.channel_ids() if driver is not None else [],
             "udp": driver.datagrams.status() if driver and driver.datagrams else None,
+            "standby": self.client.standby[0].name if self.client.standby else None,
             "paths": paths,
             "handovers": [dataclasses.asdict(r) for r in self.history],
         }

@@ -13,6 +13,7 @@ from roam.core.preamble import (
     HANDSHAKE_LEN,
     MAX_HANDSHAKE_MESSAGE,
     PREAMBLE,
+    STANDBY_PROOF,
     Preamble,
     Status,
     TransportKind,
@@ -22,7 +23,7 @@ from roam.core.preamble import (
 )
 from roam.core.session import Session, SessionConfig
 from roam.crypto.keys import short_id
-from roam.crypto.noise import HandshakeState
+from roam.crypto.noise import CipherState, HandshakeState
 from roam.crypto.records import HEADER, MAX_RECORD, RecordFramer, RecordOpener, RecordSealer
 from roam.errors import CryptoError, ProtocolError, TransportError
 from roam.transport.datagrams import DatagramListener, SessionDatagrams
@@ -45,6 +46,19 @@ REFUSED = b"\x01"
 # does): IK's first message can be replayed verbatim, and a replay must not
 # make a session. The server keeps the newest timestamp per client key.
 HELLO = struct.Struct("!Q")
+# A parked standby waits this long for its RESUME at most: the client opens
+# a new one long before (its TCP keepalives find a dead one in about a
+# minute); this only bounds what a vanished client leaves behind.
+STANDBY_LIFETIME = 24 * 3600.0
+
+
+@dataclass
+class _Standby:
+    """A session's standby key, its newest stamp, and the transport parked now."""
+
+    key: CipherState
+    stamp: int = 0
+    proto: TransportProtocol | None = None
 
 
 @dataclass
@@ -67,6 +81,7 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_hello: dict[bytes, int] = {}
         self._handshaking = 0
+        self._standby: dict[bytes, _Standby] = {}
         self.udp: DatagramListener | None = None
 
     async def start(self) -> tuple[str, int]:
@@ -132,6 +147,8 @@ class Server:
             return
         if pre.kind is TransportKind.NEW:
             await self._new(proto, pre, raw)
+        elif pre.kind is TransportKind.STANDBY:
+            await self._park(proto, pre, raw)
         else:
             await self._resume(proto, pre, raw)
 
@@ -177,6 +194,7 @@ class Server:
         msg2 = hs.write_message(ACCEPTED)
         send, recv = hs.split()
         dsend, drecv = hs.datagram_keys()
+        standby_key = hs.standby_key()
         sid = hs.handshake_hash[:16]
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -185,6 +203,7 @@ class Server:
                                name=f"session {sid.hex()[:8]} ({who})")
         self.config.connector.attach(driver)
         self.sessions[sid] = driver
+        self._standby[sid] = _Standby(standby_key)
         if self.udp is not None:
             datagrams = SessionDatagrams(driver, DatagramPath(sid[:8], dsend, drecv, now,
                                                               is_client=False))
@@ -205,6 +224,9 @@ class Server:
         await driver.closed.wait()
         if self.sessions.get(sid) is driver:
             del self.sessions[sid]
+            standby = self._standby.pop(sid, None)
+            if standby is not None and standby.proto is not None:
+                standby.proto.abort()
             if self.udp is not None:
                 self.udp.remove(sid[:8])
 
@@ -214,23 +236,36 @@ class Server:
             self._refuse(proto, Status.UNKNOWN_SESSION,
                          f"no session {pre.session_id.hex()[:8]} here (expired or restarted)")
             return
-        header = await proto.read_exactly(HEADER.size, HANDSHAKE_TIMEOUT)
+        await self._resume_record(proto, pre.session_id, driver, raw, HANDSHAKE_TIMEOUT)
+
+    async def _resume_record(self, proto: TransportProtocol, sid: bytes, driver: SessionDriver,
+                             ad: bytes, timeout: float) -> None:
+        """Read the first record (RESUME) and move the session onto `proto`.
+
+        After a RESUME preamble the record is sealed with the preamble as
+        associated data and the server answers a status first; on a parked
+        standby, whose preamble was answered already, it is a plain record.
+        """
+        standby = not ad
+        header = await proto.read_exactly(HEADER.size, timeout)
         length, counter = HEADER.unpack(header)
         if not 24 <= length <= MAX_RECORD + 8:
             self._refuse(proto, Status.RESUME_REFUSED, f"first record length {length}")
             return
         body = await proto.read_exactly(length - 8, HANDSHAKE_TIMEOUT)
-        if driver.session.closed or self.sessions.get(pre.session_id) is not driver:
+        if driver.session.closed or self.sessions.get(sid) is not driver:
             self._refuse(proto, Status.UNKNOWN_SESSION, "the session ended meanwhile")
             return
         try:
-            payload = driver.opener.open(counter, body, ad=raw)
+            payload = driver.opener.open(counter, body, ad=ad)
         except CryptoError as exc:
             log.warning("%s: refused resume from %s: %s", driver.name, proto.peer, exc)
-            proto.write(reply_error(Status.RESUME_REFUSED, "resume does not authenticate"))
+            if not standby:
+                proto.write(reply_error(Status.RESUME_REFUSED, "resume does not authenticate"))
             proto.close()
             return
-        proto.write(encode_reply(Status.OK))
+        if not standby:
+            proto.write(encode_reply(Status.OK))
         now = asyncio.get_running_loop().time()
         driver.session.transport_attached(now, resume=True)
         try:
@@ -242,8 +277,50 @@ class Server:
             proto.close()
             return
         driver.attach(proto, RecordFramer())
-        log.info("%s: resumed on a new transport from %s", driver.name, proto.peer)
+        log.info("%s: resumed on a %s from %s", driver.name,
+                 "standby transport" if standby else "new transport", proto.peer)
         driver.flush()
+
+    async def _park(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
+        """STANDBY: check the proof, answer OK, and keep the transport for a resume."""
+        stamp, tag = STANDBY_PROOF.unpack(await proto.read_exactly(STANDBY_PROOF.size,
+                                                                   HANDSHAKE_TIMEOUT))
+        sid = pre.session_id
+        driver, standby = self.sessions.get(sid), self._standby.get(sid)
+        if driver is None or standby is None:
+            self._refuse(proto, Status.UNKNOWN_SESSION,
+                         f"no session {sid.hex()[:8]} here (expired or restarted)")
+            return
+        try:
+            standby.key.decrypt_with_nonce(stamp, raw, tag)
+        except CryptoError:
+            self._refuse(proto, Status.RESUME_REFUSED, "standby proof does not authenticate")
+            return
+        if stamp <= standby.stamp:
+            self._refuse(proto, Status.RESUME_REFUSED,
+                         f"standby stamp {stamp} is not newer than {standby.stamp} (a replay)")
+            return
+        standby.stamp = stamp
+        old, standby.proto = standby.proto, proto
+        if old is not None:
+            old.abort()  # one standby per session: the newest
+        proto.write(encode_reply(Status.OK))
+        log.info("%s: standby transport parked from %s", driver.name, proto.peer)
+        task = asyncio.get_running_loop().create_task(self._parked(proto, sid, driver, standby),
+                                                      name=f"standby-{sid.hex()[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _parked(self, proto: TransportProtocol, sid: bytes, driver: SessionDriver,
+                      standby: _Standby) -> None:
+        try:
+            await self._resume_record(proto, sid, driver, b"", STANDBY_LIFETIME)
+        except TransportError as exc:
+            log.debug("%s: standby transport from %s ended: %s", driver.name, proto.peer, exc)
+            proto.abort()
+        finally:
+            if standby.proto is proto:
+                standby.proto = None
 
     def _refuse(self, proto: TransportProtocol, status: Status, reason: str) -> None:
         log.warning("transport from %s refused: %s", proto.peer, reason)
