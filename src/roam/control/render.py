@@ -32,6 +32,8 @@ def render_status(status: dict[str, Any]) -> str:
     session = status.get("session") or {}
     out.append(f"session {session.get('state', 'none')}; active path "
                f"{_fmt(status.get('active_path'))}; {len(status.get('channels', []))} channel(s)")
+    if status.get("standby"):
+        out.append(f"standby transport parked on {status['standby']}")
     udp = status.get("udp")
     if udp:
         out.append(f"udp {udp['state']} (peer {_fmt(udp['peer'])}, rtt ms {_fmt(udp['rtt_ms'])}): "
