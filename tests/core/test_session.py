@@ -381,3 +381,23 @@ def test_after_a_resume_resumed_leaves_in_a_record_of_its_own() -> None:
         p.client.receive_payload(payload, p.now)
     p.run(300)
     assert p.down[cid].received == p.down[cid].sent
+
+
+def test_records_on_a_new_transport_start_small_and_double() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    for _ in range(200):  # an interactive stream: 1 KiB frames, all lost in flight
+        p.write(cid, _blob(1024, 9), from_client=False)
+        p.in_flight()
+    p.break_transport()
+    p.reattach()
+    (resume,) = p.client.payloads_to_send(p.now)
+    p.server.receive_payload(resume, p.now)
+    sizes = [len(x) for x in p.server.payloads_to_send(p.now)]
+    # RESUMED alone, then records of at most 4, 8, 16 ... KiB: the first ones
+    # fit a new connection's first window and reach the application at once.
+    assert sizes[0] < 100
+    limits = [4096 * 2**i for i in range(len(sizes) - 1)]
+    assert all(size <= limit + 1100 for size, limit in zip(sizes[1:], limits, strict=True))
+    assert sizes[1] < sizes[2] < sizes[3]
