@@ -401,3 +401,23 @@ def test_records_on_a_new_transport_start_small_and_double() -> None:
     limits = [4096 * 2**i for i in range(len(sizes) - 1)]
     assert all(size <= limit + 1100 for size, limit in zip(sizes[1:], limits, strict=True))
     assert sizes[1] < sizes[2] < sizes[3]
+
+
+def test_a_backlog_built_while_detached_leaves_in_small_frames_first() -> None:
+    p = Pair()
+    cid = p.open()
+    p.run(3)
+    p.break_transport()
+    p.write(cid, _blob(200_000, 3), from_client=False)  # waits in the channel buffer
+    p.reattach()
+    (resume,) = p.client.payloads_to_send(p.now)
+    p.server.receive_payload(resume, p.now)
+    payloads = p.server.payloads_to_send(p.now)
+    sizes = [len(x) for x in payloads]
+    assert sizes[0] < 100
+    assert sizes[1] <= 4096 + 64  # not one 60 KiB DATA frame
+    assert sizes[1] <= sizes[2] <= sizes[3] < sizes[4]
+    for payload in payloads:
+        p.client.receive_payload(payload, p.now)
+    p.run(300)
+    assert p.down[cid].received == p.down[cid].sent

@@ -424,7 +424,10 @@ class Session:
                 continue
             buf = ch.send_buf
             if buf:
-                n = min(len(buf), ch.credit, fr.MAX_DATA_CHUNK)
+                # Frames no larger than the record limit: right after an
+                # attach, a backlog must not become one 60 KiB frame that
+                # no small first record can hold.
+                n = min(len(buf), ch.credit, fr.MAX_DATA_CHUNK, self._record_limit)
                 if n == 0:
                     continue  # re-queued when WINDOW arrives
                 chunk = bytes(buf[:n])
