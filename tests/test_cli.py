@@ -370,6 +370,23 @@ def test_client_bad_server_address(tmp_path: Path, keys: Keys, server: str,
              "--key", keys.client_key, code=1, err=["roam client: error: ", problem])
 
 
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (("--socks-auth", "alice:pw.txt"), "--socks-auth needs --socks HOST:PORT"),
+        (("--socks", "127.0.0.1:0", "--socks-auth", "alice"),
+         "--socks-auth 'alice': expected USER:PASSFILE"),
+        (("--socks", "127.0.0.1:0", "--socks-auth", "alice:absent.txt"),
+         "password file absent.txt does not exist"),
+        (("--socks", "127.0.0.1"), "--socks '127.0.0.1': expected HOST:PORT"),
+    ],
+)
+def test_client_bad_socks_flags(tmp_path: Path, keys: Keys, flags: tuple[str, ...],
+                                problem: str) -> None:
+    run_roam(tmp_path, *client_args(keys, *flags), code=1,
+             err=["roam client: error: ", problem])
+
+
 def test_client_missing_key_file(tmp_path: Path, keys: Keys) -> None:
     run_roam(tmp_path, "client", "--server", "127.0.0.1:9", "--server-key", keys.server_pub,
              "--key", "absent.key", code=1,

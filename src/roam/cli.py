@@ -166,17 +166,24 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
 @click.option("--udp/--no-udp", default=True, show_default=True,
               help="Carry datagram channels over UDP when it gets through (else on the "
                    "stream transport).")
+@click.option("--socks", metavar="HOST:PORT", default=None,
+              help="Serve SOCKS5 (CONNECT, UDP ASSOCIATE) here; names are resolved on the "
+                   "server side.")
+@click.option("--socks-auth", metavar="USER:PASSFILE", default=None,
+              help="Require this SOCKS5 user name and the password in PASSFILE.")
 @_control_flag
 @_log_level
 def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
            paths: tuple[str, ...], links: str, dwell: float, event_log: str | None, udp: bool,
-           control: str | None, log_level: str) -> None:
+           socks: str | None, socks_auth: str | None, control: str | None,
+           log_level: str) -> None:
     """Run the client daemon on the mobile unit."""
     from roam.daemons import run_client
 
     _setup_logging(log_level, "client")
     _run("client", run_client(server_addr, server_key, key, list(forward), cipher,
-                              list(paths), links, dwell, control, event_log, udp))
+                              list(paths), links, dwell, control, event_log, udp, socks,
+                              socks_auth))
 
 
 def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None = None) -> Any:

@@ -22,6 +22,7 @@ from roam.crypto.cpu import default_cipher
 from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
 from roam.errors import ConfigError, KeyFileError, TransportError
 from roam.interfaces.forward import Forward, ForwardSpec
+from roam.interfaces.socksproxy import SocksProxy, load_credentials
 from roam.interfaces.udpforward import UdpForward
 from roam.links.driver import make_driver
 from roam.policy.paths import parse_paths
@@ -100,7 +101,8 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
 async def run_client(server: str, server_key: str, key: str, forwards: list[str],
                      cipher: str, paths: list[str] | None = None, links: str = "linux",
                      dwell: float = 3.0, control: str | None = None,
-                     event_log: str | None = None, udp: bool = True) -> int:
+                     event_log: str | None = None, udp: bool = True,
+                     socks: str | None = None, socks_auth: str | None = None) -> int:
     host, port = _address(server, "--server")
     try:
         pinned = decode_public_key(server_key)
@@ -108,7 +110,11 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
         raise ConfigError(f"--server-key: {exc}") from None
     private = load_private_key(key)
     specs = [ForwardSpec.parse(f) for f in forwards]
-    if not specs:
+    if socks_auth and socks is None:
+        raise ConfigError("--socks-auth needs --socks HOST:PORT")
+    credentials = load_credentials(socks_auth) if socks_auth else None
+    socks_at = _address(socks, "--socks") if socks else None
+    if not specs and socks_at is None:
         log.warning("no --forward given: the session will carry nothing")
     name = default_cipher() if cipher == "auto" else {"aesgcm": "AESGCM",
                                                        "chachapoly": "ChaChaPoly"}[cipher]
@@ -148,18 +154,25 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             await asyncio.sleep(delay)
     started: list[Forward | UdpForward] = [
         (UdpForward if spec.udp else Forward)(spec, lambda: client.driver) for spec in specs]
+    proxy = (SocksProxy(socks_at[0], socks_at[1], lambda: client.driver, credentials)
+             if socks_at else None)
     try:
         for fwd in started:
             lhost, lport = await fwd.start()
             proto = "udp:" if fwd.spec.udp else ""
             _ready(f"forward {proto}{format_host_port(lhost, lport)}="
                    f"{format_host_port(fwd.spec.dest_host, fwd.spec.dest_port)}")
+        if proxy is not None:
+            shost, sport = await proxy.start()
+            _ready(f"socks {format_host_port(shost, sport)}")
         await client.stopped.wait()
         print("roam client: stopped: the session cannot continue", file=sys.stderr)
         return 1
     finally:
         for fwd in started:
             fwd.close()
+        if proxy is not None:
+            proxy.close()
         client.stop()
         if manager is not None:
             await manager.close()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from roam.core import events as ev
 from roam.core.session import Session, SessionState
@@ -40,6 +40,15 @@ class ChannelApp(Protocol):
     def end(self) -> None: ...
     def finish(self) -> None: ...
     def abort(self) -> None: ...
+
+
+@runtime_checkable
+class OpenWatcher(Protocol):
+    """A channel application that must know how its OPEN was answered (a
+    SOCKS5 client is owed a reply before any data)."""
+
+    def opened(self) -> None: ...
+    def open_failed(self, code: CloseCode, reason: str) -> None: ...
 
 
 class DatagramRoute(Protocol):
@@ -313,9 +322,16 @@ class SessionDriver:
                     app.abort()
             elif isinstance(e, ev.ChannelOpenRequested):
                 self.on_open_request(e)
+            elif isinstance(e, ev.ChannelOpened):
+                watcher: object = self.apps.get(e.channel)
+                if isinstance(watcher, OpenWatcher):
+                    watcher.opened()
             elif isinstance(e, ev.ChannelOpenFailed):
                 app = self.apps.pop(e.channel, None)
-                if app is not None:
+                failed: object = app
+                if isinstance(failed, OpenWatcher):
+                    failed.open_failed(e.code, e.reason)
+                elif app is not None:
                     app.abort()
             elif isinstance(e, ev.TransportDead):
                 log.warning("%s: nothing heard for %.1f s: transport declared dead",

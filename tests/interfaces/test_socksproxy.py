@@ -1,0 +1,193 @@
+"""SOCKS5 through a whole in-process stack, with real clients: curl for
+CONNECT (names resolved on the server side), PySocks for UDP ASSOCIATE."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import http.server
+import os
+import shutil
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socks
+
+from roam.connector.allow import AccessList
+from roam.connector.connector import Connector
+from roam.core.session import SessionConfig
+from roam.crypto.keys import public_key
+from roam.errors import ConfigError
+from roam.interfaces.socksproxy import SocksProxy, load_credentials
+from roam.transport.server import Server, ServerConfig
+from tests.conftest import require
+from tests.transport.stack import Stack
+
+FILE_SIZE = 8 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """A real HTTP server beside the server, serving one file; (port, its sha256)."""
+    root = tmp_path_factory.mktemp("site")
+    data = os.urandom(FILE_SIZE)
+    (root / "file.bin").write_bytes(data)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1], hashlib.sha256(data).hexdigest()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.transport.sendto(b"echo:" + data, addr)
+
+
+class SocksStack(Stack):
+    http_port = 0
+    udp_port = 0
+
+    def make_server(self, port: int = 0) -> Server:
+        rules = [f"127.0.0.1:{self.echo_port}", f"127.0.0.1:{self.udp_port}"]
+        if self.http_port:
+            rules.append(f"*:{self.http_port}")
+        access = AccessList.parse(rules)
+        return Server(ServerConfig("127.0.0.1", port, self.server_key,
+                                   {public_key(self.client_key): "tester"}, Connector(access),
+                                   SessionConfig(detached_timeout=60)))
+
+
+def _run(body: Callable[[SocksStack, int], Awaitable[None]], http_port: int = 0,
+         credentials: tuple[str, str] | None = None) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        echo, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=("127.0.0.1", 0))
+        stack = SocksStack()
+        stack.http_port = http_port
+        stack.udp_port = echo.get_extra_info("sockname")[1]
+        await stack.start()
+        proxy = SocksProxy("127.0.0.1", 0, lambda: stack.client.driver, credentials)
+        _, port = await proxy.start()
+        try:
+            await body(stack, port)
+        finally:
+            proxy.close()
+            await stack.close()
+            echo.close()
+    asyncio.run(main())
+
+
+async def _curl(*args: str) -> tuple[int, bytes, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "--silent", "--show-error", "--max-time", "60", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out, err.decode(errors="replace")
+
+
+def _need_curl() -> None:
+    require(shutil.which("curl") is not None, "curl is missing (scripts/setup-env installs it)")
+
+
+def test_curl_fetches_a_file_by_a_name_the_server_resolves(site: tuple[int, str]) -> None:
+    _need_curl()
+    http_port, digest = site
+
+    async def body(stack: SocksStack, port: int) -> None:
+        # "localhost" is resolved by the server side (--socks5-hostname).
+        code, out, err = await _curl("--socks5-hostname", f"127.0.0.1:{port}",
+                                     f"http://localhost:{http_port}/file.bin")
+        assert code == 0, err
+        assert hashlib.sha256(out).hexdigest() == digest
+        stack.proxy.cut()  # a transport reset in the middle of nothing: a new fetch works
+        code, out, err = await _curl("--socks5", f"127.0.0.1:{port}",
+                                     f"http://127.0.0.1:{http_port}/file.bin")
+        assert code == 0, err
+        assert len(out) == FILE_SIZE
+    _run(body, http_port)
+
+
+def test_username_and_password(site: tuple[int, str], tmp_path: Path) -> None:
+    _need_curl()
+    http_port, digest = site
+
+    async def body(stack: SocksStack, port: int) -> None:
+        url = f"http://127.0.0.1:{http_port}/file.bin"
+        code, _, err = await _curl("--socks5", f"alice:wrong@127.0.0.1:{port}", url)
+        assert code != 0
+        code, out, err = await _curl("--socks5", f"alice:s3cret@127.0.0.1:{port}", url)
+        assert code == 0, err
+        assert hashlib.sha256(out).hexdigest() == digest
+    _run(body, http_port, ("alice", "s3cret"))
+
+
+def test_a_destination_the_server_refuses_gets_a_socks_error(site: tuple[int, str]) -> None:
+    _need_curl()
+    http_port, _ = site
+
+    async def body(stack: SocksStack, port: int) -> None:
+        code, _, err = await _curl("--socks5", f"127.0.0.1:{port}", "http://127.0.0.1:9/")
+        assert code == 97, err  # curl: "proxy handshake error"
+        assert "(2)" in err, err  # REP 2: connection not allowed by ruleset
+        code, _, err = await _curl("--socks5", f"127.0.0.1:{port}",
+                                   f"http://127.0.0.1:{http_port}/file.bin")
+        assert code == 0, err
+    _run(body, http_port)
+
+
+def test_udp_associate_with_an_independent_client() -> None:
+    async def body(stack: SocksStack, port: int) -> None:
+        def exchange() -> list[bytes]:
+            s = socks.socksocket(socks.socket.AF_INET, socks.socket.SOCK_DGRAM)
+            s.set_proxy(socks.SOCKS5, "127.0.0.1", port)
+            s.settimeout(5)
+            try:
+                answers = []
+                for i in range(5):
+                    s.sendto(f"ping {i}".encode(), ("127.0.0.1", stack.udp_port))
+                    answers.append(s.recvfrom(2048)[0])
+                return answers
+            finally:
+                s.close()
+        answers = await asyncio.to_thread(exchange)
+        assert answers == [f"echo:ping {i}".encode() for i in range(5)]
+    _run(body)
+
+
+def test_garbage_on_the_socks_port_is_refused_and_the_proxy_serves_on(
+        site: tuple[int, str]) -> None:
+    _need_curl()
+    http_port, _ = site
+
+    async def body(stack: SocksStack, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x04\x01\x00\x50" + bytes(10))  # SOCKS4
+        assert await asyncio.wait_for(reader.read(100), 5) == b""
+        writer.close()
+        code, _, err = await _curl("--socks5", f"127.0.0.1:{port}",
+                                   f"http://127.0.0.1:{http_port}/file.bin")
+        assert code == 0, err
+    _run(body, http_port)
+
+
+def test_socks_auth_file_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected USER:PASSFILE"):
+        load_credentials("alice")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_credentials(f"alice:{tmp_path / 'missing'}")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_credentials(f"alice:{tmp_path / 'empty'}")
+    (tmp_path / "pw").write_text("s3cret\n")
+    assert load_credentials(f"alice:{tmp_path / 'pw'}") == ("alice", "s3cret")
