@@ -379,9 +379,13 @@ def test_client_bad_server_address(tmp_path: Path, keys: Keys, server: str,
         (("--socks", "127.0.0.1:0", "--socks-auth", "alice:absent.txt"),
          "password file absent.txt does not exist"),
         (("--socks", "127.0.0.1"), "--socks '127.0.0.1': expected HOST:PORT"),
+        (("--dns-intercept", "*.corp"), "--dns-intercept need --dns HOST:PORT"),
+        (("--dns", "127.0.0.1:0", "--dns-pool", "10.0.0.0/8"), "is not inside the loopback"),
+        (("--dns", "127.0.0.1:0", "--dns-ports", "80,x"), "port 'x' is not a number"),
+        (("--dns", "127.0.0.1:0", "--dns-intercept", "bad pattern!"), "bad pattern!"),
     ],
 )
-def test_client_bad_socks_flags(tmp_path: Path, keys: Keys, flags: tuple[str, ...],
+def test_client_bad_interface_flags(tmp_path: Path, keys: Keys, flags: tuple[str, ...],
                                 problem: str) -> None:
     run_roam(tmp_path, *client_args(keys, *flags), code=1,
              err=["roam client: error: ", problem])

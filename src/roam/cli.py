@@ -171,19 +171,31 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
                    "server side.")
 @click.option("--socks-auth", metavar="USER:PASSFILE", default=None,
               help="Require this SOCKS5 user name and the password in PASSFILE.")
+@click.option("--dns", "dns_listen", metavar="HOST:PORT", default=None,
+              help="Serve DNS (UDP and TCP) here: intercepted names get pool addresses.")
+@click.option("--dns-intercept", multiple=True, metavar="PATTERN",
+              help="Names answered with a pool address (NAME, *.SUFFIX or *; repeatable).")
+@click.option("--dns-pool", metavar="CIDR", default=None,
+              help="Loopback addresses for intercepted names  [default: 127.77.0.0/16]")
+@click.option("--dns-upstream", metavar="HOST:PORT", default=None,
+              help="Resolver for other names  [default: the first in /etc/resolv.conf]")
+@click.option("--dns-ports", metavar="PORT[,PORT...]", default=None,
+              help="Ports to listen on at each pool address  [default: 80,443]")
 @_control_flag
 @_log_level
 def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
            paths: tuple[str, ...], links: str, dwell: float, event_log: str | None, udp: bool,
-           socks: str | None, socks_auth: str | None, control: str | None,
-           log_level: str) -> None:
+           socks: str | None, socks_auth: str | None, dns_listen: str | None,
+           dns_intercept: tuple[str, ...], dns_pool: str | None, dns_upstream: str | None,
+           dns_ports: str | None, control: str | None, log_level: str) -> None:
     """Run the client daemon on the mobile unit."""
-    from roam.daemons import run_client
+    from roam.daemons import DnsOptions, run_client
 
     _setup_logging(log_level, "client")
     _run("client", run_client(server_addr, server_key, key, list(forward), cipher,
                               list(paths), links, dwell, control, event_log, udp, socks,
-                              socks_auth))
+                              socks_auth, DnsOptions(dns_listen, list(dns_intercept), dns_pool,
+                                                     dns_upstream, dns_ports)))
 
 
 def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None = None) -> Any:

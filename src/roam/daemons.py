@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 
 from roam.connector.allow import AccessList, format_host_port, parse_port, split_host_port
 from roam.connector.connector import Connector
@@ -21,6 +22,8 @@ from roam.core.session import SessionConfig
 from roam.crypto.cpu import default_cipher
 from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
 from roam.errors import ConfigError, KeyFileError, TransportError
+from roam.interfaces.dnsintercept import AddressPool, DnsInterceptor, NamePatterns
+from roam.interfaces.dnsproxy import DnsProxy, default_upstream
 from roam.interfaces.forward import Forward, ForwardSpec
 from roam.interfaces.socksproxy import SocksProxy, load_credentials
 from roam.interfaces.udpforward import UdpForward
@@ -28,6 +31,7 @@ from roam.links.driver import make_driver
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy
 from roam.transport.client import BACKOFF, Client, ClientConfig, HandoverRecord
+from roam.transport.driver import SessionDriver
 from roam.transport.pathmanager import PathManager
 from roam.transport.server import Server, ServerConfig
 
@@ -102,7 +106,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
                      cipher: str, paths: list[str] | None = None, links: str = "linux",
                      dwell: float = 3.0, control: str | None = None,
                      event_log: str | None = None, udp: bool = True,
-                     socks: str | None = None, socks_auth: str | None = None) -> int:
+                     socks: str | None = None, socks_auth: str | None = None,
+                     dns: DnsOptions | None = None) -> int:
     host, port = _address(server, "--server")
     try:
         pinned = decode_public_key(server_key)
@@ -114,7 +119,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
         raise ConfigError("--socks-auth needs --socks HOST:PORT")
     credentials = load_credentials(socks_auth) if socks_auth else None
     socks_at = _address(socks, "--socks") if socks else None
-    if not specs and socks_at is None:
+    dns_proxy = _dns_proxy(dns, lambda: client.driver) if dns is not None else None
+    if not specs and socks_at is None and dns_proxy is None:
         log.warning("no --forward given: the session will carry nothing")
     name = default_cipher() if cipher == "auto" else {"aesgcm": "AESGCM",
                                                        "chachapoly": "ChaChaPoly"}[cipher]
@@ -165,6 +171,9 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
         if proxy is not None:
             shost, sport = await proxy.start()
             _ready(f"socks {format_host_port(shost, sport)}")
+        if dns_proxy is not None:
+            dhost, dport = await dns_proxy.start()
+            _ready(f"dns {format_host_port(dhost, dport)}")
         await client.stopped.wait()
         print("roam client: stopped: the session cannot continue", file=sys.stderr)
         return 1
@@ -173,6 +182,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             fwd.close()
         if proxy is not None:
             proxy.close()
+        if dns_proxy is not None:
+            dns_proxy.close()
         client.stop()
         if manager is not None:
             await manager.close()
@@ -180,6 +191,43 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             await ctl.close()
         events.close()
         await asyncio.sleep(0.05)  # the CLOSE frame leaves before the loop ends
+
+
+@dataclasses.dataclass(frozen=True)
+class DnsOptions:
+    """The --dns flags as given."""
+
+    listen: str | None
+    intercept: list[str]
+    pool: str | None
+    upstream: str | None
+    ports: str | None
+
+
+def _dns_proxy(opts: DnsOptions, current: Callable[[], SessionDriver | None]
+               ) -> DnsProxy | None:
+    if opts.listen is None:
+        given = [flag for flag, value in (("--dns-intercept", opts.intercept),
+                                          ("--dns-pool", opts.pool),
+                                          ("--dns-upstream", opts.upstream),
+                                          ("--dns-ports", opts.ports)) if value]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --dns HOST:PORT")
+        return None
+    host, port = _address(opts.listen, "--dns")
+    if not opts.intercept:
+        log.warning("--dns without --dns-intercept: every query goes upstream")
+    ports: list[int] = []
+    for text in (opts.ports or "80,443").split(","):
+        number = parse_port(text.strip(), "--dns-ports")
+        if number is None:
+            raise ConfigError(f"--dns-ports {opts.ports!r}: a port is needed")
+        ports.append(number)
+    upstream = (_address(opts.upstream, "--dns-upstream") if opts.upstream
+                else default_upstream())
+    pool = AddressPool(opts.pool) if opts.pool else AddressPool()
+    interceptor = DnsInterceptor(NamePatterns(opts.intercept), pool)
+    return DnsProxy(host, port, interceptor, pool, ports, upstream, current)
 
 
 def _client_handlers(client: Client, manager: PathManager | None,

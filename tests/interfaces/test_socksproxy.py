@@ -4,74 +4,26 @@ CONNECT (names resolved on the server side), PySocks for UDP ASSOCIATE."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import http.server
-import os
 import shutil
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import socks
 
-from roam.connector.allow import AccessList
-from roam.connector.connector import Connector
-from roam.core.session import SessionConfig
-from roam.crypto.keys import public_key
 from roam.errors import ConfigError
 from roam.interfaces.socksproxy import SocksProxy, load_credentials
-from roam.transport.server import Server, ServerConfig
 from tests.conftest import require
-from tests.transport.stack import Stack
 
-FILE_SIZE = 8 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
-    """A real HTTP server beside the server, serving one file; (port, its sha256)."""
-    root = tmp_path_factory.mktemp("site")
-    data = os.urandom(FILE_SIZE)
-    (root / "file.bin").write_bytes(data)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd.server_address[1], hashlib.sha256(data).hexdigest()
-    httpd.shutdown()
-    httpd.server_close()
-
-
-class _UdpEcho(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: Any = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.transport.sendto(b"echo:" + data, addr)
-
-
-class SocksStack(Stack):
-    http_port = 0
-    udp_port = 0
-
-    def make_server(self, port: int = 0) -> Server:
-        rules = [f"127.0.0.1:{self.echo_port}", f"127.0.0.1:{self.udp_port}"]
-        if self.http_port:
-            rules.append(f"*:{self.http_port}")
-        access = AccessList.parse(rules)
-        return Server(ServerConfig("127.0.0.1", port, self.server_key,
-                                   {public_key(self.client_key): "tester"}, Connector(access),
-                                   SessionConfig(detached_timeout=60)))
+from .conftest import FILE_SIZE, SocksStack, UdpEcho, curl
 
 
 def _run(body: Callable[[SocksStack, int], Awaitable[None]], http_port: int = 0,
          credentials: tuple[str, str] | None = None) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        echo, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=("127.0.0.1", 0))
+        echo, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
         stack = SocksStack()
         stack.http_port = http_port
         stack.udp_port = echo.get_extra_info("sockname")[1]
@@ -87,15 +39,6 @@ def _run(body: Callable[[SocksStack, int], Awaitable[None]], http_port: int = 0,
     asyncio.run(main())
 
 
-async def _curl(*args: str) -> tuple[int, bytes, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "--silent", "--show-error", "--max-time", "60", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out, err.decode(errors="replace")
-
-
 def _need_curl() -> None:
     require(shutil.which("curl") is not None, "curl is missing (scripts/setup-env installs it)")
 
@@ -106,12 +49,12 @@ def test_curl_fetches_a_file_by_a_name_the_server_resolves(site: tuple[int, str]
 
     async def body(stack: SocksStack, port: int) -> None:
         # "localhost" is resolved by the server side (--socks5-hostname).
-        code, out, err = await _curl("--socks5-hostname", f"127.0.0.1:{port}",
+        code, out, err = await curl("--socks5-hostname", f"127.0.0.1:{port}",
                                      f"http://localhost:{http_port}/file.bin")
         assert code == 0, err
         assert hashlib.sha256(out).hexdigest() == digest
         stack.proxy.cut()  # a transport reset in the middle of nothing: a new fetch works
-        code, out, err = await _curl("--socks5", f"127.0.0.1:{port}",
+        code, out, err = await curl("--socks5", f"127.0.0.1:{port}",
                                      f"http://127.0.0.1:{http_port}/file.bin")
         assert code == 0, err
         assert len(out) == FILE_SIZE
@@ -124,9 +67,9 @@ def test_username_and_password(site: tuple[int, str], tmp_path: Path) -> None:
 
     async def body(stack: SocksStack, port: int) -> None:
         url = f"http://127.0.0.1:{http_port}/file.bin"
-        code, _, err = await _curl("--socks5", f"alice:wrong@127.0.0.1:{port}", url)
+        code, _, err = await curl("--socks5", f"alice:wrong@127.0.0.1:{port}", url)
         assert code != 0
-        code, out, err = await _curl("--socks5", f"alice:s3cret@127.0.0.1:{port}", url)
+        code, out, err = await curl("--socks5", f"alice:s3cret@127.0.0.1:{port}", url)
         assert code == 0, err
         assert hashlib.sha256(out).hexdigest() == digest
     _run(body, http_port, ("alice", "s3cret"))
@@ -137,10 +80,10 @@ def test_a_destination_the_server_refuses_gets_a_socks_error(site: tuple[int, st
     http_port, _ = site
 
     async def body(stack: SocksStack, port: int) -> None:
-        code, _, err = await _curl("--socks5", f"127.0.0.1:{port}", "http://127.0.0.1:9/")
+        code, _, err = await curl("--socks5", f"127.0.0.1:{port}", "http://127.0.0.1:9/")
         assert code == 97, err  # curl: "proxy handshake error"
         assert "(2)" in err, err  # REP 2: connection not allowed by ruleset
-        code, _, err = await _curl("--socks5", f"127.0.0.1:{port}",
+        code, _, err = await curl("--socks5", f"127.0.0.1:{port}",
                                    f"http://127.0.0.1:{http_port}/file.bin")
         assert code == 0, err
     _run(body, http_port)
@@ -175,7 +118,7 @@ def test_garbage_on_the_socks_port_is_refused_and_the_proxy_serves_on(
         writer.write(b"\x04\x01\x00\x50" + bytes(10))  # SOCKS4
         assert await asyncio.wait_for(reader.read(100), 5) == b""
         writer.close()
-        code, _, err = await _curl("--socks5", f"127.0.0.1:{port}",
+        code, _, err = await curl("--socks5", f"127.0.0.1:{port}",
                                    f"http://127.0.0.1:{http_port}/file.bin")
         assert code == 0, err
     _run(body, http_port)
