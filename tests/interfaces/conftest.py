@@ -62,6 +62,11 @@ class SocksStack(Stack):
                                    {public_key(self.client_key): "tester"}, Connector(access),
                                    SessionConfig(detached_timeout=60)))
 
+    def received(self) -> int:
+        """Channel bytes the client has received so far, on any driver."""
+        driver = self.client.driver
+        return driver.session.bytes_received if driver is not None else 0
+
 
 async def curl(*args: str) -> tuple[int, bytes, str]:
     proc = await asyncio.create_subprocess_exec(

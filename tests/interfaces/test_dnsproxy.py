@@ -113,3 +113,28 @@ def test_garbage_queries_do_not_stop_the_dns_server(site: tuple[int, str],
         writer.close()
         assert (await _dig(port, "localhost")).startswith("127.77.0.")
     _run(body, http_port, upstream)
+
+
+def test_a_transport_reset_in_the_middle_of_a_fetch_breaks_nothing(
+        site: tuple[int, str], upstream: int) -> None:
+    require(shutil.which("dig") is not None, "dig is missing (bind9-dnsutils)")
+    require(shutil.which("curl") is not None, "curl is missing")
+    http_port, digest = site
+
+    async def body(stack: SocksStack, port: int) -> None:
+        address = await _dig(port, "localhost")
+        fetch = asyncio.create_task(curl("--limit-rate", "2M",
+                                         f"http://{address}:{http_port}/file.bin"))
+        cuts = 0
+        for mark in (1 << 20, 4 << 20):  # resets after 1 MiB and 4 MiB of the 8 arrived
+            while not fetch.done() and stack.received() < mark:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+            if not fetch.done():
+                stack.proxy.cut()
+                cuts += 1
+        code, out, err = await fetch
+        assert code == 0, err
+        assert hashlib.sha256(out).hexdigest() == digest
+        assert cuts >= 1
+        assert stack.client.transports == 1 + cuts
+    _run(body, http_port, upstream)

@@ -134,3 +134,27 @@ def test_socks_auth_file_errors_name_the_problem(tmp_path: Path) -> None:
         load_credentials(f"alice:{tmp_path / 'empty'}")
     (tmp_path / "pw").write_text("s3cret\n")
     assert load_credentials(f"alice:{tmp_path / 'pw'}") == ("alice", "s3cret")
+
+
+def test_a_transport_reset_in_the_middle_of_a_fetch_breaks_nothing(
+        site: tuple[int, str]) -> None:
+    _need_curl()
+    http_port, digest = site
+
+    async def body(stack: SocksStack, port: int) -> None:
+        fetch = asyncio.create_task(curl("--socks5-hostname",
+                                         f"127.0.0.1:{port}",
+                                         f"http://localhost:{http_port}/file.bin"))
+        cuts = 0
+        for mark in (1 << 20, 4 << 20):  # resets after 1 MiB and 4 MiB of the 8 arrived
+            while not fetch.done() and stack.received() < mark:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+            if not fetch.done():
+                stack.proxy.cut()
+                cuts += 1
+        code, out, err = await fetch
+        assert code == 0, err
+        assert hashlib.sha256(out).hexdigest() == digest
+        assert cuts >= 1
+        assert stack.client.transports == 1 + cuts
+    _run(body, http_port)
