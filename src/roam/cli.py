@@ -127,15 +127,20 @@ _log_level = click.option("--log-level", default="info", show_default=True,
               help="Seconds a session without transport waits for its client to resume.")
 @click.option("--udp/--no-udp", default=True, show_default=True,
               help="Also listen for UDP on the same address, for datagram channels.")
+@click.option("--allow-listen", multiple=True, metavar="HOST:PORT",
+              help="Where clients' reverse forwards may have the server listen "
+                   "(repeatable). Default: nowhere.")
 @_control_flag
 @_log_level
 def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], linger: float,
-           udp: bool, control: str | None, log_level: str) -> None:
+           udp: bool, allow_listen: tuple[str, ...], control: str | None,
+           log_level: str) -> None:
     """Run the server daemon beside the services."""
     from roam.daemons import run_server
 
     _setup_logging(log_level, "server")
-    _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp))
+    _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp,
+                              list(allow_listen)))
 
 
 @main.command()
@@ -171,6 +176,9 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
                    "server side.")
 @click.option("--socks-auth", metavar="USER:PASSFILE", default=None,
               help="Require this SOCKS5 user name and the password in PASSFILE.")
+@click.option("--reverse", multiple=True, metavar="RHOST:RPORT=LHOST:LPORT",
+              help="Have the server listen on RHOST:RPORT and carry each connection to "
+                   "LHOST:LPORT here (repeatable; the server's --allow-listen must permit).")
 @click.option("--dns", "dns_listen", metavar="HOST:PORT", default=None,
               help="Serve DNS (UDP and TCP) here: intercepted names get pool addresses.")
 @click.option("--dns-intercept", multiple=True, metavar="PATTERN",
@@ -185,7 +193,8 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
 @_log_level
 def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
            paths: tuple[str, ...], links: str, dwell: float, event_log: str | None, udp: bool,
-           socks: str | None, socks_auth: str | None, dns_listen: str | None,
+           socks: str | None, socks_auth: str | None, reverse: tuple[str, ...],
+           dns_listen: str | None,
            dns_intercept: tuple[str, ...], dns_pool: str | None, dns_upstream: str | None,
            dns_ports: str | None, control: str | None, log_level: str) -> None:
     """Run the client daemon on the mobile unit."""
@@ -195,7 +204,8 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
     _run("client", run_client(server_addr, server_key, key, list(forward), cipher,
                               list(paths), links, dwell, control, event_log, udp, socks,
                               socks_auth, DnsOptions(dns_listen, list(dns_intercept), dns_pool,
-                                                     dns_upstream, dns_ports)))
+                                                     dns_upstream, dns_ports),
+                              list(reverse)))
 
 
 def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None = None) -> Any:

@@ -25,6 +25,7 @@ from roam.errors import ConfigError, KeyFileError, TransportError
 from roam.interfaces.dnsintercept import AddressPool, DnsInterceptor, NamePatterns
 from roam.interfaces.dnsproxy import DnsProxy, default_upstream
 from roam.interfaces.forward import Forward, ForwardSpec
+from roam.interfaces.reverse import ReverseForwards
 from roam.interfaces.socksproxy import SocksProxy, load_credentials
 from roam.interfaces.udpforward import UdpForward
 from roam.links.driver import make_driver
@@ -66,7 +67,8 @@ async def _control(path: str | None, role: str,
 
 
 async def run_server(listen: str, key: str, authorized_keys: str, allow: list[str],
-                     linger: float, control: str | None = None, udp: bool = True) -> int:
+                     linger: float, control: str | None = None, udp: bool = True,
+                     allow_listen: list[str] | None = None) -> int:
     host, port = _address(listen, "--listen")
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
@@ -75,7 +77,9 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
     access = AccessList.parse(allow)
     if not access.rules:
         log.warning("no --allow rule: every destination will be refused")
-    server = Server(ServerConfig(host, port, private, authorized, Connector(access),
+    listen_access = AccessList.parse(allow_listen or [])
+    server = Server(ServerConfig(host, port, private, authorized,
+                                 Connector(access, listen_access),
                                  SessionConfig(detached_timeout=linger), udp))
     try:
         bound = await server.start()
@@ -107,7 +111,7 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
                      dwell: float = 3.0, control: str | None = None,
                      event_log: str | None = None, udp: bool = True,
                      socks: str | None = None, socks_auth: str | None = None,
-                     dns: DnsOptions | None = None) -> int:
+                     dns: DnsOptions | None = None, reverse: list[str] | None = None) -> int:
     host, port = _address(server, "--server")
     try:
         pinned = decode_public_key(server_key)
@@ -120,12 +124,15 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
     credentials = load_credentials(socks_auth) if socks_auth else None
     socks_at = _address(socks, "--socks") if socks else None
     dns_proxy = _dns_proxy(dns, lambda: client.driver) if dns is not None else None
-    if not specs and socks_at is None and dns_proxy is None:
+    reverse_specs = [_reverse_spec(r) for r in reverse or []]
+    if not specs and socks_at is None and dns_proxy is None and not reverse_specs:
         log.warning("no --forward given: the session will carry nothing")
     name = default_cipher() if cipher == "auto" else {"aesgcm": "AESGCM",
                                                        "chachapoly": "ChaChaPoly"}[cipher]
     suite = Suite.AESGCM_SHA256 if name == "AESGCM" else Suite.CHACHAPOLY_BLAKE2S
     client = Client(ClientConfig(host, port, pinned, private, SessionConfig(), suite, udp))
+    if reverse_specs:
+        client.on_session = ReverseForwards(reverse_specs).attach
     events = EventLog(event_log)
     path_configs = parse_paths(paths or [])
     manager: PathManager | None = None
@@ -191,6 +198,21 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             await ctl.close()
         events.close()
         await asyncio.sleep(0.05)  # the CLOSE frame leaves before the loop ends
+
+
+def _reverse_spec(text: str) -> ForwardSpec:
+    """`--reverse RHOST:RPORT=LHOST:LPORT` (TCP)."""
+    try:
+        spec = ForwardSpec.parse(text)
+    except ConfigError as exc:
+        # The same syntax as --forward, with the sides the other way round.
+        message = str(exc).replace("--forward", "--reverse").replace(
+            "LHOST:LPORT=RHOST:RPORT", "RHOST:RPORT=LHOST:LPORT")
+        raise ConfigError(message) from None
+    if spec.udp or spec.listen_port == 0:
+        raise ConfigError(f"--reverse {text!r}: expected RHOST:RPORT=LHOST:LPORT with a "
+                          "TCP port to listen on beside the server")
+    return spec
 
 
 @dataclasses.dataclass(frozen=True)

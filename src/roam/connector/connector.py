@@ -7,6 +7,7 @@ closes that channel alone (OPEN_FAIL), with a log line that says why.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 
@@ -24,16 +25,47 @@ CONNECT_TIMEOUT = 10.0
 
 
 class Connector:
-    def __init__(self, access: AccessList) -> None:
+    def __init__(self, access: AccessList, listen: AccessList | None = None) -> None:
         self.access = access
+        # Where clients may have the server listen for reverse forwards.
+        self.listen = listen or AccessList.parse([])
 
     def attach(self, driver: SessionDriver) -> None:
         driver.on_open_request = lambda e: self._request(driver, e)
 
     def _request(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
-        opener = self._open if e.kind is ChannelKind.STREAM else self._open_datagram
+        opener = {ChannelKind.STREAM: self._open, ChannelKind.DATAGRAM: self._open_datagram,
+                  ChannelKind.LISTEN: self._listen}[e.kind]
         asyncio.get_running_loop().create_task(opener(driver, e),
                                                name=f"{driver.name}-open-{e.channel}")
+
+    async def _listen(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
+        where = f"{e.host}:{e.port}"
+        try:
+            literal = bool(ipaddress.ip_address(e.host))
+        except ValueError:
+            literal = False
+        allowed = (self.listen.allows_address(e.host, e.port) if literal
+                   else self.listen.allows_name(e.host, e.port))
+        if not allowed:
+            self._fail(driver, e, CloseCode.NOT_ALLOWED,
+                       f"listening on {where} is not allowed by --allow-listen")
+            return
+        listener = ReverseListener(driver, e.channel, e.host, e.port)
+        try:
+            listener.server = await asyncio.get_running_loop().create_server(
+                listener.accept, e.host, e.port)
+        except OSError as exc:
+            self._fail(driver, e, CloseCode.CONNECT_FAILED,
+                       f"cannot listen on {where}: {exc.strerror or exc}")
+            return
+        if e.channel not in driver.session.channel_ids():
+            listener.abort()
+            return
+        driver.add_app(listener)
+        driver.session.accept_channel(e.channel)
+        log.info("%s: reverse forward: listening on %s", driver.name, where)
+        driver.schedule()
 
     async def _allowed(self, driver: SessionDriver, e: ChannelOpenRequested, dest: str,
                        kind: socket.SocketKind) -> str | None:
@@ -142,3 +174,39 @@ class DatagramConnection(asyncio.DatagramProtocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class ReverseListener:
+    """A server-side listener for one LISTEN channel: each connection it
+    accepts becomes a STREAM channel to the client, named by host:port."""
+
+    def __init__(self, driver: SessionDriver, cid: int, host: str, port: int) -> None:
+        self.driver = driver
+        self.cid: int | None = cid
+        self.host, self.port = host, port
+        self.server: asyncio.Server | None = None
+
+    def accept(self) -> asyncio.Protocol:
+        return AppConnection(self.driver, on_made=self._made)
+
+    def _made(self, app: AppConnection) -> None:
+        session = self.driver.session
+        app.cid = session.open_channel(self.host, self.port)
+        self.driver.add_app(app)
+        self.driver.schedule()
+
+    def deliver(self, data: bytes) -> None:
+        pass  # nothing flows on a LISTEN channel
+
+    def end(self) -> None:
+        self.abort()
+
+    def finish(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            log.info("%s: reverse forward on %s:%d closed", self.driver.name, self.host,
+                     self.port)

@@ -41,6 +41,11 @@ class FrameType(IntEnum):
 class ChannelKind(IntEnum):
     STREAM = 1
     DATAGRAM = 2
+    # The client asks the server to listen on host:port (a reverse forward);
+    # the server opens a STREAM channel back, named by that host:port, for
+    # each connection it accepts there. No data flows on the LISTEN channel
+    # itself; closing it closes the listener.
+    LISTEN = 3
 
 
 # A DATA frame carries at most this much application data: large enough that

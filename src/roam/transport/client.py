@@ -92,6 +92,8 @@ class Client:
         self.on_handover: Callable[[HandoverRecord], None] = lambda r: None
         self.on_attachment_failed: Callable[[Attachment, str], None] = lambda a, why: None
         self.on_lost: Callable[[Attachment | None, str], None] = lambda a, why: None
+        # Every new session (the first, and one after the server forgot us).
+        self.on_session: Callable[[SessionDriver], None] = lambda driver: None
         self._lost: tuple[float, str] | None = None  # (last heard, reason) of a lost transport
         self._handover_ready: asyncio.Future[int] | None = None
         self._resumed: asyncio.Future[int] | None = None
@@ -218,6 +220,7 @@ class Client:
             driver.datagrams = ClientDatagrams(driver, DatagramPath(
                 self.session_id[:8], dsend, drecv, now, is_client=True))
             await self._move_datagrams(proto, self.attachment)
+        self.on_session(driver)
         log.info("%s: new session with %s", driver.name, self.server)
         return driver
 
