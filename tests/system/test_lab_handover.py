@@ -43,7 +43,8 @@ class LabRoam:
         self.events = tmp / "events.jsonl"
 
     def start(self, dwell: float = 2.0, extra: tuple[str, ...] = (),
-              allow: tuple[str, ...] = ()) -> None:
+              allow: tuple[str, ...] = (), client_flags: tuple[str, ...] = (),
+              server_flags: tuple[str, ...] = ()) -> None:
         server = self.lab.addresses["server"]
         self._run("server", "echo", [sys.executable, str(SERVICES), "echo", "--port",
                                      str(ECHO_PORT)])
@@ -51,7 +52,7 @@ class LabRoam:
             sys.executable, "-m", "roam", "server", "--listen", f"{server}:{ROAM_PORT}",
             "--key", str(self.keys.server_key), "--authorized-keys", str(self.keys.authorized),
             "--allow", f"127.0.0.1:{ECHO_PORT}", *(x for a in allow for x in ("--allow", a)),
-            "--control", str(self.tmp / "server.sock")])
+            "--control", str(self.tmp / "server.sock"), *server_flags])
         time.sleep(1.0)
         self._run("mobile", "roam-client", [
             sys.executable, "-m", "roam", "client", "--server", f"{server}:{ROAM_PORT}",
@@ -60,7 +61,7 @@ class LabRoam:
             "--links", "linux", "--path", "wifi:dev=wifi,priority=10,kind=wifi",
             "--path", "cell:dev=cell,priority=20,kind=cellular", "--dwell", str(dwell),
             "--control", str(self.control), "--event-log", str(self.events),
-            *(x for f in extra for x in ("--forward", f))])
+            *(x for f in extra for x in ("--forward", f)), *client_flags])
         self.wait(lambda s: s["active_path"] == "wifi" and s["session"], "session on wifi")
 
     def _run(self, ns: str, name: str, argv: list[str]) -> subprocess.Popen[Any]:
