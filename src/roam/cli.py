@@ -176,6 +176,12 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
                    "server side.")
 @click.option("--socks-auth", metavar="USER:PASSFILE", default=None,
               help="Require this SOCKS5 user name and the password in PASSFILE.")
+@click.option("--transparent", multiple=True, metavar="CIDR",
+              help="Intercept this machine's TCP and UDP to these networks (root, "
+                   "nftables; repeatable).")
+@click.option("--cleanup", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _, value: _cleanup(ctx, value),
+              help="Remove transparent-mode rules a crashed client left behind, and exit.")
 @click.option("--reverse", multiple=True, metavar="RHOST:RPORT=LHOST:LPORT",
               help="Have the server listen on RHOST:RPORT and carry each connection to "
                    "LHOST:LPORT here (repeatable; the server's --allow-listen must permit).")
@@ -193,7 +199,8 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
 @_log_level
 def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
            paths: tuple[str, ...], links: str, dwell: float, event_log: str | None, udp: bool,
-           socks: str | None, socks_auth: str | None, reverse: tuple[str, ...],
+           socks: str | None, socks_auth: str | None, transparent: tuple[str, ...],
+           reverse: tuple[str, ...],
            dns_listen: str | None,
            dns_intercept: tuple[str, ...], dns_pool: str | None, dns_upstream: str | None,
            dns_ports: str | None, control: str | None, log_level: str) -> None:
@@ -205,7 +212,21 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
                               list(paths), links, dwell, control, event_log, udp, socks,
                               socks_auth, DnsOptions(dns_listen, list(dns_intercept), dns_pool,
                                                      dns_upstream, dns_ports),
-                              list(reverse)))
+                              list(reverse), list(transparent)))
+
+
+def _cleanup(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from roam.interfaces.transparent import remove
+
+    try:
+        remove()
+    except ConfigError as exc:
+        click.echo(f"roam client: error: {exc}", err=True)
+        ctx.exit(1)
+    click.echo("roam client: no transparent-mode rules are left")
+    ctx.exit(0)
 
 
 def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None = None) -> Any:

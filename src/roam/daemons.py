@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import sys
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ from roam.interfaces.dnsproxy import DnsProxy, default_upstream
 from roam.interfaces.forward import Forward, ForwardSpec
 from roam.interfaces.reverse import ReverseForwards
 from roam.interfaces.socksproxy import SocksProxy, load_credentials
+from roam.interfaces.transparent import Transparent, need_tools
 from roam.interfaces.udpforward import UdpForward
 from roam.links.driver import make_driver
 from roam.policy.paths import parse_paths
@@ -111,7 +113,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
                      dwell: float = 3.0, control: str | None = None,
                      event_log: str | None = None, udp: bool = True,
                      socks: str | None = None, socks_auth: str | None = None,
-                     dns: DnsOptions | None = None, reverse: list[str] | None = None) -> int:
+                     dns: DnsOptions | None = None, reverse: list[str] | None = None,
+                     transparent: list[str] | None = None) -> int:
     host, port = _address(server, "--server")
     try:
         pinned = decode_public_key(server_key)
@@ -125,7 +128,9 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
     socks_at = _address(socks, "--socks") if socks else None
     dns_proxy = _dns_proxy(dns, lambda: client.driver) if dns is not None else None
     reverse_specs = [_reverse_spec(r) for r in reverse or []]
-    if not specs and socks_at is None and dns_proxy is None and not reverse_specs:
+    tproxy = (await _transparent(transparent, host, port, lambda: client.driver)
+              if transparent else None)
+    if not specs and socks_at is None and dns_proxy is None and not reverse_specs and not tproxy:
         log.warning("no --forward given: the session will carry nothing")
     name = default_cipher() if cipher == "auto" else {"aesgcm": "AESGCM",
                                                        "chachapoly": "ChaChaPoly"}[cipher]
@@ -181,6 +186,9 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
         if dns_proxy is not None:
             dhost, dport = await dns_proxy.start()
             _ready(f"dns {format_host_port(dhost, dport)}")
+        if tproxy is not None:
+            await tproxy.start()
+            _ready(f"transparent {','.join(tproxy.cidrs)}")
         await client.stopped.wait()
         print("roam client: stopped: the session cannot continue", file=sys.stderr)
         return 1
@@ -191,6 +199,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             proxy.close()
         if dns_proxy is not None:
             dns_proxy.close()
+        if tproxy is not None:
+            tproxy.close()  # the rules go first, whatever else fails
         client.stop()
         if manager is not None:
             await manager.close()
@@ -198,6 +208,21 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             await ctl.close()
         events.close()
         await asyncio.sleep(0.05)  # the CLOSE frame leaves before the loop ends
+
+
+async def _transparent(cidrs: list[str], host: str, port: int,
+                       current: Callable[[], SessionDriver | None]) -> Transparent:
+    """Checked before the session starts: root, nft, the networks; the server's
+    own address is never intercepted."""
+    need_tools()
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET,
+                                                             type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"--server {host}: cannot resolve it to exclude it from "
+                          f"--transparent: {exc}") from None
+    servers = sorted({(str(info[4][0]), port) for info in infos})
+    return Transparent(cidrs, current, exclude=servers)
 
 
 def _reverse_spec(text: str) -> ForwardSpec:

@@ -54,7 +54,12 @@ class LabRoam:
             "--allow", f"127.0.0.1:{ECHO_PORT}", *(x for a in allow for x in ("--allow", a)),
             "--control", str(self.tmp / "server.sock"), *server_flags])
         time.sleep(1.0)
-        self._run("mobile", "roam-client", [
+        self.start_client(dwell, extra, client_flags)
+
+    def start_client(self, dwell: float = 2.0, extra: tuple[str, ...] = (),
+                     client_flags: tuple[str, ...] = ()) -> None:
+        server = self.lab.addresses["server"]
+        self.client = self._run("mobile", "roam-client", [
             sys.executable, "-m", "roam", "client", "--server", f"{server}:{ROAM_PORT}",
             "--server-key", self.keys.server_pub, "--key", str(self.keys.client_key),
             "--forward", f"127.0.0.1:{FORWARD_PORT}=127.0.0.1:{ECHO_PORT}",

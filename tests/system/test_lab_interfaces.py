@@ -43,7 +43,7 @@ def lab(tmp_path: Path) -> Iterator[NetLab]:
             shutil.rmtree(hosts, ignore_errors=True)
 
 
-def _site(lab: NetLab, tmp: Path, size: int) -> str:
+def _site(lab: NetLab, tmp: Path, size: int, bind: str = "127.0.0.1") -> str:
     """An HTTP server in the server namespace with one file; its sha256."""
     root = tmp / "site"
     root.mkdir()
@@ -51,7 +51,7 @@ def _site(lab: NetLab, tmp: Path, size: int) -> str:
     (root / "file.bin").write_bytes(data)
     log = (tmp / "http.log").open("wb")
     lab.run("server", [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind",
-                       "127.0.0.1", "--directory", str(root)], stdout=log, stderr=log)
+                       bind, "--directory", str(root)], stdout=log, stderr=log)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -126,3 +126,54 @@ def test_a_program_beside_the_server_reaches_the_mobile_unit_by_a_reverse_forwar
         "sys.exit(0 if bytes(got) == data else 1)\n")
     out = lab.check("server", [sys.executable, "-c", program], timeout=60)
     assert out == ""
+
+
+def _table_in_mobile(lab: NetLab) -> bool:
+    done = subprocess.run(["ip", "netns", "exec", lab.mobile, "nft", "list", "tables", "ip"],
+                          capture_output=True, text=True, timeout=30)
+    return "roam_transparent" in done.stdout
+
+
+def test_transparent_mode_carries_plain_curl_and_dig_and_cleans_up(
+        lab: NetLab, tmp_path: Path) -> None:
+    require(shutil.which("nft") is not None, "nft is missing (nftables)")
+    require(shutil.which("dig") is not None, "dig is missing (bind9-dnsutils)")
+    require(Path("/usr/sbin/dnsmasq").exists(), "dnsmasq is missing (dnsmasq-base)")
+    server = lab.addresses["server"]
+    network = server.rsplit(".", 1)[0] + ".0/24"
+    digest = _site(lab, tmp_path, 20 * MIB, bind=server)
+    log = (tmp_path / "dnsmasq.log").open("wb")
+    lab.run("server", ["/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                       "--user=root", f"--listen-address={server}", "--bind-interfaces",
+                       "--port=53", "--address=/roam.test/198.18.7.7"], stdout=log, stderr=log)
+    roam = LabRoam(lab, tmp_path)
+    roam.start(dwell=1.0, allow=(f"{server}:{HTTP_PORT}", f"{server}:53"),
+               client_flags=("--transparent", network))
+    roam.wait(lambda s: _table_in_mobile(lab), "the transparent table", timeout=10)
+    # No proxy settings anywhere: the applications just talk to the server's network.
+    out = tmp_path / "plain.bin"
+    lab.check("mobile", ["curl", "--silent", "--show-error", "--max-time", "60", "-o", str(out),
+                         f"http://{server}:{HTTP_PORT}/file.bin"], timeout=90)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    answer = lab.check("mobile", ["dig", f"@{server}", "a.roam.test", "+short", "+time=2",
+                                  "+tries=3"]).strip().splitlines()[-1]
+    assert answer == "198.18.7.7"
+    # And a transfer survives wifi going down in its middle.
+    _fetch_across_wifi_down(lab, roam, tmp_path, [f"http://{server}:{HTTP_PORT}/file.bin"],
+                            digest)
+    server_log = (tmp_path / "roam-server.log").read_text()
+    assert f"open to {server}:{HTTP_PORT}" in server_log  # it went through roam
+    assert f"open to udp {server}:53" in server_log
+    # SIGTERM: the rules go with the daemon.
+    roam.client.terminate()
+    roam.client.wait(30)
+    assert not _table_in_mobile(lab)
+    # SIGKILL leaves them behind; `roam client --cleanup` removes them.
+    roam.start_client(client_flags=("--transparent", network))
+    roam.wait(lambda s: _table_in_mobile(lab), "the transparent table again", timeout=10)
+    roam.client.kill()
+    roam.client.wait(30)
+    assert _table_in_mobile(lab)
+    out = lab.check("mobile", [sys.executable, "-m", "roam", "client", "--cleanup"])
+    assert "no transparent-mode rules are left" in out
+    assert not _table_in_mobile(lab)
