@@ -123,7 +123,19 @@ class CipherState:
             raise NoiseUsageError(f"nonce {n} is out of range; rekey or start a new session")
         return self._aead.encrypt(self._nonce(n), plaintext, ad)
 
-    def decrypt_with_nonce(self, n: int, ad: bytes, ciphertext: bytes) -> bytes:
+    def encrypt_into(self, n: int, ad: bytes, plaintext: bytes | memoryview,
+                     out: memoryview) -> None:
+        """`encrypt_with_nonce` writing ciphertext and tag into `out` (exactly
+        len(plaintext) + 16 bytes): the record path seals straight into the
+        buffer that goes to the socket, with no copy of the ciphertext."""
+        if self._aead is None:
+            raise NoiseUsageError("cipher state has no key")
+        if not 0 <= n < MAX_NONCE:
+            raise NoiseUsageError(f"nonce {n} is out of range; rekey or start a new session")
+        self._aead.encrypt_into(self._nonce(n), plaintext, ad, out)
+
+    def decrypt_with_nonce(self, n: int, ad: bytes,
+                           ciphertext: bytes | memoryview) -> bytes:
         """Decrypt with an explicit nonce; `self.n` is left alone."""
         if self._aead is None:
             raise NoiseUsageError("cipher state has no key")

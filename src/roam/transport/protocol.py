@@ -95,7 +95,7 @@ class TransportProtocol(asyncio.Protocol):
         del self._buf[:n]
         return data
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self.transport is not None and not self.lost:
             self.transport.write(data)
 
