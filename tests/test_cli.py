@@ -187,8 +187,10 @@ def write_toml(path: Path, settings: dict[str, str | list[str]]) -> str:
     ("args", "fragments"),
     [
         ([], ["keygen", "pubkey", "server", "client", "--help", "--version"]),
-        (["server"], ["--listen", "--key", "--authorized-keys", "--allow", "--config"]),
-        (["client"], ["--server", "--server-key", "--key", "--forward", "--config"]),
+        (["server"], ["--listen", "--key", "--authorized-keys", "--allow", "--config",
+                      "--compress"]),
+        (["client"], ["--server", "--server-key", "--key", "--forward", "--config",
+                      "--compress"]),
     ],
 )
 def test_help(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
@@ -392,6 +394,22 @@ def test_client_bad_interface_flags(tmp_path: Path, keys: Keys, flags: tuple[str
                                 problem: str) -> None:
     run_roam(tmp_path, *client_args(keys, *flags), code=1,
              err=["roam client: error: ", problem])
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("zstd:0", "'zstd:0': LEVEL must be a whole number from 1 to 19"),
+        ("zstd:22", "'zstd:22': LEVEL must be a whole number from 1 to 19"),
+        ("zstd:fast", "'zstd:fast': LEVEL must be a whole number from 1 to 19"),
+        ("gzip", "'gzip': expected auto, off, zstd or zstd:LEVEL"),
+    ],
+)
+def test_bad_compress(tmp_path: Path, keys: Keys, role: str, value: str, problem: str) -> None:
+    args = (server_args if role == "server" else client_args)(keys, "--compress", value)
+    result = run_roam(tmp_path, *args, code=2, err=["Invalid value for '--compress'", problem])
+    assert result.stdout == ""
 
 
 def test_client_missing_key_file(tmp_path: Path, keys: Keys) -> None:

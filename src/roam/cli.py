@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from roam.config import load_config
+from roam.core.compress import CompressionMode
 from roam.errors import ConfigError, HandshakeError, KeyFileError, RoamError
 
 log = logging.getLogger("roam")
@@ -109,6 +110,25 @@ _control_flag = click.option(
     help="Control socket for roam status (default: /run/roam/ROLE.sock as root, else "
          "$XDG_RUNTIME_DIR/roam/ROLE.sock).")
 
+class _CompressParam(click.ParamType[CompressionMode]):
+    name = "compress"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> CompressionMode:
+        if isinstance(value, CompressionMode):
+            return value
+        try:
+            return CompressionMode.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_compress_flag = click.option(
+    "--compress", "compression", type=_CompressParam(), default="auto", show_default=True,
+    metavar="auto|off|zstd[:LEVEL]",
+    help="Compress DATA with zstd when both sides allow it (LEVEL 1-19, default 3); auto "
+         "keeps compressing a connection only while it saves at least 10%.")
+
 _log_level = click.option("--log-level", default="info", show_default=True,
                           type=click.Choice(["debug", "info", "warning", "error"]))
 
@@ -130,17 +150,18 @@ _log_level = click.option("--log-level", default="info", show_default=True,
 @click.option("--allow-listen", multiple=True, metavar="HOST:PORT",
               help="Where clients' reverse forwards may have the server listen "
                    "(repeatable). Default: nowhere.")
+@_compress_flag
 @_control_flag
 @_log_level
 def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], linger: float,
-           udp: bool, allow_listen: tuple[str, ...], control: str | None,
-           log_level: str) -> None:
+           udp: bool, allow_listen: tuple[str, ...], compression: CompressionMode,
+           control: str | None, log_level: str) -> None:
     """Run the server daemon beside the services."""
     from roam.daemons import run_server
 
     _setup_logging(log_level, "server")
     _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp,
-                              list(allow_listen)))
+                              list(allow_listen), compression))
 
 
 @main.command()
@@ -195,6 +216,7 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
               help="Resolver for other names  [default: the first in /etc/resolv.conf]")
 @click.option("--dns-ports", metavar="PORT[,PORT...]", default=None,
               help="Ports to listen on at each pool address  [default: 80,443]")
+@_compress_flag
 @_control_flag
 @_log_level
 def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
@@ -203,7 +225,8 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
            reverse: tuple[str, ...],
            dns_listen: str | None,
            dns_intercept: tuple[str, ...], dns_pool: str | None, dns_upstream: str | None,
-           dns_ports: str | None, control: str | None, log_level: str) -> None:
+           dns_ports: str | None, compression: CompressionMode, control: str | None,
+           log_level: str) -> None:
     """Run the client daemon on the mobile unit."""
     from roam.daemons import DnsOptions, run_client
 
@@ -212,7 +235,7 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
                               list(paths), links, dwell, control, event_log, udp, socks,
                               socks_auth, DnsOptions(dns_listen, list(dns_intercept), dns_pool,
                                                      dns_upstream, dns_ports),
-                              list(reverse), list(transparent)))
+                              list(reverse), list(transparent), compression))
 
 
 def _cleanup(ctx: click.Context, value: bool) -> None:

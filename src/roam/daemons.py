@@ -18,6 +18,7 @@ from roam.connector.allow import AccessList, format_host_port, parse_port, split
 from roam.connector.connector import Connector
 from roam.control.eventlog import EventLog
 from roam.control.server import ControlServer, Handler, default_control_path
+from roam.core.compress import AUTO, CompressionMode
 from roam.core.preamble import Suite
 from roam.core.session import SessionConfig
 from roam.crypto.cpu import default_cipher
@@ -70,7 +71,8 @@ async def _control(path: str | None, role: str,
 
 async def run_server(listen: str, key: str, authorized_keys: str, allow: list[str],
                      linger: float, control: str | None = None, udp: bool = True,
-                     allow_listen: list[str] | None = None) -> int:
+                     allow_listen: list[str] | None = None,
+                     compression: CompressionMode = AUTO) -> int:
     host, port = _address(listen, "--listen")
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
@@ -82,7 +84,7 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
     listen_access = AccessList.parse(allow_listen or [])
     server = Server(ServerConfig(host, port, private, authorized,
                                  Connector(access, listen_access),
-                                 SessionConfig(detached_timeout=linger), udp))
+                                 SessionConfig(detached_timeout=linger), udp, compression))
     try:
         bound = await server.start()
     except OSError as exc:
@@ -114,7 +116,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
                      event_log: str | None = None, udp: bool = True,
                      socks: str | None = None, socks_auth: str | None = None,
                      dns: DnsOptions | None = None, reverse: list[str] | None = None,
-                     transparent: list[str] | None = None) -> int:
+                     transparent: list[str] | None = None,
+                     compression: CompressionMode = AUTO) -> int:
     host, port = _address(server, "--server")
     try:
         pinned = decode_public_key(server_key)
@@ -135,7 +138,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
     name = default_cipher() if cipher == "auto" else {"aesgcm": "AESGCM",
                                                        "chachapoly": "ChaChaPoly"}[cipher]
     suite = Suite.AESGCM_SHA256 if name == "AESGCM" else Suite.CHACHAPOLY_BLAKE2S
-    client = Client(ClientConfig(host, port, pinned, private, SessionConfig(), suite, udp))
+    client = Client(ClientConfig(host, port, pinned, private, SessionConfig(), suite, udp,
+                                 compression))
     if reverse_specs:
         client.on_session = ReverseForwards(reverse_specs).attach
     events = EventLog(event_log)

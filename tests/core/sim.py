@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from roam.core import events as ev
+from roam.core.compress import CompressionMode
 from roam.core.session import Session, SessionConfig, SessionState
 
 
@@ -24,10 +25,15 @@ class Stream:
 
 
 class Pair:
-    def __init__(self, config: SessionConfig | None = None) -> None:
+    def __init__(self, config: SessionConfig | None = None,
+                 compression: CompressionMode | None = None,
+                 server_compression: CompressionMode | None = None) -> None:
+        """`compression`: what the handshake negotiated, the client's mode (and
+        the server's too unless `server_compression` gives its own)."""
         self.now = 0.0
-        self.client = Session(is_client=True, now=0.0, config=config)
-        self.server = Session(is_client=False, now=0.0, config=config)
+        self.client = Session(is_client=True, now=0.0, config=config, compression=compression)
+        self.server = Session(is_client=False, now=0.0, config=config,
+                              compression=server_compression or compression)
         self.client.transport_attached(0.0, resume=False)
         self.server.transport_attached(0.0, resume=False)
         self.to_server: deque[bytes] = deque()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from roam.connector.allow import AccessList
 from roam.connector.connector import Connector
+from roam.core.compress import AUTO, CompressionMode
 from roam.core.preamble import Suite
 from roam.core.session import SessionConfig
 from roam.crypto.keys import generate_private_key, public_key
@@ -34,6 +35,8 @@ class Stack:
     client_key: bytes = field(default_factory=generate_private_key)
     suite: Suite = Suite.AESGCM_SHA256
     udp: bool = True
+    compression: CompressionMode = AUTO
+    server_compression: CompressionMode = AUTO
 
     async def start(self) -> Stack:
         self.echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
@@ -44,7 +47,8 @@ class Stack:
         self.proxy_port = await self.proxy.start()
         self.client = Client(ClientConfig("127.0.0.1", self.proxy_port,
                                           public_key(self.server_key), self.client_key,
-                                          SessionConfig(), self.suite, self.udp))
+                                          SessionConfig(), self.suite, self.udp,
+                                          compression=self.compression))
         await self.client.handshake()
         self.forward = Forward(ForwardSpec("127.0.0.1", 0, "127.0.0.1", self.echo_port),
                                lambda: self.client.driver)
@@ -55,7 +59,8 @@ class Stack:
         access = AccessList.parse([f"127.0.0.1:{self.echo_port}"])
         return Server(ServerConfig("127.0.0.1", port, self.server_key,
                                    {public_key(self.client_key): "tester"}, Connector(access),
-                                   SessionConfig(detached_timeout=60)))
+                                   SessionConfig(detached_timeout=60),
+                                   compression=self.server_compression))
 
     async def close(self) -> None:
         self.client.stop()

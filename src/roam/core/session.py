@@ -16,6 +16,12 @@ Backpressure: the replay buffer holds at most `replay_limit` bytes; past
 that, channel data waits in per-channel buffers of `channel_send_buffer`
 bytes, and `send_room()` tells the driver to stop reading the application.
 Per-channel credit (WINDOW) keeps one slow reader from stalling the others.
+
+Compression, when the handshake negotiated it: DATA payloads are compressed
+once, when the frame is built, and the encoded frame is what the replay
+buffer keeps and resends; a compressed payload is decompressed only when
+its frame first arrives in order (`roam.core.compress` says why that
+matters).
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ from enum import Enum
 
 from roam.core import events as ev
 from roam.core import frames as fr
+from roam.core.compress import (
+    ChannelCompressor,
+    ChannelDecompressor,
+    CompressionMode,
+    Compressor,
+    OutputTooLarge,
+)
 from roam.core.rtt import RttEstimator
 from roam.errors import CloseCode, ProtocolError
 
@@ -104,11 +117,20 @@ class SessionStatistics:
     # Datagrams carried on the stream transport (UDP's own count is apart).
     datagrams_sent: int
     datagrams_received: int
+    # This side's compression of its sending direction ("off" when the
+    # handshake did not negotiate it, else "auto" or "zstd:LEVEL").
+    compression: str
+    # DATA payload bytes as carried in frames, after compression; bytes_sent
+    # and bytes_received count the application's bytes, before it. Their
+    # quotient is the compression ratio.
+    payload_bytes_sent: int
+    payload_bytes_received: int
 
 
 class _Channel:
-    __slots__ = ("consumed", "credit", "early", "fin_pending", "fin_received", "fin_sent",
-                 "id", "kind", "local", "opened", "recv_left", "send_buf")
+    __slots__ = ("compressor", "consumed", "credit", "decompressor", "early", "fin_pending",
+                 "fin_received", "fin_sent", "id", "kind", "local", "opened", "recv_left",
+                 "send_buf")
 
     def __init__(self, cid: int, kind: fr.ChannelKind, local: bool, window: int) -> None:
         self.id = cid
@@ -123,12 +145,21 @@ class _Channel:
         self.fin_sent = False
         self.fin_received = False
         self.early: list[bytes] = []  # datagrams waiting for OPEN_OK
+        # Streams of compressed DATA, made when first needed.
+        self.compressor: ChannelCompressor | None = None
+        self.decompressor: ChannelDecompressor | None = None
 
 
 class Session:
-    def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None) -> None:
+    def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None,
+                 compression: CompressionMode | None = None) -> None:
+        """`compression`: None (or off) unless the handshake negotiated it; then
+        this side's mode for its own sending direction, and compressed DATA
+        from the peer is accepted."""
         self.is_client = is_client
         self.config = config or SessionConfig()
+        self._compressor = (Compressor(compression)
+                            if compression is not None and compression.enabled else None)
         self.state = SessionState.DETACHED
         self._channels: dict[int, _Channel] = {}
         # Client channels are odd, server channels even, so both may open.
@@ -166,6 +197,8 @@ class Session:
         self.datagrams_sent = 0
         self.datagrams_received = 0
         self._datagram_bytes = 0
+        self.payload_bytes_sent = 0
+        self.payload_bytes_received = 0
 
     # ---- transports ------------------------------------------------------
 
@@ -434,7 +467,15 @@ class Session:
                 del buf[:n]
                 ch.credit -= n
                 self.bytes_sent += n
-                self._queue_raw(fr.encode_data(self._seq(), cid, chunk))
+                flags = 0
+                if self._compressor is not None:
+                    # Credit counts the application's bytes, compressed or not.
+                    if ch.compressor is None:
+                        ch.compressor = self._compressor.channel()
+                    chunk, compressed = ch.compressor.compress(chunk)
+                    flags = fr.FLAG_COMPRESSED if compressed else 0
+                self.payload_bytes_sent += len(chunk)
+                self._queue_raw(fr.encode_data(self._seq(), cid, chunk, flags))
             if buf:
                 rr.append(cid)
             elif ch.fin_pending:
@@ -494,19 +535,21 @@ class Session:
             ch = self._peer_channel(frame.channel)
             if ch is None:
                 return
-            n = len(frame.payload)
             if not ch.opened:
                 raise ProtocolError(f"DATA on channel {ch.id} before it was opened")
             if ch.fin_received:
                 raise ProtocolError(f"DATA on channel {ch.id} after its FIN")
+            data = frame.payload
+            if frame.flags & fr.FLAG_COMPRESSED:
+                data = self._decompress(ch, data)
+            n = len(data)
             if n > ch.recv_left:
                 raise ProtocolError(f"channel {ch.id} sent {n} bytes with {ch.recv_left} of "
                                     "credit", CloseCode.FLOW_CONTROL)
-            if frame.flags:
-                raise ProtocolError("compressed DATA was not negotiated")
             ch.recv_left -= n
             self.bytes_received += n
-            self._events.append(ev.DataReceived(ch.id, frame.payload))
+            self.payload_bytes_received += len(frame.payload)
+            self._events.append(ev.DataReceived(ch.id, data))
         elif isinstance(frame, fr.Window):
             ch = self._peer_channel(frame.channel)
             if ch is None:
@@ -556,6 +599,29 @@ class Session:
                 self._events.append(ev.ChannelReset(ch.id, frame.code))
         else:  # Close
             self._closed(frame.code, frame.reason, by_peer=True)
+
+    def _decompress(self, ch: _Channel, payload: bytes) -> bytes:
+        """One compressed DATA payload, expanded within the channel's credit.
+
+        Only reached for a frame seen for the first time and in order (the
+        caller dropped duplicates by sequence number): the channel's zstd
+        stream must see each frame exactly once, as the sender's did.
+        """
+        if self._compressor is None:
+            raise ProtocolError("compressed DATA was not negotiated")
+        if ch.decompressor is None:
+            ch.decompressor = ChannelDecompressor()
+        try:
+            return ch.decompressor.decompress(payload, ch.recv_left)
+        except OutputTooLarge:
+            if ch.recv_left < fr.MAX_DATA_CHUNK:
+                raise ProtocolError(f"channel {ch.id} sent compressed DATA expanding beyond "
+                                    f"its {ch.recv_left} bytes of credit",
+                                    CloseCode.FLOW_CONTROL) from None
+            raise ProtocolError(f"compressed DATA on channel {ch.id} expands beyond "
+                                f"{fr.MAX_DATA_CHUNK} bytes") from None
+        except ProtocolError as exc:
+            raise ProtocolError(f"channel {ch.id}: {exc}") from None
 
     def _peer_open(self, frame: fr.Open) -> None:
         cid = frame.channel
@@ -724,4 +790,7 @@ class Session:
             bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
             frames_resent=self.frames_resent, resumes=self.resumes,
             datagrams_sent=self.datagrams_sent, datagrams_received=self.datagrams_received,
+            compression=str(self._compressor.mode) if self._compressor else "off",
+            payload_bytes_sent=self.payload_bytes_sent,
+            payload_bytes_received=self.payload_bytes_received,
         )

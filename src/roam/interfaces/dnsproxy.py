@@ -81,15 +81,22 @@ class DnsProxy(asyncio.DatagramProtocol):
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        try:
-            await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
-            assert self.transport is not None
-            bound = self.transport.get_extra_info("sockname")
-            self._tcp = await asyncio.start_server(self._tcp_client, self.host, bound[1])
-        except OSError as exc:
-            self.close()
-            raise ConfigError(f"--dns {self.host}:{self.port}: cannot listen: "
-                              f"{exc.strerror or exc}") from None
+        # Port 0: the UDP port the system picks may be taken for TCP; try again.
+        for attempt in range(1 if self.port else 10):
+            try:
+                await loop.create_datagram_endpoint(lambda: self,
+                                                    local_addr=(self.host, self.port))
+                assert self.transport is not None
+                bound = self.transport.get_extra_info("sockname")
+                self._tcp = await asyncio.start_server(self._tcp_client, self.host, bound[1])
+                break
+            except OSError as exc:
+                self.close()
+                self.transport = None
+                if self.port == 0 and attempt < 9:
+                    continue
+                raise ConfigError(f"--dns {self.host}:{self.port}: cannot listen: "
+                                  f"{exc.strerror or exc}") from None
         self._sweeper = loop.create_task(self._sweep(), name="dns-pool-sweep")
         log.info("DNS on %s:%d (UDP and TCP), pool %s, ports %s, upstream %s:%d", bound[0],
                  bound[1], self.pool.network, ",".join(map(str, self.ports)), *self.upstream)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from roam.core.compress import AUTO, ZSTD, CompressionMode
 from roam.core.datagrams import DatagramPath
 from roam.core.preamble import (
     HANDSHAKE_LEN,
@@ -27,7 +28,7 @@ from roam.errors import HandshakeError, ProtocolError, TransportError
 from roam.transport.datagrams import ClientDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
-from roam.transport.server import ACCEPTED, HELLO, PROLOGUE, REFUSED
+from roam.transport.server import ACCEPTED, HELLO, HELLO_COMPRESS, PROLOGUE, REFUSED
 
 log = logging.getLogger("roam.client")
 
@@ -73,6 +74,8 @@ class ClientConfig:
     suite: Suite = Suite.AESGCM_SHA256
     # UDP for datagram channels when it gets through; else they take the stream.
     udp: bool = True
+    # Compression this client offers, and does with what it sends.
+    compression: CompressionMode = AUTO
 
 
 class Client:
@@ -171,7 +174,11 @@ class Client:
         raw = Preamble(TransportKind.NEW, cfg.suite).encode()
         hs = HandshakeState(cfg.suite.noise_name, initiator=True, prologue=PROLOGUE + raw,
                             s=cfg.private_key, rs=cfg.server_key)
-        msg1 = hs.write_message(HELLO.pack(time.time_ns()))
+        # With compression off the HELLO is the plain 8-byte one, which a
+        # server from before compression also takes.
+        offer = ZSTD if cfg.compression.enabled else 0
+        hello = HELLO_COMPRESS.pack(time.time_ns(), offer) if offer else HELLO.pack(time.time_ns())
+        msg1 = hs.write_message(hello)
         started = loop.time()
         proto.write(raw + HANDSHAKE_LEN.pack(len(msg1)) + msg1)
         try:
@@ -196,13 +203,19 @@ class Client:
             raise HandshakeError(
                 f"server {self.server} refused this client: {reason}; add its public key "
                 f"{encode_key(public_key(cfg.private_key))} to the server's authorized keys")
+        chosen = payload[1] if len(payload) == 2 else 0
+        if len(payload) > 2 or chosen not in (0, offer & ZSTD):
+            proto.abort()
+            raise HandshakeError(f"server {self.server} accepted with a malformed answer "
+                                 f"({payload.hex()}): compression {chosen:#x} was not offered")
         now = loop.time()
         send, recv = hs.split()
         dsend, drecv = hs.datagram_keys()
         self._standby_key = hs.standby_key()
         self._standby_stamp = 0
         self.drop_standby()
-        session = Session(is_client=True, now=now, config=cfg.session)
+        session = Session(is_client=True, now=now, config=cfg.session,
+                          compression=cfg.compression if chosen else None)
         session.rtt.sample(now - started)
         self.session_id = hs.handshake_hash[:16]
         driver = SessionDriver(session, RecordSealer(send, now), RecordOpener(recv),

@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from roam.connector.connector import Connector
+from roam.core.compress import AUTO, ZSTD, CompressionMode
 from roam.core.datagrams import DatagramPath
 from roam.core.preamble import (
     HANDSHAKE_LEN,
@@ -45,7 +46,14 @@ REFUSED = b"\x01"
 # Message 1 carries the client's wall clock in ns (as WireGuard's TAI64N
 # does): IK's first message can be replayed verbatim, and a replay must not
 # make a session. The server keeps the newest timestamp per client key.
+# Exactly these 8 bytes: the client offers no compression (as before
+# compression existed, so either side may be older).
 HELLO = struct.Struct("!Q")
+# The timestamp and the compression the client offers: a set of bits, ZSTD
+# (0x01) the only one defined; the server ignores bits it does not know. The
+# ACCEPTED that answers it carries one more byte: the compression chosen,
+# one of the offered bits or 0 for none.
+HELLO_COMPRESS = struct.Struct("!QB")
 # A parked standby waits this long for its RESUME at most: the client opens
 # a new one long before (its TCP keepalives find a dead one in about a
 # minute); this only bounds what a vanished client leaves behind.
@@ -71,6 +79,8 @@ class ServerConfig:
     session: SessionConfig
     # UDP for datagram channels, on the same address and port as TCP.
     udp: bool = True
+    # Compression this server allows, and does with what it sends.
+    compression: CompressionMode = AUTO
 
 
 class Server:
@@ -179,11 +189,15 @@ class Server:
             proto.write(encode_reply(Status.OK, msg2))
             proto.close()
             return
-        if len(hello) != HELLO.size:
+        if len(hello) == HELLO.size:
+            (stamp,), offer = HELLO.unpack(hello), None
+        elif len(hello) == HELLO_COMPRESS.size:
+            stamp, offer = HELLO_COMPRESS.unpack(hello)
+        else:
             self._refuse(proto, Status.HANDSHAKE_FAILED, f"handshake payload of {len(hello)} "
-                         f"bytes from client {short_id(client_key)}; expected {HELLO.size}")
+                         f"bytes from client {short_id(client_key)}; expected {HELLO.size} or "
+                         f"{HELLO_COMPRESS.size}")
             return
-        (stamp,) = HELLO.unpack(hello)
         if stamp <= self._last_hello.get(client_key, 0):
             self._refuse(proto, Status.HANDSHAKE_FAILED,
                          f"handshake from client {short_id(client_key)} is a replay (its "
@@ -191,14 +205,19 @@ class Server:
                          "going backwards?)")
             return
         self._last_hello[client_key] = stamp
-        msg2 = hs.write_message(ACCEPTED)
+        # Compression only when both sides allow it; each then compresses
+        # what it sends as its own mode says.
+        allowed = offer is not None and offer & ZSTD and self.config.compression.enabled
+        chosen = ZSTD if allowed else 0
+        msg2 = hs.write_message(ACCEPTED if offer is None else ACCEPTED + bytes([chosen]))
         send, recv = hs.split()
         dsend, drecv = hs.datagram_keys()
         standby_key = hs.standby_key()
         sid = hs.handshake_hash[:16]
         loop = asyncio.get_running_loop()
         now = loop.time()
-        session = Session(is_client=False, now=now, config=self.config.session)
+        session = Session(is_client=False, now=now, config=self.config.session,
+                          compression=self.config.compression if chosen else None)
         driver = SessionDriver(session, RecordSealer(send, now), RecordOpener(recv),
                                name=f"session {sid.hex()[:8]} ({who})")
         self.config.connector.attach(driver)

@@ -1,0 +1,242 @@
+"""Compression of DATA payloads, sans-IO: one streaming zstd context per channel and direction.
+
+Each side compresses its own sending direction, before encryption. A channel's
+compressed DATA payloads form one zstd stream (RFC 8878): every payload is the
+compressor's output for that frame's bytes flushed with FLUSH_BLOCK, so the
+receiver gets every byte of the frame from that frame alone, and the
+compression window spans the frames before it. A payload that does not
+shrink goes raw with the flag clear; if the compressor had already taken it
+in, its stream ends there and the next compressed payload starts a new zstd
+frame, which the receiver recognises by the zstd magic number.
+
+The session compresses a DATA frame once, when it builds it, and keeps the
+encoded frame for resending; the receiver decompresses a frame only when it
+first arrives in order. Both streams thereby see every frame exactly once,
+in sequence order, whatever happens to transports.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import zstandard
+
+from roam.core.frames import MAX_DATA_CHUNK
+from roam.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+# On the handshake: the bit a HELLO offers and the value an ACCEPTED picks.
+ZSTD = 0x01
+# Every zstd frame begins with this (RFC 8878 3.1.1). A compressed payload
+# that begins with it starts a new stream. A block inside a frame never looks
+# like it: those bytes, read as a block header (RFC 8878 3.1.1.2), declare a
+# raw block of 390821 bytes, beyond the 128 KiB a block may hold.
+MAGIC = b"\x28\xb5\x2f\xfd"
+# zstd's own default level: measured on 5 MiB of JSON in 60 KiB frames,
+# level 3 gives 0.19 of the size at ~195 MB/s, level 1 0.20 at ~210 MB/s;
+# both are far faster than the paths a mobile unit uses.
+DEFAULT_LEVEL = 3
+# Levels 20-22 ("ultra") need windows beyond MAX_WINDOW_LOG.
+MAX_LEVEL = 19
+# The history a stream may use: 128 KiB. A larger window gained under 1% on
+# the same JSON (0.189 at 1 MiB against 0.191) and costs every receiving
+# channel the window in memory; the receiver refuses streams that ask for
+# more (zstd reports "Frame requires too much memory for decoding").
+MAX_WINDOW_LOG = 17
+# A compressed DATA payload decompresses to at most this much, like a raw one.
+MAX_OUTPUT = MAX_DATA_CHUNK
+# Below this a frame is sent raw without trying: block and sequence headers
+# eat most of what zstd could save, and a frame that does not shrink would
+# cost the stream its history.
+MIN_SIZE = 64
+# auto: a frame pays for the CPU on both ends when it shrinks to 90% or less.
+AUTO_RATIO = 0.9
+# After n frames in a row that did not pay, the next min(2^(n-1), 64) frames
+# go raw without trying. Incompressible streams (TLS, media, archives) are
+# long: zstd gives up on them quickly (~1.4 GB/s measured on random 60 KiB
+# frames) but not for free, and every miss ends the stream. Backing off
+# keeps the cost to about one try in 64 frames, while a stream that turns
+# compressible is noticed within 64 frames (at most 3.75 MiB).
+MAX_SKIP = 64
+# Live compression contexts per session: each costs ~1.7 MB at level 3
+# (measured with a 128 KiB window), too much for thousands of channels. The
+# least recently used one is taken over when a channel needs one; its old
+# channel's next compressed frame starts a new stream.
+MAX_CONTEXTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionMode:
+    """What a side allows and does with its sending direction: off, auto or zstd:LEVEL."""
+
+    enabled: bool
+    level: int = DEFAULT_LEVEL
+    auto: bool = False
+
+    def __str__(self) -> str:
+        if not self.enabled:
+            return "off"
+        return "auto" if self.auto else f"zstd:{self.level}"
+
+    @classmethod
+    def parse(cls, text: str) -> CompressionMode:
+        """`auto`, `off`, `zstd` or `zstd:LEVEL`; ValueError says what is wrong."""
+        value = text.strip().lower()
+        if value == "off":
+            return OFF
+        if value == "auto":
+            return AUTO
+        name, sep, level_text = value.partition(":")
+        if name != "zstd":
+            raise ValueError(f"{text!r}: expected auto, off, zstd or zstd:LEVEL")
+        if not sep:
+            return cls(True, DEFAULT_LEVEL)
+        if not level_text.isdigit() or not 1 <= int(level_text) <= MAX_LEVEL:
+            raise ValueError(f"{text!r}: LEVEL must be a whole number from 1 to {MAX_LEVEL}")
+        return cls(True, int(level_text))
+
+
+OFF = CompressionMode(False)
+AUTO = CompressionMode(True, DEFAULT_LEVEL, auto=True)
+
+
+class _Context:
+    __slots__ = ("owner", "zstd")
+
+    def __init__(self, params: zstandard.ZstdCompressionParameters) -> None:
+        self.zstd = zstandard.ZstdCompressor(compression_params=params)
+        self.owner: ChannelCompressor | None = None
+
+
+class Compressor:
+    """A session's sending direction: hands compression contexts to its channels."""
+
+    def __init__(self, mode: CompressionMode, max_contexts: int = MAX_CONTEXTS) -> None:
+        if not mode.enabled:
+            raise ValueError("compression is off")
+        self.mode = mode
+        self._params = zstandard.ZstdCompressionParameters.from_level(
+            mode.level, window_log=MAX_WINDOW_LOG, write_checksum=0, write_content_size=0,
+            write_dict_id=0)
+        self._max = max_contexts
+        self._lru: OrderedDict[_Context, None] = OrderedDict()
+        # Least of a compressed frame's size over its raw size that still counts as a hit.
+        self._ratio = AUTO_RATIO if mode.auto else 1.0
+
+    def channel(self) -> ChannelCompressor:
+        return ChannelCompressor(self)
+
+    def _context(self, ch: ChannelCompressor) -> _Context:
+        ctx = ch._ctx
+        if ctx is not None and ctx.owner is ch:
+            self._lru.move_to_end(ctx)
+            return ctx
+        if len(self._lru) < self._max:
+            ctx = _Context(self._params)
+        else:
+            ctx, _ = self._lru.popitem(last=False)
+            if ctx.owner is not None:
+                ctx.owner._ctx = None
+                ctx.owner._obj = None
+        ctx.owner = ch
+        ch._ctx = ctx
+        self._lru[ctx] = None
+        return ctx
+
+
+class ChannelCompressor:
+    """One channel's sending stream."""
+
+    __slots__ = ("_ctx", "_misses", "_obj", "_pool", "_skip")
+
+    def __init__(self, pool: Compressor) -> None:
+        self._pool = pool
+        self._ctx: _Context | None = None
+        self._obj: zstandard.ZstdCompressionObj | None = None
+        self._misses = 0
+        self._skip = 0
+
+    def compress(self, data: bytes) -> tuple[bytes, bool]:
+        """The payload for one DATA frame carrying `data`, and whether it is compressed."""
+        if len(data) < MIN_SIZE:
+            return data, False
+        if self._skip:
+            # Not taken in by the compressor: the stream's history stays the
+            # receiver's, so the next compressed frame continues the stream.
+            self._skip -= 1
+            return data, False
+        ctx = self._pool._context(self)
+        if self._obj is None:
+            self._obj = ctx.zstd.compressobj()
+        out = self._obj.compress(data) + self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        if len(out) <= len(data) * self._pool._ratio:
+            self._misses = 0
+        else:
+            self._misses += 1
+            self._skip = min(2 ** (self._misses - 1), MAX_SKIP)
+        if len(out) < len(data):
+            return out, True
+        # The compressor took this frame into its history but the receiver
+        # never will: end the stream, the next compressed frame starts anew.
+        self._obj = None
+        return data, False
+
+
+class OutputTooLarge(ProtocolError):
+    """A compressed payload expands beyond what its frame may carry."""
+
+
+class _Sink(io.BytesIO):
+    """Collects one frame's output; refuses to grow past `limit` (a bomb stops here)."""
+
+    limit = 0
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        if self.tell() + memoryview(data).nbytes > self.limit:
+            raise OutputTooLarge(f"expands beyond {self.limit} bytes")
+        return super().write(data)
+
+
+class ChannelDecompressor:
+    """One channel's receiving stream."""
+
+    __slots__ = ("_dctx", "_sink", "_writer")
+
+    def __init__(self) -> None:
+        self._dctx: zstandard.ZstdDecompressor | None = None
+        self._writer: zstandard.ZstdDecompressionWriter | None = None
+        self._sink = _Sink()
+
+    def decompress(self, payload: bytes, limit: int) -> bytes:
+        """All of one frame's bytes. OutputTooLarge past `limit` (at most MAX_OUTPUT),
+        ProtocolError for anything that does not decompress."""
+        limit = min(limit, MAX_OUTPUT)
+        if payload[:4] == MAGIC:
+            if self._dctx is None:
+                self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << MAX_WINDOW_LOG)
+            # The writer hands the output over in pieces of at most
+            # MAX_OUTPUT + 1 bytes, more than any limit: either a piece
+            # overflows the sink, or zstd had room for everything and holds
+            # nothing back for later (it stops short only on a full buffer).
+            self._writer = self._dctx.stream_writer(self._sink, write_size=MAX_OUTPUT + 1)
+        elif self._writer is None:
+            raise ProtocolError("compressed DATA continues a stream that never began (or "
+                                "ended in an error)")
+        sink = self._sink
+        sink.seek(0)
+        sink.truncate()
+        sink.limit = limit
+        try:
+            self._writer.write(payload)
+        except OutputTooLarge:
+            self._writer = None
+            raise
+        except zstandard.ZstdError as exc:
+            self._writer = None
+            raise ProtocolError(f"compressed DATA does not decompress: {exc}") from None
+        return sink.getvalue()
