@@ -28,6 +28,9 @@ Address = Any  # what the socket layer gives: (host, port) or (host, port, flow,
 class SessionDatagrams:
     """One session's datagram path, its timer, and where its packets go."""
 
+    # The server makes one per session, used or not: no instance dict.
+    __slots__ = ("_sendto", "_state", "_timer", "closed", "driver", "path", "peer")
+
     def __init__(self, driver: SessionDriver, path: DatagramPath) -> None:
         self.driver = driver
         self.path = path
@@ -139,6 +142,8 @@ class _Socket(asyncio.DatagramProtocol):
 
 class ClientDatagrams(SessionDatagrams):
     """The client's side: one socket, moved to each new path."""
+
+    __slots__ = ("_transport",)
 
     def __init__(self, driver: SessionDriver, path: DatagramPath) -> None:
         super().__init__(driver, path)

@@ -143,8 +143,59 @@ class AppConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _ignore(_: object) -> None:
+    """The default of a driver hook nobody set."""
+
+
+class ClosedFlag:
+    """Set once when the session ends; what `asyncio.Event` offers, for less.
+
+    Every session holds one for as long as it lives, idle or not, and an
+    Event carries a deque of waiters (about 0.8 KiB) that a flag almost
+    never waited on by more than one task does not need.
+    """
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 class SessionDriver:
     """One session and its current transport, on either side."""
+
+    # A server holds one driver per session for as long as the session
+    # lives: slots instead of an instance dict (about 0.5 KiB less each).
+    __slots__ = ("_again", "_flushing", "_framer", "_scheduled", "_timer", "_timer_at", "apps",
+                 "closed", "datagrams", "loop", "name", "on_handover_ready", "on_open_request",
+                 "on_resumed", "on_transport_lost", "opener", "paused", "proto", "sealer",
+                 "session")
 
     def __init__(self, session: Session, sealer: RecordSealer, opener: RecordOpener, *,
                  name: str) -> None:
@@ -162,14 +213,16 @@ class SessionDriver:
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self.closed = asyncio.Event()
+        self.closed = ClosedFlag()
         # UDP for datagram channels, when the side set it up; else the stream.
         self.datagrams: DatagramRoute | None = None
-        # Hooks for the side that owns the driver.
-        self.on_transport_lost: Callable[[str], None] = lambda reason: None
+        # Hooks for the side that owns the driver. The defaults are shared
+        # module functions: a lambda here would be three function objects
+        # per session.
+        self.on_transport_lost: Callable[[str], None] = _ignore
         self.on_open_request: Callable[[ev.ChannelOpenRequested], None] = self._refuse_open
-        self.on_handover_ready: Callable[[int], None] = lambda token: None
-        self.on_resumed: Callable[[int], None] = lambda frames_resent: None
+        self.on_handover_ready: Callable[[int], None] = _ignore
+        self.on_resumed: Callable[[int], None] = _ignore
 
     # ---- transports ----------------------------------------------------------
 
@@ -291,6 +344,16 @@ class SessionDriver:
     def _fire(self) -> None:
         self._timer = None
         self._timer_at = None
+        # `_arm` leaves an early timer armed when the deadline moves later
+        # (a PING answered: the next one is due a keepalive later). Such a
+        # wake finds nothing due; re-arming without a whole flush keeps the
+        # cost of an idle session to about one flush per keepalive.
+        deadline = self.session.get_timer()
+        if (deadline is not None and deadline > self.loop.time() and not self._scheduled
+                and not self._flushing):
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._fire)
+            return
         self.flush()
 
     # ---- events ----------------------------------------------------------------

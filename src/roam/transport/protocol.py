@@ -14,6 +14,11 @@ from roam.errors import TransportError
 
 
 class TransportProtocol(asyncio.Protocol):
+    # One per transport, so one per idle session on a server: slots instead
+    # of an instance dict (asyncio.Protocol declares empty slots for this).
+    __slots__ = ("_buf", "_on_drain", "_on_lost", "_sink", "_waiter", "lost", "lost_reason",
+                 "peer", "transport", "write_paused")
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()

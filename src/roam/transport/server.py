@@ -41,6 +41,13 @@ HANDSHAKE_TIMEOUT = 10.0
 # costs a socket and a task until HANDSHAKE_TIMEOUT, so this bounds what
 # unauthenticated peers can hold.
 MAX_HANDSHAKES = 256
+BUSY_LOG_INTERVAL = 1.0
+# Connections the kernel queues until the loop accepts them. asyncio's
+# default of 100 overflows when a network event moves many clients at once
+# (a cell tower, a gateway reboot): each dropped SYN is retried after 1 s,
+# then 3 s, 7 s, and so the resume of hundreds of sessions took 5 to 10 s.
+# The kernel caps this at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 ACCEPTED = b"\x00"
 REFUSED = b"\x01"
 # Message 1 carries the client's wall clock in ns (as WireGuard's TAI64N
@@ -60,7 +67,7 @@ HELLO_COMPRESS = struct.Struct("!QB")
 STANDBY_LIFETIME = 24 * 3600.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Standby:
     """A session's standby key, its newest stamp, and the transport parked now."""
 
@@ -91,12 +98,15 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_hello: dict[bytes, int] = {}
         self._handshaking = 0
+        self._busy = 0  # BUSY answers not logged yet
+        self._busy_logged = float("-inf")
         self._standby: dict[bytes, _Standby] = {}
         self.udp: DatagramListener | None = None
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, self.config.host, self.config.port)
+        self._server = await loop.create_server(self._accept, self.config.host, self.config.port,
+                                                backlog=LISTEN_BACKLOG)
         sock = self._server.sockets[0].getsockname()
         if self.config.udp:
             self.udp = DatagramListener()
@@ -130,7 +140,7 @@ class Server:
     async def _handle(self, proto: TransportProtocol) -> None:
         await asyncio.sleep(0)  # connection_made runs first
         if self._handshaking >= MAX_HANDSHAKES:
-            self._refuse(proto, Status.BUSY, "too many handshakes in progress")
+            self._refuse_busy(proto)
             return
         self._handshaking += 1
         try:
@@ -340,6 +350,19 @@ class Server:
         finally:
             if standby.proto is proto:
                 standby.proto = None
+
+    def _refuse_busy(self, proto: TransportProtocol) -> None:
+        """BUSY, with one log line per BUSY_LOG_INTERVAL: when a mass reconnect
+        overloads the server, a line per refused transport (tens of thousands)
+        costs the CPU that it lacks already."""
+        self._busy += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._busy_logged >= BUSY_LOG_INTERVAL:
+            log.warning("%d transports refused since the last such line, the latest from %s: "
+                        "too many handshakes in progress", self._busy, proto.peer)
+            self._busy, self._busy_logged = 0, now
+        proto.write(reply_error(Status.BUSY, "too many handshakes in progress"))
+        proto.close()
 
     def _refuse(self, proto: TransportProtocol, status: Status, reason: str) -> None:
         log.warning("transport from %s refused: %s", proto.peer, reason)

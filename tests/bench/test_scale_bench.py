@@ -1,0 +1,53 @@
+"""Smoke test of bench/scale.py: a real server process, 50 sessions, 20 handing over at once.
+
+Goes through the benchmark's own functions with small numbers, so that it stays well
+under 30 s; the real run is `python bench/scale.py` (10,000 sessions, 1,000 handing over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_bench() -> ModuleType:
+    # bench/ is a directory of scripts, not a package.
+    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "bench" / "scale.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_small_run_is_byte_exact_and_reports_memory_per_session(tmp_path: Path) -> None:
+    bench = load_bench()
+    res = asyncio.run(bench.run(50, 20, batch=20, nbytes=2048, timeout=20.0, tmp=tmp_path,
+                                say=lambda *_: None))
+    assert res.opened == 50, res.open_failures
+    assert isinstance(res.kib_per_session, float)
+    assert res.server_rss_after_kib > res.server_rss_before_kib > 0
+    h = res.handover
+    assert h is not None
+    assert h.channels_opened_exact == h.resumed == h.in_flight_exact == h.after_exact == 20, h
+    assert h.new_sessions == 0, h
+    assert h.all_resumed_s is not None, h
+    assert h.ok
+    text = bench.table(res)
+    assert "server KiB per idle session" in text
+    assert "20 of 20" in text
+
+
+def test_a_worker_process_holds_its_share_of_the_sessions(tmp_path: Path) -> None:
+    bench = load_bench()
+    res = asyncio.run(bench.run(30, 10, batch=20, workers=2, nbytes=512, timeout=20.0,
+                                tmp=tmp_path, say=lambda *_: None))
+    assert res.opened == 30, res.open_failures
+    assert res.handover is not None
+    assert res.handover.ok, res.handover
