@@ -78,22 +78,35 @@ class CipherState:
         self.cipher = cipher
         self.n = 0
         self._nonce = _nonce_aesgcm if cipher == "AESGCM" else _nonce_chachapoly
-        self._aead: AESGCM | ChaCha20Poly1305 | None = None
+        self._key: bytes | None = None
+        self._built: AESGCM | ChaCha20Poly1305 | None = None
         if key is not None:
             self._set_key(key)
 
     def _set_key(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError(f"Noise cipher keys are 32 bytes, got {len(key)}")
-        self._aead = AESGCM(key) if self.cipher == "AESGCM" else ChaCha20Poly1305(key)
+        self._key = key
+        self._built = None
+
+    @property
+    def _aead(self) -> AESGCM | ChaCha20Poly1305 | None:
+        # Built on first use: an OpenSSL AEAD context costs about 2.5 KiB, and
+        # an idle session holds five keys (stream and datagrams both ways,
+        # standby) of which it uses two (bench/scale.py --breakdown).
+        if self._built is None and self._key is not None:
+            self._built = (AESGCM(self._key) if self.cipher == "AESGCM"
+                           else ChaCha20Poly1305(self._key))
+        return self._built
 
     def has_key(self) -> bool:
-        return self._aead is not None
+        return self._key is not None
 
     def copy(self) -> CipherState:
         """An independent state with the same key and nonce, e.g. to try a rekey."""
         clone = CipherState(self.cipher, None)
-        clone._aead = self._aead  # AEAD objects never change their key, so sharing is safe
+        clone._key = self._key
+        clone._built = self._built  # AEAD objects never change their key, so sharing is safe
         clone.n = self.n
         return clone
 

@@ -173,6 +173,18 @@ class ClosedFlag:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback` soon after the flag is set: for each session a
+        future with a callback costs a fraction of a task waiting on it."""
+        waiter = asyncio.get_running_loop().create_future()
+        waiter.add_done_callback(lambda _: callback())
+        if self._set:
+            waiter.set_result(None)
+            return
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+
     async def wait(self) -> None:
         if self._set:
             return

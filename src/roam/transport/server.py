@@ -240,17 +240,15 @@ class Server:
             self.udp.add(sid[:8], datagrams)
         driver.on_transport_lost = lambda reason: log.info(
             "%s: transport lost (%s); waiting for the client to resume", driver.name, reason)
-        reaper = loop.create_task(self._reap(sid, driver), name=f"reap-{sid.hex()[:8]}")
-        self._tasks.add(reaper)
-        reaper.add_done_callback(self._tasks.discard)
+        driver.closed.add_callback(lambda: self._reap(sid, driver))
         proto.write(encode_reply(Status.OK, msg2))
         session.transport_attached(now, resume=False)
         driver.attach(proto)
         log.info("%s: new session from %s, client %s", driver.name, proto.peer,
                  short_id(client_key))
 
-    async def _reap(self, sid: bytes, driver: SessionDriver) -> None:
-        await driver.closed.wait()
+    def _reap(self, sid: bytes, driver: SessionDriver) -> None:
+        """The session ended: forget it, its standby and its UDP tag."""
         if self.sessions.get(sid) is driver:
             del self.sessions[sid]
             standby = self._standby.pop(sid, None)
