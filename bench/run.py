@@ -1,31 +1,37 @@
-"""Session benchmark: direct vs roam vs ssh -L on loopback.
+"""Session benchmark on loopback: direct, roam and ssh -L side by side in one run.
 
-    python bench/run.py [--bytes N] [--rounds N] [--only direct,roam,ssh] [--out docs/benchmarks.md]
+    python bench/run.py [--bytes N] [--rounds N] [--runs N] [--streams K]
+                        [--only direct,roam,roam-chacha,ssh-aes,ssh-chacha]
+                        [--out docs/benchmarks.md] [--json bench/results/session.json]
 
-For each path it measures single-stream throughput (N bytes to a sink that replies with
-the byte count after the sender half-closes; median of 3 runs, MB/s = 10^6 bytes/s) and
-64-byte request/response latency (p50 and p99 over R rounds). The sink and echo servers
-(bench/servers.py) run in processes of their own; roam and OpenSSH are started with
-throwaway keys in temporary directories. All traffic stays on 127.0.0.1, every load is
-bounded in bytes and time, and every process started is ended through its own Popen.
+For each path it measures throughput to a sink that replies with the byte count after
+the sender half-closes (N bytes on one connection, and N bytes shared by K parallel
+connections; MB/s = 10^6 bytes/s), the CPU seconds both daemons of the path used per
+GiB moved (utime + stime from /proc/PID/stat, daemons and their children), and 64-byte
+request/response latency (p50 and p99 over R rounds). Every figure is the median of
+--runs runs. ssh -L runs twice, with aes128-gcm@openssh.com and with
+chacha20-poly1305@openssh.com; roam runs with its default cipher (AES-GCM where the CPU
+has AES instructions) and with --cipher chachapoly.
+
+The sink and echo servers (bench/servers.py) run in processes of their own; roam and
+OpenSSH are started with throwaway keys in temporary directories. All traffic stays on
+127.0.0.1, every load is bounded in bytes and time, and every process started is ended
+through its own Popen. Rewrites the `bench:session` section of docs/benchmarks.md and
+draws docs/img/session-*.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
-import math
 import os
-import platform
 import pwd
 import re
 import select
 import shlex
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,85 +41,53 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import load
+import plots
+from benchlib import (
+    ROOT,
+    NotRunError,
+    Procs,
+    cell,
+    cpu_seconds,
+    fmt,
+    machine_facts,
+    machine_line,
+    median_or_none,
+    per_gib,
+    run_ok,
+    tail,
+    write_section,
+)
+
 HOST = "127.0.0.1"
 START, END = "<!-- bench:session:start -->", "<!-- bench:session:end -->"
-CHUNK = 256 * 1024  # sendall buffer
-RUNS = 3  # throughput runs per path; the median is reported
-RUN_LIMIT = 60.0  # seconds of sending per throughput run
-REPLY_LIMIT = 30.0  # seconds to wait for the sink's byte count after half-close
-LATENCY_LIMIT = 30.0  # seconds for all latency rounds of one path
-WARMUP = 20  # latency rounds not recorded
 READY_LIMIT = 20.0  # seconds for a tunnel to carry its first echo
 SSHD = Path("/usr/sbin/sshd")
-LABELS = {"direct": "direct", "roam": "roam", "ssh": "ssh -L"}
-
-
-class NotRunError(Exception):
-    """A path that cannot be measured on this machine (a tool is missing)."""
+SSH_CIPHERS = {"ssh-aes": "aes128-gcm@openssh.com", "ssh-chacha": "chacha20-poly1305@openssh.com"}
+LABELS = {"direct": "direct", "roam": "roam", "roam-chacha": "roam --cipher chachapoly",
+          "ssh-aes": "ssh -L aes128-gcm", "ssh-chacha": "ssh -L chacha20-poly1305"}
+ALIASES = {"ssh": ["ssh-aes", "ssh-chacha"]}
+REFERENCE = "ssh-aes"  # the ratio is roam's single stream over this path's
 
 
 @dataclass
 class Row:
+    key: str
     path: str
     status: str = "ok"  # ok | failed | not run
     error: str = ""
-    mbps: float | None = None
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    p50_us: float | None = None
+    mbps: float | None = None  # one stream, median
+    mbps_par: float | None = None  # K streams together, median
+    cpu_gib: float | None = None  # CPU s/GiB of the path's daemons, one stream, median
+    cpu_gib_par: float | None = None
+    p50_us: float | None = None  # medians over the latency runs
     p99_us: float | None = None
-    rounds: int = 0
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    par_runs: list[dict[str, Any]] = field(default_factory=list)
+    latency_runs: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
-
-
-class Procs:
-    """Processes of one path, each with a log file; close() ends each by its Popen."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
-              stdout: int | None = None) -> subprocess.Popen[bytes]:
-        log = self.tmp / f"{name.replace(' ', '-')}.log"
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env,
-                                    stdout=fh if stdout is None else stdout, stderr=fh)
-        self.procs.append((name, proc, log))
-        return proc
-
-    def check_alive(self) -> None:
-        for name, proc, log in self.procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}: {tail(log)}")
-
-    def close(self) -> None:
-        for _, proc, _ in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-            if proc.stdout is not None:
-                proc.stdout.close()
-
-
-def tail(log: Path, limit: int = 400) -> str:
-    text = log.read_text(errors="replace").strip() if log.exists() else ""
-    text = " / ".join(line for line in text.splitlines() if line.strip())
-    return (text[-limit:] if text else "(empty)")
-
-
-def run_ok(cmd: list[str], env: dict[str, str] | None = None) -> str:
-    """Run a short command; return its stdout or raise with its stderr."""
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30,
-                         stdin=subprocess.DEVNULL, check=False)
-    if res.returncode != 0:
-        err = " / ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-        raise RuntimeError(f"`{shlex.join(cmd[-3:])}` exited with {res.returncode}: {err}")
-    return res.stdout
 
 
 def free_port() -> int:
@@ -176,7 +150,12 @@ def wait_until(procs: Procs, ready: Callable[[], bool], what: str) -> None:
     raise RuntimeError(f"{what} not ready after {READY_LIMIT:g} s; {logs}")
 
 
-def setup_roam(sink: int, echo: int, procs: Procs, row: Row) -> tuple[int, int]:
+# A setup starts the path's daemons and returns (sink port, echo port, daemon pids).
+Setup = Callable[[int, int, Procs, Row], tuple[int, int, list[int]]]
+
+
+def setup_roam(sink: int, echo: int, procs: Procs, row: Row,
+               cipher: str = "auto") -> tuple[int, int, list[int]]:
     roam = [sys.executable, "-m", "roam"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -186,23 +165,27 @@ def setup_roam(sink: int, echo: int, procs: Procs, row: Row) -> tuple[int, int]:
     client_pub = run_ok([*roam, "keygen", str(tmp / "client.key")], env).strip()
     (tmp / "authorized_keys").write_text(client_pub + "\n")
     port, lsink, lecho = free_port(), free_port(), free_port()
-    procs.start("roam server", [
+    server = procs.start("roam server", [
         *roam, "server", "--listen", f"{HOST}:{port}", "--key", str(tmp / "server.key"),
         "--authorized-keys", str(tmp / "authorized_keys"),
-        "--allow", f"{HOST}:{sink}", "--allow", f"{HOST}:{echo}"], env)
-    procs.start("roam client", [
+        "--allow", f"{HOST}:{sink}", "--allow", f"{HOST}:{echo}",
+        "--control", str(tmp / "server.sock")], env)
+    client_cmd = [
         *roam, "client", "--server", f"{HOST}:{port}", "--server-key", server_pub,
-        "--key", str(tmp / "client.key"),
+        "--key", str(tmp / "client.key"), "--cipher", cipher, "--control", str(tmp / "client.sock"),
         "--forward", f"{HOST}:{lsink}={HOST}:{sink}",
-        "--forward", f"{HOST}:{lecho}={HOST}:{echo}"], env)
+        "--forward", f"{HOST}:{lecho}={HOST}:{echo}"]
+    client = procs.start("roam client", client_cmd, env)
     wait_until(procs, lambda: probe(lsink, lecho), "roam forwards")
-    return lsink, lecho
+    row.notes["cipher"] = cipher
+    return lsink, lecho, [server.pid, client.pid]
 
 
-def setup_ssh(sink: int, echo: int, procs: Procs, row: Row) -> tuple[int, int]:
+def setup_ssh(sink: int, echo: int, procs: Procs, row: Row,
+              cipher: str = "") -> tuple[int, int, list[int]]:
     if not SSHD.exists():
         print(f"bench: {SSHD} is missing: install openssh-server (scripts/setup-env does "
-              "it when run as root); the ssh -L row is not run", file=sys.stderr)
+              "it when run as root); the ssh -L rows are not run", file=sys.stderr)
         raise NotRunError("sshd missing")
     for tool in ("ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
@@ -222,120 +205,79 @@ def setup_ssh(sink: int, echo: int, procs: Procs, row: Row) -> tuple[int, int]:
         "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password", "AllowTcpForwarding yes",
         "X11Forwarding no", "LogLevel INFO", ""]))
-    procs.start("sshd", [str(SSHD), "-D", "-e", "-f", str(config)])
+    sshd = procs.start("sshd", [str(SSHD), "-D", "-e", "-f", str(config)])
     lsink, lecho = free_port(), free_port()
     user = pwd.getpwuid(os.getuid()).pw_name
     opts = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes",
             "ExitOnForwardFailure=yes", "IdentitiesOnly=yes"]
-    cmd = ["ssh", "-v", "-N", "-F", "/dev/null", "-L", f"{lsink}:{HOST}:{sink}",
-           "-L", f"{lecho}:{HOST}:{echo}", *(x for o in opts for x in ("-o", o)),
+    cmd = ["ssh", "-v", "-N", "-F", "/dev/null", *(["-c", cipher] if cipher else []),
+           "-L", f"{lsink}:{HOST}:{sink}", "-L", f"{lecho}:{HOST}:{echo}",
+           *(x for o in opts for x in ("-o", o)),
            "-i", str(tmp / "user_key"), "-p", str(port), f"{user}@{HOST}"]
     wait_until(procs, lambda: accepts(port), "sshd")
-    procs.start("ssh", cmd)
+    ssh = procs.start("ssh", cmd)
     wait_until(procs, lambda: probe(lsink, lecho), "ssh -L forwards")
     row.notes["command"] = shlex.join(cmd)
     match = re.search(r"kex: client->server cipher: (\S+)", tail(procs.tmp / "ssh.log", 10**6))
     row.notes["cipher"] = match.group(1) if match else "unknown"
-    return lsink, lecho
+    if cipher and row.notes["cipher"] != cipher:
+        raise RuntimeError(f"ssh negotiated {row.notes['cipher']}, not {cipher}")
+    return lsink, lecho, [sshd.pid, ssh.pid]
 
 
-SETUPS: dict[str, Callable[[int, int, Procs, Row], tuple[int, int]]] = {
-    "direct": lambda sink, echo, procs, row: (sink, echo), "roam": setup_roam, "ssh": setup_ssh}
+SETUPS: dict[str, Setup] = {
+    "direct": lambda sink, echo, procs, row: (sink, echo, []),
+    "roam": setup_roam,
+    "roam-chacha": lambda s, e, p, r: setup_roam(s, e, p, r, "chachapoly"),
+    "ssh-aes": lambda s, e, p, r: setup_ssh(s, e, p, r, SSH_CIPHERS["ssh-aes"]),
+    "ssh-chacha": lambda s, e, p, r: setup_ssh(s, e, p, r, SSH_CIPHERS["ssh-chacha"]),
+}
 
 
-def throughput_run(port: int, nbytes: int, payload: memoryview) -> dict[str, Any]:
-    """Send nbytes (or what RUN_LIMIT allows) and time it until the sink's count arrives."""
-    with socket.create_connection((HOST, port), timeout=10) as s:
-        sent, timed_out = 0, False
-        t0 = time.perf_counter()
-        deadline = t0 + RUN_LIMIT
-        while sent < nbytes:
-            if time.perf_counter() >= deadline:
-                timed_out = True
-                break
-            n = min(CHUNK, nbytes - sent)
-            s.sendall(payload[:n])
-            sent += n
-        s.shutdown(socket.SHUT_WR)
-        s.settimeout(REPLY_LIMIT)
-        reply = b""
-        while not reply.endswith(b"\n") and (data := s.recv(64)):
-            reply += data
-        t1 = time.perf_counter()
-    if not reply.strip().isdigit():
-        raise RuntimeError(f"sink sent no byte count after {sent} bytes ({reply!r})")
-    received = int(reply)
-    if received != sent:
-        raise RuntimeError(f"sink received {received} of {sent} bytes")
-    secs = t1 - t0
-    return {"bytes": received, "seconds": secs, "mbps": received / secs / 1e6,
-            "timed_out": timed_out}
+def timed_run(port: int, nbytes: int, streams: int, pids: list[int]) -> dict[str, Any]:
+    """One throughput run with the CPU time the daemons used during it."""
+    before = cpu_seconds(pids) if pids else 0.0
+    run = load.throughput(HOST, port, nbytes, streams)
+    if pids:
+        run["cpu_s"] = cpu_seconds(pids) - before
+        run["cpu_s_per_gib"] = per_gib(run["cpu_s"], run["bytes"])
+    return run
 
 
-def latency(port: int, rounds: int) -> tuple[float, float, int]:
-    request = os.urandom(64)
-    buf = bytearray(64)
-    view = memoryview(buf)
-    samples: list[int] = []
-    with socket.create_connection((HOST, port), timeout=10) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        deadline = time.perf_counter() + LATENCY_LIMIT
-        for i in range(WARMUP + rounds):
-            if time.perf_counter() >= deadline:
-                break
-            t0 = time.perf_counter_ns()
-            s.sendall(request)
-            got = 0
-            while got < 64:
-                n = s.recv_into(view[got:])
-                if n == 0:
-                    raise RuntimeError("echo server closed the connection")
-                got += n
-            t1 = time.perf_counter_ns()
-            if buf != request:
-                raise RuntimeError("echo reply differs from the request")
-            if i >= WARMUP:
-                samples.append(t1 - t0)
-    if not samples:
-        raise RuntimeError("no latency round completed")
-    samples.sort()  # nearest-rank percentiles, in microseconds
-    p50, p99 = (samples[max(0, math.ceil(p / 100 * len(samples)) - 1)] / 1000 for p in (50, 99))
-    return p50, p99, len(samples)
-
-
-def measure(name: str, sink: int, echo: int, args: argparse.Namespace) -> Row:
-    row = Row(LABELS[name])
+def measure(key: str, sink: int, echo: int, args: argparse.Namespace) -> Row:
+    row = Row(key, LABELS[key])
     try:
-        with tempfile.TemporaryDirectory(prefix=f"roam-bench-{name}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"roam-bench-{key}-") as tmp:
             procs = Procs(Path(tmp))
             try:
-                lsink, lecho = SETUPS[name](sink, echo, procs, row)
-                payload = memoryview(os.urandom(CHUNK))
-                for _ in range(RUNS):
-                    row.runs.append(throughput_run(lsink, args.bytes, payload))
-                row.mbps = statistics.median(r["mbps"] for r in row.runs)
-                row.p50_us, row.p99_us, row.rounds = latency(lecho, args.rounds)
+                lsink, lecho, pids = SETUPS[key](sink, echo, procs, row)
+                for _ in range(args.runs):
+                    row.runs.append(timed_run(lsink, args.bytes, 1, pids))
+                    row.par_runs.append(timed_run(lsink, args.bytes, args.streams, pids))
+                    row.latency_runs.append(load.latency(HOST, lecho, args.rounds))
+                    procs.check_alive()
             finally:
                 procs.close()
     except NotRunError as exc:
         row.status, row.error = "not run", str(exc)
     except Exception as exc:
         row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+    summarize(row)
     return row
 
 
-def machine_facts(argv: list[str], args: argparse.Namespace) -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    facts = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(len(os.sched_getaffinity(0))), "cpu": cpu.group(1) if cpu else "unknown",
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(), "openssh": "not installed", "ssh cipher": "n/a",
-        "command": shlex.join(["python", *argv]),
-        "reproduce": shlex.join(["python", "bench/run.py", "--bytes", str(args.bytes),
-                                 "--rounds", str(args.rounds), "--only", ",".join(args.only)]),
-    }
+def summarize(row: Row) -> None:
+    """Medians of what the runs measured (a failed row keeps what it got, unused)."""
+    row.mbps = median_or_none(r["mbps"] for r in row.runs)
+    row.mbps_par = median_or_none(r["mbps"] for r in row.par_runs)
+    row.cpu_gib = median_or_none(r.get("cpu_s_per_gib") for r in row.runs)
+    row.cpu_gib_par = median_or_none(r.get("cpu_s_per_gib") for r in row.par_runs)
+    row.p50_us = median_or_none(r["p50_us"] for r in row.latency_runs)
+    row.p99_us = median_or_none(r["p99_us"] for r in row.latency_runs)
+
+
+def ssh_facts() -> dict[str, str]:
+    facts = {"openssh": "not installed", "ssh cipher": "n/a"}
     if shutil.which("ssh"):  # ssh -V prints on stderr; -G shows the default cipher order
         res = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=10,
                              check=False)
@@ -346,105 +288,153 @@ def machine_facts(argv: list[str], args: argparse.Namespace) -> dict[str, str]:
     return facts
 
 
-def cell(text: str) -> str:
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= 240 else text[:237] + "..."
+def ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
 
 
-def table_row(r: Row, ssh_mbps: float | None, rounds: int) -> str:
-    if r.status != "ok" or r.mbps is None or r.p50_us is None or r.p99_us is None:
-        return f"| {r.path} | {cell(r.status + ': ' + r.error)} | — | — | — |"
-    tput = f"{r.mbps:.1f}"
-    if late := [f"{x['bytes'] / 1e6:.0f} MB" for x in r.runs if x["timed_out"]]:
-        tput += f" (hit the {RUN_LIMIT:g} s limit, moved {', '.join(late)})"
-    ratio = f"{r.mbps / ssh_mbps:.2f}" if ssh_mbps else "—"
-    p99 = f"{r.p99_us:.1f}" + (f" ({r.rounds} rounds in time limit)" if r.rounds < rounds else "")
-    return f"| {r.path} | {tput} | {ratio} | {r.p50_us:.1f} | {p99} |"
+def table_row(r: Row, ref_mbps: float | None, args: argparse.Namespace) -> str:
+    if r.status != "ok":
+        return f"| {r.path} | {cell(r.status + ': ' + r.error)} |" + " — |" * 6
+    tput = fmt(r.mbps)
+    if late := [f"{x['bytes'] / 1e6:.0f} MB" for x in r.runs + r.par_runs if x["timed_out"]]:
+        tput += f" (hit the {load.RUN_LIMIT:g} s limit, moved {', '.join(late)})"
+    p99 = fmt(r.p99_us)
+    if any(x["rounds"] < args.rounds for x in r.latency_runs):
+        p99 += " (rounds cut by the time limit)"
+    return (f"| {r.path} | {tput} | {fmt(r.mbps_par)} | {fmt(ratio(r.mbps, ref_mbps), 2)} | "
+            f"{fmt(r.cpu_gib, 2)} | {fmt(r.cpu_gib_par, 2)} | {fmt(r.p50_us)} | {p99} |")
 
 
-def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace) -> str:
-    by = {r.path: r for r in rows}
-    roam, ssh = by.get("roam"), by.get("ssh -L")
-    ssh_mbps = ssh.mbps if ssh and ssh.status == "ok" else None
+def draw(rows: list[Row], args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The three figures of the section; empty when matplotlib is missing."""
+    ok = [r for r in rows if r.status == "ok"]
+    names = [r.path.replace(" -L ", " -L\n").replace(" --cipher", "\n--cipher") for r in ok]
+    note = f"median of {args.runs} runs; bench/run.py"
+    figs = [
+        ("Throughput, loopback", plots.grouped_bars(
+            args.img / "session-throughput.png", "Throughput on loopback (MB/s)", "MB/s", names,
+            {"1 stream": [r.mbps for r in ok],
+             f"{args.streams} streams": [r.mbps_par for r in ok]}, note)),
+        ("Latency, loopback", plots.grouped_bars(
+            args.img / "session-latency.png", "64-byte request/response latency (µs)", "µs",
+            names, {"p50": [r.p50_us for r in ok], "p99": [r.p99_us for r in ok]}, note)),
+        ("CPU per GiB, loopback", plots.grouped_bars(
+            args.img / "session-cpu.png", "CPU seconds per GiB, both daemons together",
+            "CPU s/GiB", [n for n, r in zip(names, ok, strict=True) if r.cpu_gib is not None],
+            {"1 stream": [r.cpu_gib for r in ok if r.cpu_gib is not None],
+             f"{args.streams} streams": [r.cpu_gib_par for r in ok if r.cpu_gib is not None]},
+            note)),
+    ]
+    return [(title, path) for title, path in figs if path is not None]
+
+
+def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace,
+           figures: list[tuple[str, Path]]) -> str:
+    by = {r.key: r for r in rows}
+    roam, ref = by.get("roam"), by.get(REFERENCE)
+    ref_mbps = ref.mbps if ref and ref.status == "ok" else None
+    k = args.streams
     lines = ["## Session throughput and latency (loopback)", "",
-             "| path | throughput MB/s | ratio to ssh -L | p50 µs | p99 µs |",
-             "|---|---:|---:|---:|---:|", *(table_row(r, ssh_mbps, args.rounds) for r in rows), ""]
-    if roam and roam.mbps and ssh and ssh_mbps and roam.status == "ok":
-        lines.append(f"roam / ssh -L throughput ratio: **{roam.mbps / ssh_mbps:.2f}** "
-                     f"(roam {roam.mbps:.1f} MB/s, ssh -L {ssh_mbps:.1f} MB/s); p50 latency "
-                     f"roam {roam.p50_us:.1f} µs vs ssh -L {ssh.p50_us:.1f} µs.")
+             f"| path | 1 stream MB/s | {k} streams MB/s | 1 stream, ratio to ssh -L aes128-gcm "
+             f"| CPU s/GiB, 1 stream | CPU s/GiB, {k} streams | p50 µs | p99 µs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|",
+             *(table_row(r, ref_mbps, args) for r in rows), ""]
+    if roam and roam.status == "ok" and roam.mbps and ref and ref_mbps:
+        lines.append(
+            f"roam / ssh -L (aes128-gcm) single-stream throughput ratio: "
+            f"**{roam.mbps / ref_mbps:.2f}** (roam {roam.mbps:.1f} MB/s, ssh -L {ref_mbps:.1f} "
+            f"MB/s; aim: at least 1.0, {'met' if roam.mbps >= ref_mbps else 'not met'}); "
+            f"with {k} streams {fmt(ratio(roam.mbps_par, ref.mbps_par), 2)}. p50 latency roam "
+            f"{fmt(roam.p50_us)} µs vs ssh -L {fmt(ref.p50_us)} µs.")
     else:
-        why = ", ".join(f"{label} {by[label].status if label in by else 'not selected'}"
-                        for label in ("roam", "ssh -L"))
-        lines.append(f"roam / ssh -L throughput ratio: not available ({why}; see the table).")
+        why = ", ".join(f"{LABELS[key]} {by[key].status if key in by else 'not selected'}"
+                        for key in ("roam", REFERENCE))
+        lines.append(f"roam / ssh -L (aes128-gcm) ratio: not available ({why}; see the table).")
+    lines += [""] + [f"![{title}](img/{path.name})" for title, path in figures]
+    if not figures:
+        lines.append("(No figures: matplotlib is not installed; `pip install -e '.[bench]'`.)")
     lines += [
-        "", f"Throughput: median of {RUNS} runs, each one TCP connection sending {args.bytes} "
-        f"bytes (at most {RUN_LIMIT:g} s of sending) to a sink that replies with the byte count "
-        "after the half-close; MB/s = 10^6 bytes/s from the first byte to that reply. Latency: "
-        f"one connection, 64-byte request, 64-byte echo, {args.rounds} rounds (TCP_NODELAY, "
-        f"{WARMUP} warm-up rounds not counted).", "",
+        "", f"Every figure is the median of {args.runs} runs. Throughput: {args.bytes} bytes "
+        f"on one TCP connection, and {args.bytes} bytes shared by {k} connections sending at "
+        f"once (at most {load.RUN_LIMIT:g} s of sending), to a sink that replies with the "
+        "byte count after the half-close; MB/s = 10^6 bytes/s from the first byte to the last "
+        "reply. CPU s/GiB: user + system time of both daemons of the path (roam client and "
+        "server; ssh and sshd with its children) during the throughput runs, per 2^30 bytes "
+        "moved; direct has no daemons. Latency: one connection, 64-byte request, 64-byte "
+        f"echo, {args.rounds} rounds per run (TCP_NODELAY, {load.WARMUP} warm-up rounds not "
+        "counted). The benchmark client, the sink and the daemons share the machine's CPUs.",
+        "",
         f"- Date: {facts['date']}",
-        f"- Machine: {facts['nproc']} CPUs ({facts['cpu']}), {facts['kernel']}, "
-        f"Python {facts['python']}",
-        f"- OpenSSH: {facts['openssh']}; default cipher {facts['ssh cipher']}, negotiated "
-        f"{ssh.notes.get('cipher', 'n/a') if ssh else 'n/a'}",
+        f"- Machine: {machine_line(facts)}",
+        f"- OpenSSH: {facts['openssh']}; default cipher {facts['ssh cipher']}; rows run with "
+        "`ssh -c aes128-gcm@openssh.com` and `ssh -c chacha20-poly1305@openssh.com` "
+        "(negotiated: " + ", ".join(
+            f"{r.path}: {r.notes.get('cipher', 'n/a')}" for r in rows if r.key in SSH_CIPHERS)
+        + "); roam's default cipher is AES-256-GCM on a CPU with AES instructions",
         f"- Run as: `{facts['command']}`", f"- Reproduce: `{facts['reproduce']}`"]
     return "\n".join(lines)
 
 
-def write_section(out: Path, section: str) -> None:
-    block = f"{START}\n{section}\n{END}"
-    if out.exists():
-        text = out.read_text()
-        start = text.find(START)
-        end = text.find(END, start)
-        if start != -1 and end != -1:
-            text = text[:start] + block + text[end + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = f"# roam benchmarks\n\n{block}\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+def parse_only(text: str) -> list[str]:
+    """Path keys from a comma-separated list, aliases expanded, in table order."""
+    asked = [p.strip() for p in text.split(",") if p.strip()]
+    keys = {k for p in asked for k in ALIASES.get(p, [p])}
+    unknown = sorted(keys - set(LABELS))
+    if unknown or not keys:
+        raise ValueError(f"--only takes a subset of {','.join([*LABELS, *ALIASES])}, "
+                         f"got {unknown or 'nothing'}")
+    return [k for k in LABELS if k in keys]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bytes", type=int, default=1 << 30, help="bytes per throughput run")
-    parser.add_argument("--rounds", type=int, default=5000, help="latency rounds")
-    parser.add_argument("--only", default="direct,roam,ssh", help="comma-separated paths")
+    parser.add_argument("--rounds", type=int, default=5000, help="latency rounds per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--streams", type=int, default=8, help="parallel streams")
+    parser.add_argument("--only", default=",".join(LABELS), help="comma-separated paths")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--img", type=Path, default=None,
+                        help="directory for the PNGs (default: img/ beside --out)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "session.json",
                         help="raw results (default bench/results/session.json)")
     args = parser.parse_args(argv)
-    args.only = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = [p for p in args.only if p not in LABELS]
-    if unknown or not args.only:
-        parser.error(f"--only takes a subset of {','.join(LABELS)}, got {unknown or 'nothing'}")
-    if args.bytes <= 0 or args.rounds <= 0:
-        parser.error("--bytes and --rounds must be positive")
+    try:
+        args.only = parse_only(args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if min(args.bytes, args.rounds, args.runs, args.streams) <= 0:
+        parser.error("--bytes, --rounds, --runs and --streams must be positive")
+    if args.streams > 64 or args.runs > 20:
+        parser.error("at most 64 streams and 20 runs")
+    args.img = args.img or args.out.parent / "img"
     return args
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv[1:])
-    facts = machine_facts(argv, args)
+    facts = {**machine_facts(), **ssh_facts(), "command": shlex.join(["python", *argv]),
+             "reproduce": shlex.join([
+                 "python", "bench/run.py", "--bytes", str(args.bytes), "--rounds",
+                 str(args.rounds), "--runs", str(args.runs), "--streams", str(args.streams),
+                 "--only", ",".join(args.only)])}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="roam-bench-servers-") as tmp:
         procs = Procs(Path(tmp))
         try:
             sink, echo = start_server(procs, "sink"), start_server(procs, "echo")
-            for name in (n for n in LABELS if n in args.only):
-                print(f"bench: measuring {LABELS[name]} ...", file=sys.stderr, flush=True)
-                rows.append(measure(name, sink, echo, args))
+            for key in args.only:
+                print(f"bench: measuring {LABELS[key]} ...", file=sys.stderr, flush=True)
+                rows.append(measure(key, sink, echo, args))
                 procs.check_alive()
         finally:
             procs.close()
-    section = render(rows, facts, args)
+    section = render(rows, facts, args, draw(rows, args))
     print(section)
-    write_section(args.out, section)
+    write_section(args.out, START, END, section)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"facts": facts, "bytes": args.bytes, "rounds": args.rounds,
+                                     "runs": args.runs, "streams": args.streams,
                                      "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     print(f"bench: wrote {args.out} and {args.json}", file=sys.stderr)
     return 0

@@ -1,4 +1,6 @@
-"""Smoke tests of the benchmark harness (bench/run.py) with small loads on loopback."""
+"""The benchmark harness: smoke runs of bench/run.py with small loads on loopback, and its
+pure pieces (parsing, medians, section rewriting, CPU accounting, plots). No timing is
+asserted."""
 
 from __future__ import annotations
 
@@ -12,15 +14,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import all as bench_all  # noqa: E402
+import benchlib  # noqa: E402
+import load  # noqa: E402
+import plots  # noqa: E402
+import run as bench_run  # noqa: E402
+import tunnels  # noqa: E402
+
 RUN = ROOT / "bench" / "run.py"
 SSHD = Path("/usr/sbin/sshd")
-HEADER = "| path | throughput MB/s | ratio to ssh -L | p50 µs | p99 µs |"
+HEADER = ("| path | 1 stream MB/s | 2 streams MB/s | 1 stream, ratio to ssh -L aes128-gcm "
+          "| CPU s/GiB, 1 stream | CPU s/GiB, 2 streams | p50 µs | p99 µs |")
+RUNS = 2
 
 
 def run_bench(tmp_path: Path, only: str, nbytes: int, rounds: int) -> tuple[str, dict]:
     out, raw = tmp_path / "b.md", tmp_path / "session.json"
     cmd = [sys.executable, str(RUN), "--only", only, "--bytes", str(nbytes),
-           "--rounds", str(rounds), "--out", str(out), "--json", str(raw)]
+           "--rounds", str(rounds), "--runs", str(RUNS), "--streams", "2",
+           "--out", str(out), "--json", str(raw)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
     return out.read_text(), json.loads(raw.read_text())
@@ -37,13 +51,13 @@ def table_row(text: str, path: str) -> list[str]:
 
 def assert_measured(text: str, raw: dict, path: str) -> None:
     cells = table_row(text, path)
-    assert re.fullmatch(r"\d+\.\d", cells[1]), cells
-    assert float(cells[1]) > 0
-    assert re.fullmatch(r"\d+\.\d", cells[3]), cells  # p50 µs
-    assert re.fullmatch(r"\d+\.\d", cells[4]), cells  # p99 µs
+    for i in (1, 2, 6, 7):  # MB/s with 1 and 2 streams, p50 and p99 µs
+        assert re.fullmatch(r"\d+\.\d", cells[i]), cells
+        assert float(cells[i]) > 0
     row = next(r for r in raw["rows"] if r["path"] == path)
     assert row["status"] == "ok", row
-    assert len(row["runs"]) == 3
+    assert len(row["runs"]) == len(row["par_runs"]) == len(row["latency_runs"]) == RUNS
+    assert all(r["streams"] == 2 for r in row["par_runs"])
 
 
 def test_direct_row(tmp_path: Path) -> None:
@@ -53,7 +67,9 @@ def test_direct_row(tmp_path: Path) -> None:
     assert "<!-- bench:session:end -->" in text
     assert HEADER in text
     assert_measured(text, raw, "direct")
-    assert all(r["bytes"] == 8_000_000 for r in raw["rows"][0]["runs"])
+    row = raw["rows"][0]
+    assert all(r["bytes"] == 8_000_000 for r in row["runs"] + row["par_runs"])
+    assert table_row(text, "direct")[4] == "—"  # no daemons, no CPU figure
     assert "Reproduce: `python bench/run.py" in text
 
     # A second run replaces the section and keeps what lies outside the markers.
@@ -71,7 +87,131 @@ def test_ssh_row(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    text, raw = run_bench(tmp_path, "ssh", 4_000_000, 100)
-    assert_measured(text, raw, "ssh -L")
-    assert table_row(text, "ssh -L")[2] == "1.00"
+    text, raw = run_bench(tmp_path, "ssh-aes", 4_000_000, 100)
+    assert_measured(text, raw, "ssh -L aes128-gcm")
+    cells = table_row(text, "ssh -L aes128-gcm")
+    assert cells[3] == "1.00"
+    assert re.fullmatch(r"\d+\.\d\d", cells[4]), cells  # CPU s/GiB of ssh and sshd
     assert "OpenSSH_" in text
+    assert "ssh -L aes128-gcm: aes128-gcm@openssh.com" in text
+
+
+# -- pure pieces -----------------------------------------------------------------------
+
+def test_split_bytes() -> None:
+    assert load.split_bytes(10, 3) == [4, 3, 3]
+    assert load.split_bytes(0, 2) == [0, 0]
+    assert sum(load.split_bytes(1 << 30, 8)) == 1 << 30
+    with pytest.raises(ValueError, match="streams must be positive"):
+        load.split_bytes(10, 0)
+
+
+def test_percentile_nearest_rank() -> None:
+    samples = [float(i) for i in range(1, 101)]
+    assert load.percentile(samples, 50) == 50.0
+    assert load.percentile(samples, 99) == 99.0
+    assert load.percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError, match="no samples"):
+        load.percentile([], 50)
+
+
+def test_parse_stat_counts_from_the_last_parenthesis() -> None:
+    # pid (comm) state ppid ... utime(14) stime(15) cutime(16) cstime(17) ...
+    fields = ["S"] + ["0"] * 10 + ["100", "20", "3", "4"] + ["0"] * 30
+    text = "1234 (a) b (c)) " + " ".join(fields)
+    assert benchlib.parse_stat(text) == 127
+    assert benchlib.parse_children("12 34 \n") == [12, 34]
+    assert benchlib.parse_children("") == []
+
+
+def test_cpu_seconds_of_a_process_tree() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in benchlib.process_tree([os.getpid()])
+        assert benchlib.cpu_seconds([os.getpid()]) > 0
+    finally:
+        child.terminate()
+        child.wait(10)
+    assert benchlib.per_gib(2.0, 1 << 29) == 4.0
+    assert benchlib.per_gib(1.0, 0) is None
+
+
+def test_medians_and_formatting() -> None:
+    assert benchlib.median_or_none([3.0, None, 1.0, 2.0]) == 2.0
+    assert benchlib.median_or_none([None]) is None
+    assert benchlib.fmt(None) == "—"
+    assert benchlib.fmt(1.234, 2) == "1.23"
+    assert benchlib.with_range([3.0, 1.0, 2.0]) == "2.0 (1.0-3.0)"
+    assert benchlib.with_range([5.0]) == "5.0"
+    assert benchlib.with_range([]) == "—"
+
+
+def test_replace_section() -> None:
+    start, end = "<!-- x:start -->", "<!-- x:end -->"
+    assert benchlib.replace_section(None, start, end, "new") == (
+        f"# roam benchmarks\n\n{start}\nnew\n{end}\n")
+    text = f"head\n{start}\nold\n{end}\ntail\n<!-- y:start -->\nother\n<!-- y:end -->\n"
+    out = benchlib.replace_section(text, start, end, "new")
+    assert out == text.replace("old", "new")
+    # Without its markers the section is appended; an end marker alone is not trusted.
+    out = benchlib.replace_section(f"head\n{end}\n", start, end, "new")
+    assert out == f"head\n{end}\n\n{start}\nnew\n{end}\n"
+
+
+def test_parse_only() -> None:
+    assert bench_run.parse_only("ssh,direct") == ["direct", "ssh-aes", "ssh-chacha"]
+    assert bench_run.parse_only("roam-chacha, roam") == ["roam", "roam-chacha"]
+    with pytest.raises(ValueError, match="telnet"):
+        bench_run.parse_only("telnet")
+    with pytest.raises(ValueError, match="nothing"):
+        bench_run.parse_only(" , ")
+
+
+def test_render_reports_the_ratio_to_ssh_aes() -> None:
+    args = bench_run.parse_args(["--runs", "1", "--streams", "8", "--rounds", "10"])
+    rows = []
+    for key, mbps in (("roam", 600.0), ("ssh-aes", 500.0)):
+        row = bench_run.Row(key, bench_run.LABELS[key])
+        row.runs = [{"mbps": mbps, "bytes": 1, "timed_out": False, "cpu_s_per_gib": 2.0}]
+        row.par_runs = [{"mbps": mbps * 2, "bytes": 1, "timed_out": False}]
+        row.latency_runs = [{"p50_us": 100.0, "p99_us": 200.0, "rounds": 10}]
+        bench_run.summarize(row)
+        rows.append(row)
+    failed = bench_run.Row("ssh-chacha", bench_run.LABELS["ssh-chacha"], "failed", "boom")
+    facts = {"date": "d", "nproc": "2", "cpu": "c", "kernel": "k", "python": "p",
+             "openssh": "o", "ssh cipher": "s", "command": "c", "reproduce": "r"}
+    text = bench_run.render([*rows, failed], facts, args, [])
+    assert "throughput ratio: **1.20**" in text
+    assert "aim: at least 1.0, met" in text
+    assert "with 8 streams 1.20" in text
+    assert table_row(text, "roam")[1:4] == ["600.0", "1200.0", "1.20"]
+    assert table_row(text, "ssh -L chacha20-poly1305")[1] == "failed: boom"
+
+
+def test_tunnels_refuses_without_root(monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    out = tmp_path / "b.md"
+    assert tunnels.main(["tunnels.py", "--out", str(out)]) == 2
+    assert "needs root" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_all_commands() -> None:
+    args = bench_all.parse_args(["--quick", "--runs", "5", "--skip", "handover"])
+    cmds = bench_all.commands(args)
+    assert list(cmds) == ["run", "tunnels", "handover"]
+    assert cmds["run"][1:4] == ["bench/run.py", "--runs", "5"]
+    assert "--bytes" in cmds["tunnels"]
+    assert args.skip == {"handover"}
+    with pytest.raises(SystemExit):
+        bench_all.parse_args(["--skip", "nothing"])
+
+
+def test_grouped_bars(tmp_path: Path) -> None:
+    if not plots.have_matplotlib():
+        pytest.skip("matplotlib missing (pip install -e '.[bench]')")
+    out = plots.grouped_bars(tmp_path / "f.png", "t", "MB/s", ["a", "b"],
+                             {"1 stream": [1.0, None], "8 streams": [2.0, 3.0]}, "note")
+    assert out == tmp_path / "f.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,97 @@
+"""Every benchmark in turn, each rewriting its own section of docs/benchmarks.md.
+
+    python bench/all.py [--runs 3] [--handover-runs 10] [--quick] [--skip tunnels,handover]
+
+1. bench/run.py       loopback: direct, roam, ssh -L (throughput, CPU s/GiB, latency)
+2. bench/tunnels.py   network lab: direct, roam, wireguard-go, OpenVPN over the wifi link
+3. bench/handover.py  network lab: handover stalls, roam against MPTCP and plain TCP
+
+The lab benchmarks need root; without it they are skipped with a message and their
+sections are left as they are. Each step runs with a time limit and its own process;
+the exit status is 1 if any step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ("run", "tunnels", "handover")
+LIMITS = {"run": 40 * 60, "tunnels": 30 * 60, "handover": 120 * 60}  # seconds per step
+ROOT_ONLY = {"tunnels", "handover"}
+
+
+def commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The command line of each step, as they run (and as the sections print them)."""
+    py = sys.executable
+    run = [py, "bench/run.py", "--runs", str(args.runs)]
+    tunnels = [py, "bench/tunnels.py", "--runs", str(args.runs)]
+    handover = [py, "bench/handover.py", "--runs", str(args.handover_runs)]
+    if args.quick:
+        run += ["--bytes", str(256 << 20), "--rounds", "1000"]
+        tunnels += ["--bytes", str(64 << 20)]
+    return {"run": run, "tunnels": tunnels, "handover": handover}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3,
+                        help="runs per figure for run.py and tunnels.py (median)")
+    parser.add_argument("--handover-runs", type=int, default=10,
+                        help="runs of each event per system for handover.py")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller loads (256 MiB loopback, 64 MiB lab, 1000 rounds)")
+    parser.add_argument("--skip", default="", help=f"comma-separated steps of {','.join(STEPS)}")
+    args = parser.parse_args(argv)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.skip - set(STEPS):
+        parser.error(f"--skip takes steps of {','.join(STEPS)}")
+    if not 1 <= args.runs <= 20 or not 1 <= args.handover_runs <= 50:
+        parser.error("--runs must be 1..20 and --handover-runs 1..50")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv[1:])
+    load, cpus = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    if load > cpus / 2:
+        print(f"all: warning: 1-minute load average {load:.2f} on {cpus} CPUs: other work "
+              "will skew the figures (each section records the load it began with)",
+              file=sys.stderr)
+    failed: list[str] = []
+    for step, cmd in commands(args).items():
+        if step in args.skip:
+            print(f"all: {step}: skipped (--skip)", file=sys.stderr)
+            continue
+        if step in ROOT_ONLY and os.geteuid() != 0:
+            print(f"all: {step}: skipped: needs root (network namespaces); its section of "
+                  "docs/benchmarks.md is left as it was", file=sys.stderr)
+            continue
+        print(f"all: {step}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        try:
+            res = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=LIMITS[step],
+                                 check=False)
+            status = res.returncode
+        except subprocess.TimeoutExpired:  # subprocess.run kills the step's process
+            status = -1
+            print(f"all: {step}: no result within {LIMITS[step]} s", file=sys.stderr)
+        print(f"all: {step}: exit {status} after {time.monotonic() - t0:.0f} s",
+              file=sys.stderr, flush=True)
+        if status != 0:
+            failed.append(step)
+    if failed:
+        print(f"all: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("all: done; see docs/benchmarks.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
