@@ -37,10 +37,15 @@ PROLOGUE = b"roam/1 "
 # A peer that has not finished its half of the handshake by then is dropped:
 # it holds a socket and a task, and honest peers answer within a few RTTs.
 HANDSHAKE_TIMEOUT = 10.0
-# Transports still in their handshake at once; more are answered BUSY. Each
-# costs a socket and a task until HANDSHAKE_TIMEOUT, so this bounds what
-# unauthenticated peers can hold.
+# NEW transports in their handshake at once; more are answered BUSY. Each
+# costs two X25519 operations and a socket and a task until
+# HANDSHAKE_TIMEOUT, so this bounds what unauthenticated peers can make us do.
 MAX_HANDSHAKES = 256
+# Transports in their opening at once, resumes and standbys included. A
+# resume costs one AEAD check, and after a network-wide outage a thousand
+# clients resume at once: under the NEW limit most of them were answered
+# BUSY and retried, and the last resumed after 31 s (bench/scale.py).
+MAX_OPENINGS = 4096
 BUSY_LOG_INTERVAL = 1.0
 # Connections the kernel queues until the loop accepts them. asyncio's
 # default of 100 overflows when a network event moves many clients at once
@@ -97,7 +102,8 @@ class Server:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_hello: dict[bytes, int] = {}
-        self._handshaking = 0
+        self._handshaking = 0  # transports in their opening
+        self._new_handshakes = 0  # of which NEW ones
         self._busy = 0  # BUSY answers not logged yet
         self._busy_logged = float("-inf")
         self._standby: dict[bytes, _Standby] = {}
@@ -139,7 +145,7 @@ class Server:
 
     async def _handle(self, proto: TransportProtocol) -> None:
         await asyncio.sleep(0)  # connection_made runs first
-        if self._handshaking >= MAX_HANDSHAKES:
+        if self._handshaking >= MAX_OPENINGS:
             self._refuse_busy(proto)
             return
         self._handshaking += 1
@@ -173,6 +179,16 @@ class Server:
             await self._resume(proto, pre, raw)
 
     async def _new(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
+        if self._new_handshakes >= MAX_HANDSHAKES:
+            self._refuse_busy(proto)
+            return
+        self._new_handshakes += 1
+        try:
+            await self._handshake(proto, pre, raw)
+        finally:
+            self._new_handshakes -= 1
+
+    async def _handshake(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
         (length,) = HANDSHAKE_LEN.unpack(await proto.read_exactly(2, HANDSHAKE_TIMEOUT))
         if length > MAX_HANDSHAKE_MESSAGE:
             self._refuse(proto, Status.HANDSHAKE_FAILED, f"handshake message of {length} bytes")
