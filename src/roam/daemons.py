@@ -42,14 +42,6 @@ from roam.transport.server import Server, ServerConfig
 log = logging.getLogger("roam")
 
 
-# The client PINGs every second and the server's PONGs answer it, which
-# keeps both dead timers fed; the server's own PINGs on an idle session
-# add nothing but cost: about 150 us of server CPU per idle session per
-# second (bench/scale.py), half of it for these. With data unacknowledged
-# the server still probes every RTO.
-SERVER_KEEPALIVE = 15.0
-
-
 def _address(text: str, flag: str) -> tuple[str, int]:
     host, port_text = split_host_port(text, flag)
     port = 0 if port_text == "0" else parse_port(port_text, f"{flag} {text!r}")
@@ -92,9 +84,7 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
     listen_access = AccessList.parse(allow_listen or [])
     server = Server(ServerConfig(host, port, private, authorized,
                                  Connector(access, listen_access),
-                                 SessionConfig(detached_timeout=linger,
-                                               keepalive_interval=SERVER_KEEPALIVE),
-                                 udp, compression))
+                                 SessionConfig(detached_timeout=linger), udp, compression))
     try:
         bound = await server.start()
     except OSError as exc:
