@@ -130,7 +130,7 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
     credentials = load_credentials(socks_auth) if socks_auth else None
     socks_at = _address(socks, "--socks") if socks else None
     dns_proxy = _dns_proxy(dns, lambda: client.driver) if dns is not None else None
-    reverse_specs = [_reverse_spec(r) for r in reverse or []]
+    reverse_specs = [ForwardSpec.parse_reverse(r) for r in reverse or []]
     tproxy = (await _transparent(transparent, host, port, lambda: client.driver)
               if transparent else None)
     if not specs and socks_at is None and dns_proxy is None and not reverse_specs and not tproxy:
@@ -227,21 +227,6 @@ async def _transparent(cidrs: list[str], host: str, port: int,
                           f"--transparent: {exc}") from None
     servers = sorted({(str(info[4][0]), port) for info in infos})
     return Transparent(cidrs, current, exclude=servers)
-
-
-def _reverse_spec(text: str) -> ForwardSpec:
-    """`--reverse RHOST:RPORT=LHOST:LPORT` (TCP)."""
-    try:
-        spec = ForwardSpec.parse(text)
-    except ConfigError as exc:
-        # The same syntax as --forward, with the sides the other way round.
-        message = str(exc).replace("--forward", "--reverse").replace(
-            "LHOST:LPORT=RHOST:RPORT", "RHOST:RPORT=LHOST:LPORT")
-        raise ConfigError(message) from None
-    if spec.udp or spec.listen_port == 0:
-        raise ConfigError(f"--reverse {text!r}: expected RHOST:RPORT=LHOST:LPORT with a "
-                          "TCP port to listen on beside the server")
-    return spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,31 +6,17 @@ the real benchmark, so that it stays under a minute.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 from tests.conftest import require
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench() -> ModuleType:
-    # bench/ is a directory of scripts, not a package.
-    spec = importlib.util.spec_from_file_location("handover_bench", ROOT / "bench" / "handover.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from .scripts import load_bench
 
 
 def test_one_run_of_each_event_for_each_system() -> None:
     require(os.geteuid() == 0, "the network lab needs root")
-    bench = load_bench()
+    bench = load_bench("handover")
     settings = bench.Settings(runs=1, steady=0.5, after=0.5, tcp_outage=1.0)
     results = []
     for key, events in (("roam", bench.SCENARIOS), ("mptcp", bench.SCENARIOS),
@@ -58,7 +44,7 @@ def test_one_run_of_each_event_for_each_system() -> None:
 
 
 def test_section_is_replaced_and_other_sections_kept(tmp_path: Path) -> None:
-    bench = load_bench()
+    bench = load_bench("handover")
     out = tmp_path / "benchmarks.md"
     out.write_text("# roam benchmarks\n\n<!-- bench:session:start -->\nsession\n"
                    "<!-- bench:session:end -->\n\nafter\n")

@@ -7,27 +7,13 @@ under 30 s; the real run is `python bench/scale.py` (10,000 sessions, 1,000 hand
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench() -> ModuleType:
-    # bench/ is a directory of scripts, not a package.
-    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "bench" / "scale.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from .scripts import load_bench
 
 
 def test_small_run_is_byte_exact_and_reports_memory_per_session(tmp_path: Path) -> None:
-    bench = load_bench()
+    bench = load_bench("scale")
     res = asyncio.run(bench.run(50, 20, batch=20, nbytes=2048, timeout=20.0, tmp=tmp_path,
                                 say=lambda *_: None))
     assert res.opened == 50, res.open_failures
@@ -45,7 +31,7 @@ def test_small_run_is_byte_exact_and_reports_memory_per_session(tmp_path: Path) 
 
 
 def test_a_worker_process_holds_its_share_of_the_sessions(tmp_path: Path) -> None:
-    bench = load_bench()
+    bench = load_bench("scale")
     res = asyncio.run(bench.run(30, 10, batch=20, workers=2, nbytes=512, timeout=20.0,
                                 tmp=tmp_path, say=lambda *_: None))
     assert res.opened == 30, res.open_failures

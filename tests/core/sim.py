@@ -135,6 +135,25 @@ class Pair:
         self.to_client.extend(self.server.payloads_to_send(self.now))
         return len(self.to_server), len(self.to_client)
 
+    def heal_and_check(self, chans: list[int]) -> None:
+        """A final transport and time to drain; then every byte of every channel
+        arrived once, in order, and nothing is left to acknowledge."""
+        if not self.attached():
+            if self.client.state is not SessionState.DETACHED:
+                self.break_transport()
+            self.reattach()
+        for _ in range(2000):
+            self.step()
+            if all(self.up[c].received == self.up[c].sent
+                   and self.down[c].received == self.down[c].sent for c in chans):
+                break
+        for c in chans:
+            assert bytes(self.up[c].received) == bytes(self.up[c].sent)
+            assert bytes(self.down[c].received) == bytes(self.down[c].sent)
+        self.run(20)  # the last ACKs (delayed by at most ack_delay)
+        assert self.client.statistics().replay_bytes == 0
+        assert self.server.statistics().replay_bytes == 0
+
     def attached(self) -> bool:
         return (self.client.state is SessionState.ATTACHED
                 and self.server.state is SessionState.ATTACHED)

@@ -282,21 +282,7 @@ def test_every_byte_arrives_once_in_order(actions: list[tuple[str, int, int, boo
             p.break_transport()
             p.reattach()
     # Heal: a final transport, and time for everything to drain.
-    if not p.attached():
-        if p.client.state is not SessionState.DETACHED:
-            p.break_transport()
-        p.reattach()
-    for _ in range(2000):
-        p.step()
-        if all(p.up[c].received == p.up[c].sent and p.down[c].received == p.down[c].sent
-               for c in chans):
-            break
-    for c in chans:
-        assert bytes(p.up[c].received) == bytes(p.up[c].sent)
-        assert bytes(p.down[c].received) == bytes(p.down[c].sent)
-    p.run(20)  # the last ACKs (delayed by at most ack_delay)
-    assert p.client.statistics().replay_bytes == 0
-    assert p.server.statistics().replay_bytes == 0
+    p.heal_and_check(chans)
 
 
 def test_closed_session_is_not_revived_by_a_transport() -> None:

@@ -77,3 +77,19 @@ async def curl(*args: str) -> tuple[int, bytes, str]:
     return proc.returncode, out, err.decode(errors="replace")
 
 
+
+
+async def fetch_across_resets(stack: SocksStack,
+                              fetch: asyncio.Task[tuple[int, bytes, str]]) -> tuple[bytes, int]:
+    """Cut the transport after 1 MiB and after 4 MiB of a fetch have arrived;
+    the fetched bytes and how many cuts fell while it ran. Fails if curl did."""
+    cuts = 0
+    for mark in (1 << 20, 4 << 20):
+        while not fetch.done() and stack.received() < mark:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        if not fetch.done():
+            stack.proxy.cut()
+            cuts += 1
+    code, out, err = await fetch
+    assert code == 0, err
+    return out, cuts

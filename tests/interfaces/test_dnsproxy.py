@@ -17,7 +17,7 @@ from roam.interfaces.dnsintercept import AddressPool, DnsInterceptor, NamePatter
 from roam.interfaces.dnsproxy import DnsProxy
 from tests.conftest import require
 
-from .conftest import FILE_SIZE, SocksStack, curl
+from .conftest import FILE_SIZE, SocksStack, curl, fetch_across_resets
 
 DNSMASQ = Path("/usr/sbin/dnsmasq")
 
@@ -125,15 +125,7 @@ def test_a_transport_reset_in_the_middle_of_a_fetch_breaks_nothing(
         address = await _dig(port, "localhost")
         fetch = asyncio.create_task(curl("--limit-rate", "2M",
                                          f"http://{address}:{http_port}/file.bin"))
-        cuts = 0
-        for mark in (1 << 20, 4 << 20):  # resets after 1 MiB and 4 MiB of the 8 arrived
-            while not fetch.done() and stack.received() < mark:  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
-            if not fetch.done():
-                stack.proxy.cut()
-                cuts += 1
-        code, out, err = await fetch
-        assert code == 0, err
+        out, cuts = await fetch_across_resets(stack, fetch)
         assert hashlib.sha256(out).hexdigest() == digest
         assert cuts >= 1
         assert stack.client.transports == 1 + cuts

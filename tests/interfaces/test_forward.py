@@ -62,3 +62,15 @@ def test_port_error_quotes_the_whole_spec() -> None:
     text = "127.0.0.1:8080=example.com:0"
     with pytest.raises(ConfigError, match=re.escape(f"--forward {text!r}: port '0'")):
         ForwardSpec.parse(text)
+
+
+def test_reverse_specs_name_their_own_flag_and_sides() -> None:
+    spec = ForwardSpec.parse_reverse("127.0.0.1:2222=127.0.0.1:22")
+    assert (spec.listen_host, spec.listen_port, spec.dest_host, spec.dest_port) == (
+        "127.0.0.1", 2222, "127.0.0.1", 22)
+    with pytest.raises(ConfigError, match="--reverse '1:2': expected RHOST:RPORT=LHOST:LPORT"):
+        ForwardSpec.parse_reverse("1:2")
+    with pytest.raises(ConfigError, match="reverse forwards carry TCP"):
+        ForwardSpec.parse_reverse("udp:127.0.0.1:53=127.0.0.1:53")
+    with pytest.raises(ConfigError, match="not a number from 1 to 65535"):
+        ForwardSpec.parse_reverse("127.0.0.1:0=127.0.0.1:22")

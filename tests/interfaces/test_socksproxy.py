@@ -16,7 +16,7 @@ from roam.errors import ConfigError
 from roam.interfaces.socksproxy import SocksProxy, load_credentials
 from tests.conftest import require
 
-from .conftest import FILE_SIZE, SocksStack, UdpEcho, curl
+from .conftest import FILE_SIZE, SocksStack, UdpEcho, curl, fetch_across_resets
 
 
 def _run(body: Callable[[SocksStack, int], Awaitable[None]], http_port: int = 0,
@@ -145,15 +145,7 @@ def test_a_transport_reset_in_the_middle_of_a_fetch_breaks_nothing(
         fetch = asyncio.create_task(curl("--socks5-hostname",
                                          f"127.0.0.1:{port}",
                                          f"http://localhost:{http_port}/file.bin"))
-        cuts = 0
-        for mark in (1 << 20, 4 << 20):  # resets after 1 MiB and 4 MiB of the 8 arrived
-            while not fetch.done() and stack.received() < mark:  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
-            if not fetch.done():
-                stack.proxy.cut()
-                cuts += 1
-        code, out, err = await fetch
-        assert code == 0, err
+        out, cuts = await fetch_across_resets(stack, fetch)
         assert hashlib.sha256(out).hexdigest() == digest
         assert cuts >= 1
         assert stack.client.transports == 1 + cuts

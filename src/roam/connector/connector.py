@@ -59,13 +59,8 @@ class Connector:
             self._fail(driver, e, CloseCode.CONNECT_FAILED,
                        f"cannot listen on {where}: {exc.strerror or exc}")
             return
-        if e.channel not in driver.session.channel_ids():
-            listener.abort()
-            return
-        driver.add_app(listener)
-        driver.session.accept_channel(e.channel)
-        log.info("%s: reverse forward: listening on %s", driver.name, where)
-        driver.schedule()
+        if driver.accept(e.channel, listener):
+            log.info("%s: reverse forward: listening on %s", driver.name, where)
 
     async def _allowed(self, driver: SessionDriver, e: ChannelOpenRequested, dest: str,
                        kind: socket.SocketKind) -> str | None:
@@ -91,13 +86,9 @@ class Connector:
         except OSError as exc:
             self._fail(driver, e, CloseCode.CONNECT_FAILED, f"{dest}: {exc.strerror or exc}")
             return
-        if e.channel not in driver.session.channel_ids():
-            flow.abort()
-            return
-        driver.add_app(flow)
-        driver.session.accept_channel(e.channel)
-        log.info("%s: datagram channel %d open to %s (%s)", driver.name, e.channel, dest, addr)
-        driver.schedule()
+        if driver.accept(e.channel, flow):
+            log.info("%s: datagram channel %d open to %s (%s)", driver.name, e.channel, dest,
+                     addr)
 
     async def _open(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
         dest = f"{e.host}:{e.port}"
@@ -116,13 +107,8 @@ class Connector:
             self._fail(driver, e, CloseCode.CONNECT_FAILED,
                        f"{dest}: {exc.strerror or exc}")
             return
-        if e.channel not in driver.session.channel_ids():
-            app.abort()  # the client gave up meanwhile
-            return
-        driver.add_app(app)
-        driver.session.accept_channel(e.channel)
-        log.info("%s: channel %d open to %s (%s)", driver.name, e.channel, dest, addr)
-        driver.schedule()
+        if driver.accept(e.channel, app):
+            log.info("%s: channel %d open to %s (%s)", driver.name, e.channel, dest, addr)
 
     async def _resolve_allowed(self, host: str, port: int,
                                kind: socket.SocketKind = socket.SOCK_STREAM) -> str | None:

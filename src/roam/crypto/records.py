@@ -43,6 +43,25 @@ REKEY_SECONDS = 600.0
 MAX_EPOCH_SKIP = 64
 
 
+def _epoch_key(cipher: CipherState, last: int | None, counter: int,
+               what: str) -> tuple[CipherState, int]:
+    """The key for `counter`'s epoch, and how many epochs ahead of `last` it is.
+
+    A key for a later epoch is a rekeyed copy: the caller keeps it only once
+    a record under it authenticates, so a forged counter moves nothing.
+    """
+    current = 0 if last is None else last >> _EPOCH_SHIFT
+    epoch = counter >> _EPOCH_SHIFT
+    if epoch == current:
+        return cipher, 0
+    if not current < epoch <= current + MAX_EPOCH_SKIP:
+        raise CryptoError(f"{what} from key epoch {epoch}; this side is at {current}")
+    ahead = cipher.copy()
+    for _ in range(epoch - current):
+        ahead.rekey()
+    return ahead, epoch - current
+
+
 class RecordSealer:
     """Seals outgoing records for one direction of a session."""
 
@@ -97,19 +116,10 @@ class RecordOpener:
         if self.last is not None and counter <= self.last:
             raise CryptoError(f"replayed record: counter {counter}, "
                               f"already accepted up to {self.last}")
-        current = 0 if self.last is None else self.last >> _EPOCH_SHIFT
-        epoch = counter >> _EPOCH_SHIFT
-        cipher = self._cipher
-        if current < epoch <= current + MAX_EPOCH_SKIP:
-            cipher = self._cipher.copy()
-            for _ in range(epoch - current):
-                cipher.rekey()
-        elif epoch != current:
-            raise CryptoError(f"record from key epoch {epoch}; this side is at {current}")
+        cipher, steps = _epoch_key(self._cipher, self.last, counter, "record")
         plaintext = cipher.decrypt_with_nonce(counter, ad, ciphertext)
-        if cipher is not self._cipher:
-            self._cipher = cipher
-            self.rekeys += epoch - current
+        self._cipher = cipher
+        self.rekeys += steps
         self.last = counter
         return plaintext
 
@@ -215,18 +225,8 @@ class DatagramOpener:
             bytes, bool]:
         """(plaintext, newest): the state changes only when it authenticates."""
         self.window.check(counter)
-        highest = self.window.highest
-        current = 0 if highest is None else highest >> _EPOCH_SHIFT
-        epoch = counter >> _EPOCH_SHIFT
-        cipher = self._cipher
-        if current < epoch <= current + MAX_EPOCH_SKIP:
-            cipher = self._cipher.copy()
-            for _ in range(epoch - current):
-                cipher.rekey()
-        elif epoch != current:
-            raise CryptoError(f"datagram from key epoch {epoch}; this side is at {current}")
-        plaintext = cipher.decrypt_with_nonce(counter, ad, bytes(ciphertext))
-        if cipher is not self._cipher:
-            self._cipher = cipher
-            self.rekeys += epoch - current
+        cipher, steps = _epoch_key(self._cipher, self.window.highest, counter, "datagram")
+        plaintext = cipher.decrypt_with_nonce(counter, ad, ciphertext)
+        self._cipher = cipher
+        self.rekeys += steps
         return plaintext, self.window.accept(counter)

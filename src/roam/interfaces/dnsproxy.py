@@ -84,10 +84,9 @@ class DnsProxy(asyncio.DatagramProtocol):
         # Port 0: the UDP port the system picks may be taken for TCP; try again.
         for attempt in range(1 if self.port else 10):
             try:
-                await loop.create_datagram_endpoint(lambda: self,
-                                                    local_addr=(self.host, self.port))
-                assert self.transport is not None
-                bound = self.transport.get_extra_info("sockname")
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: self, local_addr=(self.host, self.port))
+                bound = transport.get_extra_info("sockname")
                 self._tcp = await asyncio.start_server(self._tcp_client, self.host, bound[1])
                 break
             except OSError as exc:

@@ -35,26 +35,41 @@ class ForwardSpec:
         return cls._parse(text, text, False)
 
     @classmethod
-    def _parse(cls, spec: str, text: str, udp: bool) -> ForwardSpec:
+    def parse_reverse(cls, text: str) -> ForwardSpec:
+        """`--reverse RHOST:RPORT=LHOST:LPORT`: TCP; the listen side (beside the
+        server) first, and it needs a real port, since the client names it."""
+        if text.startswith(("udp:", "tcp:")):
+            raise ConfigError(f"--reverse {text!r}: reverse forwards carry TCP; expected "
+                              "RHOST:RPORT=LHOST:LPORT with a TCP port to listen on beside "
+                              "the server")
+        return cls._parse(text, text, False, flag="--reverse", shape="RHOST:RPORT=LHOST:LPORT",
+                          sides=("listen address beside the server", "local address"),
+                          listen_zero=False)
+
+    @classmethod
+    def _parse(cls, spec: str, text: str, udp: bool, *, flag: str = "--forward",
+               shape: str = "LHOST:LPORT=RHOST:RPORT",
+               sides: tuple[str, str] = ("listen address", "destination"),
+               listen_zero: bool = True) -> ForwardSpec:
         if spec.count("=") != 1:
-            raise ConfigError(f"--forward {text!r}: expected LHOST:LPORT=RHOST:RPORT "
-                              "with exactly one '='")
+            raise ConfigError(f"{flag} {text!r}: expected {shape} with exactly one '='")
         left, _, right = spec.partition("=")
-        lhost, lport = split_host_port(left, "--forward listen address")
-        rhost, rport = split_host_port(right, "--forward destination")
-        return cls(lhost, _port(lport, text, allow_zero=True), rhost, _port(rport, text), udp)
+        lhost, lport = split_host_port(left, f"{flag} {sides[0]}")
+        rhost, rport = split_host_port(right, f"{flag} {sides[1]}")
+        return cls(lhost, _port(lport, text, flag, allow_zero=listen_zero), rhost,
+                   _port(rport, text, flag), udp)
 
     def __str__(self) -> str:
         return (f"{format_host_port(self.listen_host, self.listen_port)}="
                 f"{format_host_port(self.dest_host, self.dest_port)}")
 
 
-def _port(text: str, spec: str, *, allow_zero: bool = False) -> int:
+def _port(text: str, spec: str, flag: str, *, allow_zero: bool = False) -> int:
     if allow_zero and text == "0":
         return 0
-    port = parse_port(text, f"--forward {spec!r}")
+    port = parse_port(text, f"{flag} {spec!r}")
     if port is None:
-        raise ConfigError(f"--forward {spec!r}: a port is needed")
+        raise ConfigError(f"{flag} {spec!r}: a port is needed")
     return port
 
 

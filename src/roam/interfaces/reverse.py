@@ -95,9 +95,4 @@ class ReverseForwards:
             driver.session.refuse_channel(e.channel, CloseCode.CONNECT_FAILED, reason)
             driver.schedule()
             return
-        if e.channel not in driver.session.channel_ids():
-            app.abort()
-            return
-        driver.add_app(app)
-        driver.session.accept_channel(e.channel)
-        driver.schedule()
+        driver.accept(e.channel, app)

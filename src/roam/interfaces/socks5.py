@@ -276,7 +276,11 @@ class Socks5Server:
             return None
         user, password = bytes(buf[2:2 + ulen]), bytes(buf[3 + ulen:3 + ulen + plen])
         del buf[:3 + ulen + plen]
-        assert self._credentials is not None
+        if self._credentials is None:
+            # Only reachable by offering method 0x02 to a server without
+            # credentials, which _greeting never selects.
+            raise SocksError("username/password sent, but this server asks for none",
+                             AUTH_FAILURE)
         want_user, want_password = self._credentials
         # Constant-time, and both compared, so timing says nothing about which was wrong.
         ok = hmac.compare_digest(user, want_user) & hmac.compare_digest(password, want_password)

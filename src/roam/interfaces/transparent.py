@@ -516,7 +516,8 @@ class Transparent:
         return AppConnection(driver, on_made=self._opened)
 
     def _opened(self, app: AppConnection) -> None:
-        assert app.transport is not None
+        if app.transport is None:
+            return  # connection_made always sets it; nothing to carry without one
         sock = app.transport.get_extra_info("socket")
         try:
             host, port = self.original_destination(sock)

@@ -437,6 +437,17 @@ class SessionDriver:
             return self.datagrams.send(cid, data)
         return self.session.send_datagram(cid, data)
 
+    def accept(self, cid: int, app: ChannelApp) -> bool:
+        """The peer's OPEN `cid` is served by `app` (its socket is ready): OPEN_OK.
+        False, with `app` aborted, when the peer gave up on the channel meanwhile."""
+        if cid not in self.session.channel_ids():
+            app.abort()
+            return False
+        self.add_app(app)
+        self.session.accept_channel(cid)
+        self.schedule()
+        return True
+
     def add_app(self, app: ChannelApp) -> None:
         if app.cid is not None:
             self.apps[app.cid] = app
