@@ -5,6 +5,7 @@ Nothing here measures anything by itself; bench/run.py and bench/tunnels.py do.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -14,6 +15,7 @@ import statistics
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -22,6 +24,20 @@ GIB = 1 << 30
 
 class NotRunError(Exception):
     """A path that cannot be measured on this machine (a tool or feature is missing)."""
+
+
+def end(proc: subprocess.Popen[Any]) -> None:
+    """End one process we started, by its own Popen: TERM, then KILL after 5 s."""
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 class Procs:
@@ -47,13 +63,7 @@ class Procs:
 
     def close(self) -> None:
         for _, proc, _ in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            end(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
 

@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import hashlib
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -54,7 +52,10 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing roam
+sys.path.insert(0, str(ROOT / "bench"))
 
+import benchlib  # noqa: E402
+from benchlib import end  # noqa: E402
 from roam.control.client import request  # noqa: E402
 from roam.crypto.keys import (  # noqa: E402
     encode_key,
@@ -185,19 +186,6 @@ class Receiver:
         end(self.proc)
         self._thread.join(5)
 
-
-def end(proc: subprocess.Popen[Any]) -> None:
-    """End one process we started, by its own Popen."""
-    if proc.poll() is None:
-        with contextlib.suppress(OSError):
-            if proc.stdin is not None:
-                proc.stdin.close()
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def tail(log: Path, limit: int = 600) -> str:
@@ -649,13 +637,8 @@ def run_system(key: str, settings: Settings, scenarios: tuple[str, ...] = SCENAR
 
 
 def machine_facts(argv: list[str]) -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(len(os.sched_getaffinity(0))), "cpu": cpu.group(1) if cpu else "unknown",
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
+        **benchlib.machine_facts(),
         "command": shlex.join(["python", "bench/handover.py", *argv]),
         "json": "bench/results/handover.json",
         "roam": roam_version(),

@@ -52,6 +52,7 @@ from benchlib import (
     NotRunError,
     cell,
     cpu_seconds,
+    end,
     fmt,
     machine_facts,
     machine_line,
@@ -124,13 +125,7 @@ class Daemons:
 
     def close(self) -> None:
         for _, proc, _ in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            end(proc)
 
 
 def send(lab: NetLab, host: str, port: int, nbytes: int, streams: int,
