@@ -9,9 +9,10 @@ the sender half-closes (N bytes on one connection, and N bytes shared by K paral
 connections; MB/s = 10^6 bytes/s), the CPU seconds both daemons of the path used per
 GiB moved (utime + stime from /proc/PID/stat, daemons and their children), and 64-byte
 request/response latency (p50 and p99 over R rounds). Every figure is the median of
---runs runs. ssh -L runs twice, with aes128-gcm@openssh.com and with
-chacha20-poly1305@openssh.com; roam runs with its default cipher (AES-GCM where the CPU
-has AES instructions) and with --cipher chachapoly.
+--runs runs, interleaved across the paths (all of their daemons run from the start).
+ssh -L runs twice, with aes128-gcm@openssh.com and with chacha20-poly1305@openssh.com;
+roam runs with its default cipher (AES-GCM where the CPU has AES instructions) and with
+--cipher chachapoly.
 
 The sink and echo servers (bench/servers.py) run in processes of their own; roam and
 OpenSSH are started with throwaway keys in temporary directories. All traffic stays on
@@ -244,26 +245,42 @@ def timed_run(port: int, nbytes: int, streams: int, pids: list[int]) -> dict[str
     return run
 
 
-def measure(key: str, sink: int, echo: int, args: argparse.Namespace) -> Row:
-    row = Row(key, LABELS[key])
-    try:
-        with tempfile.TemporaryDirectory(prefix=f"roam-bench-{key}-") as tmp:
-            procs = Procs(Path(tmp))
+def measure(keys: list[str], sink: int, echo: int, args: argparse.Namespace,
+            stack: contextlib.ExitStack) -> list[Row]:
+    """Every path's daemons up at once, then the runs interleaved: run i of each
+    path before run i+1 of any, so that a machine whose speed drifts during the
+    benchmark (other tenants, thermal limits) shifts every path alike."""
+    rows = [Row(key, LABELS[key]) for key in keys]
+    live: list[tuple[Row, Procs, int, int, list[int]]] = []
+    for row in rows:
+        print(f"bench: starting {row.path} ...", file=sys.stderr, flush=True)
+        procs = Procs(Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=f"roam-bench-{row.key}-"))))
+        stack.callback(procs.close)
+        try:
+            lsink, lecho, pids = SETUPS[row.key](sink, echo, procs, row)
+        except NotRunError as exc:
+            row.status, row.error = "not run", str(exc)
+            continue
+        except Exception as exc:
+            row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+            continue
+        live.append((row, procs, lsink, lecho, pids))
+    for run in range(args.runs):
+        for row, procs, lsink, lecho, pids in live:
+            if row.status != "ok":
+                continue
+            print(f"bench: run {run + 1}/{args.runs}: {row.path}", file=sys.stderr, flush=True)
             try:
-                lsink, lecho, pids = SETUPS[key](sink, echo, procs, row)
-                for _ in range(args.runs):
-                    row.runs.append(timed_run(lsink, args.bytes, 1, pids))
-                    row.par_runs.append(timed_run(lsink, args.bytes, args.streams, pids))
-                    row.latency_runs.append(load.latency(HOST, lecho, args.rounds))
-                    procs.check_alive()
-            finally:
-                procs.close()
-    except NotRunError as exc:
-        row.status, row.error = "not run", str(exc)
-    except Exception as exc:
-        row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
-    summarize(row)
-    return row
+                row.runs.append(timed_run(lsink, args.bytes, 1, pids))
+                row.par_runs.append(timed_run(lsink, args.bytes, args.streams, pids))
+                row.latency_runs.append(load.latency(HOST, lecho, args.rounds))
+                procs.check_alive()
+            except Exception as exc:
+                row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+    for row in rows:
+        summarize(row)
+    return rows
 
 
 def summarize(row: Row) -> None:
@@ -354,9 +371,12 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace,
     if not figures:
         lines.append("(No figures: matplotlib is not installed; `pip install -e '.[bench]'`.)")
     lines += [
-        "", f"Every figure is the median of {args.runs} runs. Throughput: {args.bytes} bytes "
-        f"on one TCP connection, and {args.bytes} bytes shared by {k} connections sending at "
-        f"once (at most {load.RUN_LIMIT:g} s of sending), to a sink that replies with the "
+        "", f"Every figure is the median of {args.runs} runs; every path's daemons run "
+        "from the start, and the runs are interleaved (run 1 of each path, then run 2 of "
+        "each, ...), so drift in the machine's speed touches all paths. Throughput: "
+        f"{args.bytes} bytes on one TCP connection, and {args.bytes} bytes shared by {k} "
+        f"connections sending at once (at most {load.RUN_LIMIT:g} s of sending), to a sink "
+        "that replies with the "
         "byte count after the half-close; MB/s = 10^6 bytes/s from the first byte to the last "
         "reply. CPU s/GiB: user + system time of both daemons of the path (roam client and "
         "server; ssh and sshd with its children) during the throughput runs, per 2^30 bytes "
@@ -418,17 +438,13 @@ def main(argv: list[str]) -> int:
                  "python", "bench/run.py", "--bytes", str(args.bytes), "--rounds",
                  str(args.rounds), "--runs", str(args.runs), "--streams", str(args.streams),
                  "--only", ",".join(args.only)])}
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="roam-bench-servers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="roam-bench-servers-") as tmp, \
+            contextlib.ExitStack() as stack:
         procs = Procs(Path(tmp))
-        try:
-            sink, echo = start_server(procs, "sink"), start_server(procs, "echo")
-            for key in args.only:
-                print(f"bench: measuring {LABELS[key]} ...", file=sys.stderr, flush=True)
-                rows.append(measure(key, sink, echo, args))
-                procs.check_alive()
-        finally:
-            procs.close()
+        stack.callback(procs.close)
+        sink, echo = start_server(procs, "sink"), start_server(procs, "echo")
+        rows = measure(args.only, sink, echo, args, stack)
+        procs.check_alive()
     section = render(rows, facts, args, draw(rows, args))
     print(section)
     write_section(args.out, START, END, section)

@@ -6,8 +6,10 @@ import asyncio
 
 import pytest
 
-from roam.errors import TransportError
-from roam.transport.protocol import TransportProtocol
+from roam.crypto.noise import CipherState
+from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer
+from roam.errors import FramingError, TransportError
+from roam.transport.protocol import Records, TransportProtocol
 
 
 async def _pair() -> tuple[TransportProtocol, asyncio.StreamWriter, asyncio.Server]:
@@ -23,26 +25,97 @@ async def _pair() -> tuple[TransportProtocol, asyncio.StreamWriter, asyncio.Serv
     return proto, await accepted, server
 
 
+def _records(*payloads: bytes) -> tuple[list[bytes], RecordOpener]:
+    send, receive = CipherState("AESGCM", bytes(32)), CipherState("AESGCM", bytes(32))
+    sealer = RecordSealer(send, 0.0)
+    return [bytes(sealer.seal(p, 0.0)) for p in payloads], RecordOpener(receive)
+
+
 def test_read_exactly_across_segments_then_push() -> None:
+    r0, r1, r2 = (records := _records(b"first", b"second", b"third"))[0]
+    opener = records[1]
+
     async def main() -> list[bytes]:
         proto, peer, server = await _pair()
         peer.write(b"abc")
         await asyncio.sleep(0.01)
-        peer.write(b"defgh")
+        peer.write(b"de" + r0 + r1[:7])
         assert await proto.read_exactly(5, 5) == b"abcde"
         got: list[bytes] = []
         done = asyncio.Event()
-        proto.start_push(lambda d: (got.append(d), done.set()), lambda exc: None, lambda: None)
-        assert got == [b"fgh"]  # what was read ahead goes first
+
+        def sink(records: Records) -> None:
+            # The views are only valid during the call: open them now.
+            got.extend(opener.open(counter, ct) for counter, ct in records)
+            done.set()
+
+        proto.start_push(RecordFramer(), sink, lambda exc: None, lambda: None)
+        assert got == [b"first"]  # what was read ahead goes first
         done.clear()
-        peer.write(b"more")
+        peer.write(r1[7:] + r2[:3])
+        await asyncio.wait_for(done.wait(), 5)
+        done.clear()
+        peer.write(r2[3:])
         await asyncio.wait_for(done.wait(), 5)
         proto.close()
         peer.close()
         server.close()
         return got
 
-    assert asyncio.run(main()) == [b"fgh", b"more"]
+    assert asyncio.run(main()) == [b"first", b"second", b"third"]
+
+
+def test_unfinished_records_of_two_transports_stay_apart() -> None:
+    """Both read into the one shared scratch buffer; each keeps its own rest."""
+    (a0, a1), opener_a = _records(b"a" * 5000, b"A" * 70_000)
+    (b0, b1), opener_b = _records(b"b" * 3000, b"B" * 90_000)
+
+    async def main() -> tuple[list[bytes], list[bytes]]:
+        pa, peer_a, server_a = await _pair()
+        pb, peer_b, server_b = await _pair()
+        got_a: list[bytes] = []
+        got_b: list[bytes] = []
+        pa.start_push(RecordFramer(), lambda rs: got_a.extend(opener_a.open(c, t) for c, t in rs),
+                      lambda exc: None, lambda: None)
+        pb.start_push(RecordFramer(), lambda rs: got_b.extend(opener_b.open(c, t) for c, t in rs),
+                      lambda exc: None, lambda: None)
+        for step in range(0, 100_000, 9_000):
+            peer_a.write((a0 + a1)[step:step + 9_000])
+            peer_b.write((b0 + b1)[step:step + 9_000])
+            await asyncio.sleep(0.005)
+        for _ in range(200):
+            if len(got_a) == 2 and len(got_b) == 2:
+                break
+            await asyncio.sleep(0.01)
+        for closing in (pa, pb, peer_a, peer_b, server_a, server_b):
+            closing.close()
+        return got_a, got_b
+
+    got_a, got_b = asyncio.run(main())
+    assert got_a == [b"a" * 5000, b"A" * 70_000]
+    assert got_b == [b"b" * 3000, b"B" * 90_000]
+
+
+def test_garbage_after_the_handshake_loses_the_transport_with_the_reason() -> None:
+    async def main() -> list[Exception | None]:
+        proto, peer, server = await _pair()
+        lost: list[Exception | None] = []
+        gone = asyncio.Event()
+
+        def on_lost(exc: Exception | None) -> None:
+            lost.append(exc)
+            gone.set()
+
+        proto.start_push(RecordFramer(), lambda rs: None, on_lost, lambda: None)
+        peer.write(b"\xff" * 64)  # a record "length" of 4 GiB
+        await asyncio.wait_for(gone.wait(), 5)
+        peer.close()
+        server.close()
+        return lost
+
+    (exc, *_) = asyncio.run(main())
+    assert isinstance(exc, FramingError)
+    assert "record length" in str(exc)
 
 
 def test_read_exactly_times_out_with_a_clear_error() -> None:

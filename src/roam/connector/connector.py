@@ -147,7 +147,7 @@ class DatagramConnection(asyncio.DatagramProtocol):
         # ICMP port unreachable and the like: UDP's way of losing a datagram.
         log.debug("%s: datagram channel %s: %s", self.driver.name, self.cid, exc)
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes | memoryview) -> None:
         if self.transport is not None:
             self.transport.sendto(data)
 
@@ -181,7 +181,7 @@ class ReverseListener:
         self.driver.add_app(app)
         self.driver.schedule()
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes | memoryview) -> None:
         pass  # nothing flows on a LISTEN channel
 
     def end(self) -> None:

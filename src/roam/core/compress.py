@@ -161,7 +161,7 @@ class ChannelCompressor:
         self._misses = 0
         self._skip = 0
 
-    def compress(self, data: bytes) -> tuple[bytes, bool]:
+    def compress(self, data: bytes | memoryview) -> tuple[bytes | memoryview, bool]:
         """The payload for one DATA frame carrying `data`, and whether it is compressed."""
         if len(data) < MIN_SIZE:
             return data, False
@@ -212,7 +212,7 @@ class ChannelDecompressor:
         self._writer: zstandard.ZstdDecompressionWriter | None = None
         self._sink = _Sink()
 
-    def decompress(self, payload: bytes, limit: int) -> bytes:
+    def decompress(self, payload: bytes | memoryview, limit: int) -> bytes:
         """All of one frame's bytes. OutputTooLarge past `limit` (at most MAX_OUTPUT),
         ProtocolError for anything that does not decompress."""
         limit = min(limit, MAX_OUTPUT)

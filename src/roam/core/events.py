@@ -34,10 +34,11 @@ class ChannelOpenFailed:
 
 @dataclass(slots=True, frozen=True)
 class DataReceived:
-    """Application bytes for a channel; report them with `consumed()` once written."""
+    """Application bytes for a channel; report them with `consumed()` once written.
+    A view of the record that carried them, valid for as long as it is held."""
 
     channel: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(slots=True, frozen=True)

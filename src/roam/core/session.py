@@ -40,6 +40,7 @@ from roam.core.compress import (
     OutputTooLarge,
 )
 from roam.core.rtt import RttEstimator
+from roam.core.sendbuffer import SendBuffer
 from roam.errors import CloseCode, ProtocolError
 
 
@@ -75,6 +76,14 @@ class SessionConfig:
     # ... or this long, far below any RTO, so it never looks like a loss.
     ack_delay: float = 0.005
 
+
+# A piece of a record's plaintext: frames are built once and kept in the
+# replay buffer as they are; a DATA frame's payload is a view of the
+# application's read (roam.core.sendbuffer).
+Buffer = bytes | memoryview
+# A reliable frame in the replay buffer: (seq, size, head, body). `body` is a
+# DATA frame's payload (empty for every other frame) and `head` the rest.
+Entry = tuple[int, int, bytes, Buffer]
 
 # Pings outstanding at once; a silent path is declared dead long before more.
 _MAX_PINGS = 32
@@ -140,7 +149,7 @@ class _Channel:
         self.credit = 0  # bytes the peer still accepts from us
         self.recv_left = window  # bytes we still accept from the peer
         self.consumed = 0  # bytes the application took, not yet granted back
-        self.send_buf = bytearray()
+        self.send_buf = SendBuffer()
         self.fin_pending = False
         self.fin_sent = False
         self.fin_received = False
@@ -166,8 +175,8 @@ class Session:
         self._next_channel = 1 if is_client else 2
         self._peer_max_channel = 0
         self._next_seq = 1
-        self._pending: deque[tuple[int, bytes]] = deque()  # reliable, not yet sent
-        self._unacked: deque[tuple[int, bytes]] = deque()  # sent, not yet acknowledged
+        self._pending: deque[Entry] = deque()  # reliable, not yet sent
+        self._unacked: deque[Entry] = deque()  # sent, not yet acknowledged
         self._replay_bytes = 0
         self._control: list[bytes] = []  # unreliable frames for the current transport
         self._received = 0  # highest reliable seq received in order
@@ -290,7 +299,7 @@ class Session:
             return
         if not ch.send_buf and ch.opened:
             self._rr.append(cid)
-        ch.send_buf += data
+        ch.send_buf.append(data)
 
     def send_datagram(self, cid: int, data: bytes) -> bool:
         """Queue one datagram; False when it was dropped (unknown channel, no room)."""
@@ -330,7 +339,7 @@ class Session:
         ch = self._channels.get(cid)
         if ch is None:
             return 0
-        return max(0, self.config.channel_send_buffer - len(ch.send_buf))
+        return max(0, self.config.channel_send_buffer - ch.send_buf.size)
 
     def end_channel(self, cid: int) -> None:
         """The application half-closed: FIN after the buffered data."""
@@ -372,16 +381,25 @@ class Session:
     # ---- output ----------------------------------------------------------
 
     def payloads_to_send(self, now: float, budget: int | None = None) -> list[bytes]:
-        """Record plaintexts to send on the current transport, in order.
+        """Record plaintexts to send on the current transport, in order (as
+        `records_to_send`, each record joined into one bytes object)."""
+        return [b"".join(parts) for parts in self.records_to_send(now, budget)]
 
-        At most about `budget` bytes of reliable frames: the rest stays in
-        the replay buffer, not in a transport's write buffer as a second copy.
+    def records_to_send(self, now: float, budget: int | None = None) -> list[list[Buffer]]:
+        """Records to send on the current transport, in order, each the list
+        of pieces whose concatenation is its plaintext.
+
+        The pieces are the replay buffer's own (a DATA frame's payload is a
+        view of the application's read), so the sealer's gathering of them
+        is the only copy of the data before encryption. At most about
+        `budget` bytes of reliable frames: the rest stays in the replay
+        buffer, not in a transport's write buffer as a second copy.
         """
         if self.state is SessionState.DETACHED:
             return []
         if self.state is SessionState.RESUMING:
-            out = [b"".join(self._control)] if self._control else []
-            self._control.clear()
+            out: list[list[Buffer]] = [list(self._control)] if self._control else []
+            self._control = []
             return out
         if self.state is SessionState.DRAINING:
             return self._drain_payload()
@@ -389,62 +407,66 @@ class Session:
             self._fill_data()
         elif not self._close_sent:
             return []
-        payloads: list[bytes] = []
-        parts: list[bytes] = []
+        records: list[list[Buffer]] = []
+        parts: list[Buffer] = []
         size = 0
         if self._received > self._ack_sent and (
                 self._pending or self._control or self._unacked_bytes >= self.config.ack_bytes
                 or (self._ack_due is not None and now >= self._ack_due)):
-            parts.append(fr.encode(fr.Ack(self._received)))
+            ack = fr.encode(fr.Ack(self._received))
+            parts.append(ack)
             self._ack_sent = self._received
             self._unacked_bytes = 0
             self._ack_due = None
-            size += len(parts[-1])
+            size += len(ack)
         if self._control:
             parts.extend(self._control)
             size += sum(len(c) for c in self._control)
-            self._control.clear()
+            self._control = []
             self._datagram_bytes = 0
         if self._control_alone and parts:
-            payloads.append(b"".join(parts))
+            records.append(parts)
             parts, size = [], 0
             self._control_alone = False
-        limit = min(self._record_limit, self.config.max_record_payload)
+        max_record = self.config.max_record_payload
+        limit = min(self._record_limit, max_record)
         pending, unacked = self._pending, self._unacked
         room = budget if budget is not None else self._replay_bytes
         while pending and room > 0:
             item = pending.popleft()
-            room -= len(item[1])
             unacked.append(item)
-            frame = item[1]
-            if parts and size + len(frame) > limit:
-                payloads.append(b"".join(parts))
+            frame_size = item[1]
+            room -= frame_size
+            if parts and size + frame_size > limit:
+                records.append(parts)
                 parts, size = [], 0
-                if limit < self.config.max_record_payload:
+                if limit < max_record:
                     limit = self._record_limit = limit * 2
-            parts.append(frame)
-            size += len(frame)
+            parts.append(item[2])
+            if item[3]:
+                parts.append(item[3])
+            size += frame_size
         if parts:
-            payloads.append(b"".join(parts))
-            if limit < self.config.max_record_payload:
+            records.append(parts)
+            if limit < max_record:
                 self._record_limit = limit * 2
-        return payloads
+        return records
 
-    def _drain_payload(self) -> list[bytes]:
+    def _drain_payload(self) -> list[list[Buffer]]:
         """While draining only the ACK and control frames (BEGIN, READY) go out."""
         if self._drained:
             return []
-        parts: list[bytes] = []
+        parts: list[Buffer] = []
         if self._received > self._ack_sent:
             parts.append(fr.encode(fr.Ack(self._received)))
             self._ack_sent = self._received
             self._unacked_bytes = 0
             self._ack_due = None
         parts.extend(self._control)
-        self._control.clear()
+        self._control = []
         if not self.is_client and parts:
             self._drained = True
-        return [b"".join(parts)] if parts else []
+        return [parts] if parts else []
 
     def _fill_data(self) -> None:
         """Turn buffered channel bytes into DATA frames while the replay buffer has room."""
@@ -463,8 +485,7 @@ class Session:
                 n = min(len(buf), ch.credit, fr.MAX_DATA_CHUNK, self._record_limit)
                 if n == 0:
                     continue  # re-queued when WINDOW arrives
-                chunk = bytes(buf[:n])
-                del buf[:n]
+                chunk = buf.take(n)
                 ch.credit -= n
                 self.bytes_sent += n
                 flags = 0
@@ -475,7 +496,11 @@ class Session:
                     chunk, compressed = ch.compressor.compress(chunk)
                     flags = fr.FLAG_COMPRESSED if compressed else 0
                 self.payload_bytes_sent += len(chunk)
-                self._queue_raw(fr.encode_data(self._seq(), cid, chunk, flags))
+                seq = self._seq()
+                head = fr.encode_data_header(seq, cid, len(chunk), flags)
+                entry = (seq, len(head) + len(chunk), head, chunk)
+                self._pending.append(entry)
+                self._replay_bytes += entry[1]
             if buf:
                 rr.append(cid)
             elif ch.fin_pending:
@@ -492,9 +517,8 @@ class Session:
         self._queue_raw(fr.encode(frame))
 
     def _queue_raw(self, encoded: bytes) -> None:
-        # The seq sits right after the 5-byte header in every reliable frame.
-        seq = self._next_seq - 1
-        self._pending.append((seq, encoded))
+        # Called right after _seq() numbered the frame.
+        self._pending.append((self._next_seq - 1, len(encoded), encoded, b""))
         self._replay_bytes += len(encoded)
 
     # ---- input -----------------------------------------------------------
@@ -600,7 +624,7 @@ class Session:
         else:  # Close
             self._closed(frame.code, frame.reason, by_peer=True)
 
-    def _decompress(self, ch: _Channel, payload: bytes) -> bytes:
+    def _decompress(self, ch: _Channel, payload: bytes | memoryview) -> bytes:
         """One compressed DATA payload, expanded within the channel's credit.
 
         Only reached for a frame seen for the first time and in order (the
@@ -708,12 +732,12 @@ class Session:
             raise ProtocolError(f"peer acknowledged {received}, beyond {self._next_seq - 1} sent")
         unacked = self._unacked
         while unacked and unacked[0][0] <= received:
-            self._replay_bytes -= len(unacked.popleft()[1])
+            self._replay_bytes -= unacked.popleft()[1]
         if not unacked:
             pending = self._pending
             # After a resume the peer may acknowledge frames still queued to resend.
             while pending and pending[0][0] <= received:
-                self._replay_bytes -= len(pending.popleft()[1])
+                self._replay_bytes -= pending.popleft()[1]
 
     def _resend_all(self) -> None:
         resent = list(self._unacked)
@@ -721,7 +745,7 @@ class Session:
         self._pending.extendleft(reversed(resent))
         self.frames_resent += len(resent)
         self.resumes += 1
-        self._events.append(ev.SessionResumed(len(resent), sum(len(b) for _, b in resent)))
+        self._events.append(ev.SessionResumed(len(resent), sum(entry[1] for entry in resent)))
 
     def _closed(self, code: CloseCode, reason: str, *, by_peer: bool) -> None:
         self.state = SessionState.CLOSED

@@ -19,6 +19,7 @@ on a new transport before that transport replaces the old one.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from roam.crypto.noise import CipherState
 from roam.errors import CryptoError, FramingError
@@ -62,6 +63,31 @@ def _epoch_key(cipher: CipherState, last: int | None, counter: int,
     return ahead, epoch - current
 
 
+class SealScratch:
+    """Buffers a sealer gathers and encrypts records in, reused for every record.
+
+    One per event loop serves every session in it: a sealed record is handed
+    to the transport (which sends it or copies what it could not send) before
+    the next one is sealed. They grow to the largest record sealed so far.
+    """
+
+    __slots__ = ("_plain", "_record")
+
+    def __init__(self) -> None:
+        self._plain = memoryview(bytearray())
+        self._record = memoryview(bytearray())
+
+    def plain(self, size: int) -> memoryview:
+        if len(self._plain) < size:
+            self._plain = memoryview(bytearray(size))
+        return self._plain
+
+    def record(self, size: int) -> memoryview:
+        if len(self._record) < size:
+            self._record = memoryview(bytearray(size))
+        return self._record[:size]
+
+
 class RecordSealer:
     """Seals outgoing records for one direction of a session."""
 
@@ -79,7 +105,43 @@ class RecordSealer:
     def epoch(self) -> int:
         return self.counter >> _EPOCH_SHIFT
 
-    def seal(self, payload: bytes, now: float, ad: bytes = b"") -> bytearray:
+    def seal(self, payload: bytes | memoryview, now: float, ad: bytes = b"") -> bytearray:
+        """One record in a buffer of its own."""
+        size = len(payload) + TAG
+        record = bytearray(HEADER.size + size)
+        self._seal_into(payload, now, ad, memoryview(record))
+        return record
+
+    def seal_parts(self, parts: Sequence[bytes | memoryview], now: float,
+                   scratch: SealScratch) -> memoryview:
+        """One record whose plaintext is the concatenation of `parts`, sealed
+        into `scratch`: the view is valid until `scratch` seals again.
+
+        The parts are gathered into the scratch's plaintext buffer (the one
+        copy of the data before encryption; none for a single part) and
+        encrypted into its record buffer, so a record costs no allocation
+        and no zero-filling of a fresh buffer.
+        """
+        if len(parts) == 1:
+            plain: bytes | memoryview = parts[0]
+            size = len(plain)
+        else:
+            size = 0
+            for part in parts:
+                size += len(part)
+            view = scratch.plain(size)
+            offset = 0
+            for part in parts:
+                end = offset + len(part)
+                view[offset:end] = part
+                offset = end
+            plain = view[:size]
+        out = scratch.record(HEADER.size + size + TAG)
+        self._seal_into(plain, now, b"", out)
+        return out
+
+    def _seal_into(self, payload: bytes | memoryview, now: float, ad: bytes,
+                   out: memoryview) -> None:
         if (self._epoch_bytes >= self._rekey_bytes
                 or now - self._epoch_start >= self._rekey_seconds
                 or self.counter & _EPOCH_MASK == _EPOCH_MASK):
@@ -87,13 +149,10 @@ class RecordSealer:
         counter = self.counter
         self.counter += 1
         self._epoch_bytes += len(payload)
-        # One buffer for header and ciphertext, sealed in place: concatenating
+        # Header and ciphertext in one buffer, sealed in place: concatenating
         # a header to a 128 KiB ciphertext cost a copy of every byte sent.
-        size = len(payload) + TAG
-        record = bytearray(HEADER.size + size)
-        HEADER.pack_into(record, 0, size + 8, counter)
-        self._cipher.encrypt_into(counter, ad, payload, memoryview(record)[HEADER.size:])
-        return record
+        HEADER.pack_into(out, 0, len(payload) + TAG + 8, counter)
+        self._cipher.encrypt_into(counter, ad, payload, out[HEADER.size:])
 
     def _next_epoch(self, now: float) -> None:
         self._cipher.rekey()
@@ -125,25 +184,48 @@ class RecordOpener:
 
 
 class RecordFramer:
-    """Splits one transport's byte stream into (counter, ciphertext) records."""
+    """Splits one transport's byte stream into (counter, ciphertext) records.
+
+    Two ways in: `feed(data)` for bytes read elsewhere, and the pair
+    `get_buffer(scratch)` / `buffer_updated(scratch, n)` for reading straight
+    into a scratch buffer shared by every transport of an event loop. Only
+    the part of a record that a read left unfinished is kept per transport;
+    whole records are handed out as views and never copied.
+    """
+
+    __slots__ = ("_buf",)
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # an unfinished record, kept between reads
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, memoryview]]:
-        """Whole records in `data` (after what an earlier feed left over).
+        """Whole records in `data` (after what an earlier read left over).
 
         The ciphertexts are views: into `data` itself when nothing was left
-        over (a read usually holds whole records, and copying every byte
-        into a buffer and out again cost a tenth of the receive path), else
-        into a copy of the joined bytes. Open them before the next feed.
+        over, else into a copy of the joined bytes. Open them before the
+        next feed.
         """
-        if self._buf:
-            self._buf += data
-            view = memoryview(bytes(self._buf))
-            self._buf.clear()
-        else:
-            view = memoryview(data)
+        return self._split(memoryview(bytes(self._buf + data)) if self._buf else
+                           memoryview(data))
+
+    def get_buffer(self, scratch: memoryview) -> memoryview:
+        """Where the next read goes: `scratch`, after the unfinished record
+        (copied to its front). `scratch` must hold more than MAX_RECORD + 12
+        bytes; it is shared, so `buffer_updated` must follow before any
+        other transport's `get_buffer`."""
+        held = len(self._buf)
+        if held:
+            scratch[:held] = self._buf
+        return scratch[held:]
+
+    def buffer_updated(self, scratch: memoryview,
+                       n: int) -> list[tuple[int, memoryview]]:
+        """Whole records among the unfinished one and the `n` bytes just read
+        into `get_buffer`'s view: views into `scratch`, valid until it is
+        read into again."""
+        return self._split(scratch[:len(self._buf) + n])
+
+    def _split(self, view: memoryview) -> list[tuple[int, memoryview]]:
         out: list[tuple[int, memoryview]] = []
         offset = 0
         end = len(view)
@@ -156,8 +238,7 @@ class RecordFramer:
             start = offset + HEADER.size
             offset += 4 + length
             out.append((counter, view[start:offset]))
-        if offset < end:
-            self._buf += view[offset:]
+        self._buf = bytearray(view[offset:]) if offset < end else bytearray()
         return out
 
     def take_buffer(self) -> bytes:

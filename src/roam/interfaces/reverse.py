@@ -41,7 +41,7 @@ class _ListenChannel:
     def open_failed(self, code: CloseCode, reason: str) -> None:
         log.error("reverse forward %s refused by the server: %s", self.spec, reason)
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes | memoryview) -> None:
         pass
 
     def end(self) -> None:

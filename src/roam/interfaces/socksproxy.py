@@ -192,8 +192,8 @@ class _UdpFlow:
         self.cid: int | None = driver.session.open_channel(host, port, ChannelKind.DATAGRAM)
         driver.add_app(self)
 
-    def deliver(self, data: bytes) -> None:
-        self.association.to_application(encode_udp_datagram(self.host, self.port, data))
+    def deliver(self, data: bytes | memoryview) -> None:
+        self.association.to_application(encode_udp_datagram(self.host, self.port, bytes(data)))
 
     def end(self) -> None:
         pass

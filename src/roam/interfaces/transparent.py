@@ -396,9 +396,9 @@ class _Flow:
                                                            ChannelKind.DATAGRAM)
         driver.add_app(self)
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes | memoryview) -> None:
         self.last_used = asyncio.get_running_loop().time()
-        self.owner.send_reply(self.dest, data, self.source)
+        self.owner.send_reply(self.dest, bytes(data), self.source)
 
     def end(self) -> None:
         pass

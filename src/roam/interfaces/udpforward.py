@@ -36,7 +36,7 @@ class _Flow:
             forward.spec.dest_host, forward.spec.dest_port, ChannelKind.DATAGRAM)
         driver.add_app(self)
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes | memoryview) -> None:
         self.last_used = asyncio.get_running_loop().time()
         if self.forward.transport is not None:
             self.forward.transport.sendto(data, self.addr)

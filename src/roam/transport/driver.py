@@ -15,9 +15,9 @@ from typing import Protocol, runtime_checkable
 
 from roam.core import events as ev
 from roam.core.session import Session, SessionState
-from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer
+from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer, SealScratch
 from roam.errors import CloseCode, CryptoError, FramingError, ProtocolError
-from roam.transport.protocol import TransportProtocol
+from roam.transport.protocol import Records, TransportProtocol
 
 log = logging.getLogger("roam.session")
 
@@ -25,10 +25,15 @@ log = logging.getLogger("roam.session")
 # stops being returned to the peer: this, plus the channel window, is all a
 # non-reading application costs.
 APP_WRITE_HIGH = 256 * 1024
-# Record plaintext pulled from the core per batch; batches go on until the
-# transport's write buffer passes its high-water mark, so sealed copies of
-# the replay buffer never pile up in it.
-SEND_BATCH = 512 * 1024
+# Record plaintext pulled from the core per batch: about one full record.
+# Batches go on while the transport's write buffer is empty, so a record is
+# sealed only when the socket can take it: sealed copies of the replay
+# buffer never pile up in the write buffer, and the one scratch buffer the
+# records are sealed in can be reused at once.
+SEND_BATCH = 128 * 1024
+# Shared by every session of the process: one record is sealed, written and
+# done with before the next (see SealScratch).
+_SCRATCH = SealScratch()
 
 
 class ChannelApp(Protocol):
@@ -36,7 +41,7 @@ class ChannelApp(Protocol):
 
     cid: int | None
 
-    def deliver(self, data: bytes) -> None: ...
+    def deliver(self, data: bytes | memoryview) -> None: ...
     def end(self) -> None: ...
     def finish(self) -> None: ...
     def abort(self) -> None: ...
@@ -90,10 +95,12 @@ class AppConnection(asyncio.Protocol):
             return
         session = self.driver.session
         session.send(self.cid, data)
+        self.driver.flush()
+        # After the flush: what the replay buffer took left room, and a
+        # pause and resume would be two epoll_ctl calls for each read.
         if session.send_room(self.cid) <= 0 and self.transport is not None:
             self.transport.pause_reading()
             self.driver.paused.add(self.cid)
-        self.driver.flush()
 
     def eof_received(self) -> bool:
         if self.cid is not None:
@@ -118,7 +125,7 @@ class AppConnection(asyncio.Protocol):
             self._owed = 0
             self.driver.schedule()
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes | memoryview) -> None:
         if self.transport is None or self.cid is None:
             return
         self.transport.write(data)
@@ -244,19 +251,19 @@ class SessionDriver:
         if old is not None and old is not proto:
             old.detach()
         self._framer = framer or RecordFramer()
-        proto.start_push(lambda data: self._on_bytes(proto, data),
+        proto.start_push(self._framer, lambda records: self._on_records(proto, records),
                          lambda exc: self._on_lost(proto, exc), self.schedule)
         self.schedule()
 
-    def _on_bytes(self, proto: TransportProtocol, data: bytes) -> None:
+    def _on_records(self, proto: TransportProtocol, records: Records) -> None:
         if proto is not self.proto:
             return
         now = self.loop.time()
         try:
-            for counter, ct in self._framer.feed(data):
-                payload = self.opener.open(counter, ct)
-                self.session.receive_payload(payload, now)
-        except (CryptoError, FramingError) as exc:
+            opener, session = self.opener, self.session
+            for counter, ct in records:
+                session.receive_payload(opener.open(counter, ct), now)
+        except CryptoError as exc:
             # Forged, replayed or mangled bytes condemn this transport only;
             # the session resumes on another.
             log.warning("%s: dropping transport from %s: %s", self.name, proto.peer, exc)
@@ -269,7 +276,12 @@ class SessionDriver:
         self.flush()
 
     def _on_lost(self, proto: TransportProtocol, exc: Exception | None) -> None:
-        if proto is self.proto:
+        if proto is not self.proto:
+            return
+        if isinstance(exc, FramingError):
+            log.warning("%s: dropping transport from %s: %s", self.name, proto.peer, exc)
+            self._drop(proto, str(exc))
+        else:
             self._drop(proto, f"transport closed ({exc or 'EOF'})")
 
     def drop_transport(self, proto: TransportProtocol, reason: str) -> None:
@@ -323,12 +335,16 @@ class SessionDriver:
         self._dispatch()
         proto = self.proto
         if proto is not None and proto.transport is not None:
-            seal = self.sealer.seal
+            seal, write = self.sealer.seal_parts, proto.transport.write
             while not proto.write_paused and not proto.lost:
-                payloads = session.payloads_to_send(now, SEND_BATCH)
-                if not payloads:
+                records = session.records_to_send(now, SEND_BATCH)
+                if not records:
                     break
-                proto.transport.writelines([seal(p, now) for p in payloads])
+                for parts in records:
+                    # The transport sends what the socket takes and copies
+                    # only the rest (asyncio's selector transports do), so
+                    # the scratch is free again when write() returns.
+                    write(seal(parts, now, _SCRATCH))
         if self.paused:
             for cid in list(self.paused):
                 if session.send_room(cid) > 0:
