@@ -1,13 +1,16 @@
-"""Profile roam's record path: a bulk upload through a forward, both daemons sampled.
+"""Profile roam's record path: a bulk upload or round trips, both daemons sampled.
 
-    python bench/profile.py [--seconds 8] [--rate 250] [--top 25] [--out DIR]
+    python bench/profile.py [--workload bulk|latency] [--seconds 8] [--rate 250]
+                            [--top 25] [--out DIR]
 
-Starts a sink (bench/servers.py), a roam server and a roam client on loopback as
-bench/run.py does, sends 1 MiB writes through the forward for --seconds, and samples
-both daemons with py-spy (`py-spy record --format raw`, native frames off). It prints,
-for each daemon, the functions with the most own time and the roam functions with the
-most inclusive time, and keeps the raw stacks in --out. The upload's MB/s is printed
-too; it is slower than bench/run.py's figure, the samplers take CPU of their own.
+Starts a sink and an echo server (bench/servers.py), a roam server and a roam client
+on loopback as bench/run.py does, then for --seconds either sends 1 MiB writes
+through the forward to the sink (bulk) or makes 64-byte round trips through the echo
+forward one after another (latency), and samples both daemons with py-spy
+(`py-spy record --format raw`). It prints, for each daemon, the functions with the
+most own time and the roam functions with the most inclusive time, and keeps the raw
+stacks in --out. The upload's MB/s (or the round trips' p50) is printed too; the
+samplers take CPU of their own, so both are slower than bench/run.py's figures.
 
 py-spy comes from PyPI (`pip install py-spy`); sampling another process needs root or
 ptrace permission.
@@ -23,13 +26,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import Procs, end
+from load import percentile
 from run import HOST, Row, setup_roam, start_server
 
 CHUNK = 1 << 20
@@ -62,6 +65,27 @@ def _short(frame: str, line: bool = True) -> str:
     return f"{func} ({where})"
 
 
+def round_trips(port: int, seconds: float) -> float:
+    """64-byte round trips for `seconds`; their p50 in microseconds."""
+    message = os.urandom(64)
+    samples: list[float] = []
+    with socket.create_connection((HOST, port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        end = time.perf_counter() + seconds
+        while (start := time.perf_counter()) < end:
+            sock.sendall(message)
+            got = b""
+            while len(got) < len(message):
+                data = sock.recv(len(message) - len(got))
+                if not data:
+                    raise RuntimeError("the echo forward closed")
+                got += data
+            samples.append((time.perf_counter() - start) * 1e6)
+            if got != message:
+                raise RuntimeError("the echo came back different")
+    return percentile(sorted(samples), 50)
+
+
 def summarize(raw: Path, top: int) -> str:
     """Own and inclusive shares per function from py-spy's raw (collapsed) stacks."""
     own: collections.Counter[str] = collections.Counter()
@@ -89,6 +113,7 @@ def summarize(raw: Path, top: int) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=("bulk", "latency"), default="bulk")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--top", type=int, default=25)
@@ -108,20 +133,22 @@ def main(argv: list[str]) -> int:
         try:
             sink = start_server(procs, "sink")
             echo = start_server(procs, "echo")
-            lsink, _, pids = setup_roam(sink, echo, procs, Row("roam", "roam"), args.cipher)
+            lsink, lecho, pids = setup_roam(sink, echo, procs, Row("roam", "roam"),
+                                            args.cipher)
             for name, pid in zip(("server", "client"), pids, strict=True):
                 samplers.append(subprocess.Popen(
                     [spy, "record", "-r", str(args.rate), "-d", str(int(args.seconds) + 1),
                      "-f", "raw", "-o", str(out / f"{name}.raw"), "-p", str(pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(0.5)
-            result: list[float] = []
-            thread = threading.Thread(target=lambda: result.append(upload(lsink, args.seconds)))
-            thread.start()
-            thread.join()
+            if args.workload == "bulk":
+                print(f"upload: {upload(lsink, args.seconds):.1f} MB/s with both samplers "
+                      "attached")
+            else:
+                print(f"64-byte round trips: p50 {round_trips(lecho, args.seconds):.0f} us "
+                      "with both samplers attached")
             for sampler in samplers:
                 sampler.wait(30)
-            print(f"upload: {result[0]:.1f} MB/s with both samplers attached")
             for name in ("client", "server"):
                 print(f"{name} (raw stacks: {out / (name + '.raw')}):")
                 print(summarize(out / f"{name}.raw", args.top))

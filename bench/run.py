@@ -1,7 +1,7 @@
 """Session benchmark on loopback: direct, roam and ssh -L side by side in one run.
 
     python bench/run.py [--bytes N] [--rounds N] [--runs N] [--streams K]
-                        [--only direct,roam,roam-chacha,ssh-aes,ssh-chacha]
+                        [--only direct,roam,roam-chacha,roam-asyncio,ssh-aes,ssh-chacha]
                         [--out docs/benchmarks.md] [--json bench/results/session.json]
 
 For each path it measures throughput to a sink that replies with the byte count after
@@ -68,6 +68,7 @@ READY_LIMIT = 20.0  # seconds for a tunnel to carry its first echo
 SSHD = Path("/usr/sbin/sshd")
 SSH_CIPHERS = {"ssh-aes": "aes128-gcm@openssh.com", "ssh-chacha": "chacha20-poly1305@openssh.com"}
 LABELS = {"direct": "direct", "roam": "roam", "roam-chacha": "roam --cipher chachapoly",
+          "roam-asyncio": "roam --event-loop asyncio",
           "ssh-aes": "ssh -L aes128-gcm", "ssh-chacha": "ssh -L chacha20-poly1305"}
 ALIASES = {"ssh": ["ssh-aes", "ssh-chacha"]}
 REFERENCE = "ssh-aes"  # the ratio is roam's single stream over this path's
@@ -155,8 +156,8 @@ def wait_until(procs: Procs, ready: Callable[[], bool], what: str) -> None:
 Setup = Callable[[int, int, Procs, Row], tuple[int, int, list[int]]]
 
 
-def setup_roam(sink: int, echo: int, procs: Procs, row: Row,
-               cipher: str = "auto") -> tuple[int, int, list[int]]:
+def setup_roam(sink: int, echo: int, procs: Procs, row: Row, cipher: str = "auto",
+               event_loop: str = "uvloop") -> tuple[int, int, list[int]]:
     roam = [sys.executable, "-m", "roam"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -170,15 +171,16 @@ def setup_roam(sink: int, echo: int, procs: Procs, row: Row,
         *roam, "server", "--listen", f"{HOST}:{port}", "--key", str(tmp / "server.key"),
         "--authorized-keys", str(tmp / "authorized_keys"),
         "--allow", f"{HOST}:{sink}", "--allow", f"{HOST}:{echo}",
-        "--control", str(tmp / "server.sock")], env)
+        "--control", str(tmp / "server.sock"), "--event-loop", event_loop], env)
     client_cmd = [
         *roam, "client", "--server", f"{HOST}:{port}", "--server-key", server_pub,
         "--key", str(tmp / "client.key"), "--cipher", cipher, "--control", str(tmp / "client.sock"),
         "--forward", f"{HOST}:{lsink}={HOST}:{sink}",
-        "--forward", f"{HOST}:{lecho}={HOST}:{echo}"]
+        "--forward", f"{HOST}:{lecho}={HOST}:{echo}", "--event-loop", event_loop]
     client = procs.start("roam client", client_cmd, env)
     wait_until(procs, lambda: probe(lsink, lecho), "roam forwards")
     row.notes["cipher"] = cipher
+    row.notes["event loop"] = event_loop
     return lsink, lecho, [server.pid, client.pid]
 
 
@@ -230,6 +232,7 @@ SETUPS: dict[str, Setup] = {
     "direct": lambda sink, echo, procs, row: (sink, echo, []),
     "roam": setup_roam,
     "roam-chacha": lambda s, e, p, r: setup_roam(s, e, p, r, "chachapoly"),
+    "roam-asyncio": lambda s, e, p, r: setup_roam(s, e, p, r, event_loop="asyncio"),
     "ssh-aes": lambda s, e, p, r: setup_ssh(s, e, p, r, SSH_CIPHERS["ssh-aes"]),
     "ssh-chacha": lambda s, e, p, r: setup_ssh(s, e, p, r, SSH_CIPHERS["ssh-chacha"]),
 }

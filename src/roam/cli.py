@@ -15,6 +15,8 @@ import click
 from roam.config import load_config
 from roam.core.compress import CompressionMode
 from roam.errors import ConfigError, HandshakeError, KeyFileError, RoamError
+from roam.eventloop import DEFAULT as DEFAULT_LOOP
+from roam.eventloop import EVENT_LOOPS, loop_factory
 
 log = logging.getLogger("roam")
 
@@ -44,8 +46,8 @@ def _config_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Read settings from a TOML file (keys are the flag names).")(f)
 
 
-def _run(role: str, main: Coroutine[Any, Any, int]) -> None:
-    """Run a daemon's coroutine; SIGTERM/SIGINT cancel it cleanly."""
+def _run(role: str, main: Coroutine[Any, Any, int], event_loop: str) -> None:
+    """Run a daemon's coroutine on `event_loop`; SIGTERM/SIGINT cancel it cleanly."""
 
     async def runner() -> int:
         loop = asyncio.get_running_loop()
@@ -61,7 +63,8 @@ def _run(role: str, main: Coroutine[Any, Any, int]) -> None:
             return 0
 
     try:
-        code = asyncio.run(runner())
+        with asyncio.Runner(loop_factory=loop_factory(event_loop)) as loop_runner:
+            code = loop_runner.run(runner())
     except (ConfigError, HandshakeError) as exc:
         click.echo(f"roam {role}: error: {exc}", err=True)
         sys.exit(1)
@@ -132,6 +135,11 @@ _compress_flag = click.option(
 _log_level = click.option("--log-level", default="info", show_default=True,
                           type=click.Choice(["debug", "info", "warning", "error"]))
 
+_event_loop_flag = click.option(
+    "--event-loop", type=click.Choice(EVENT_LOOPS), default=DEFAULT_LOOP, show_default=True,
+    help="The event loop the daemon runs on; uvloop costs less CPU per byte and per "
+         "round trip.")
+
 
 @main.command()
 @_config_option
@@ -153,15 +161,16 @@ _log_level = click.option("--log-level", default="info", show_default=True,
 @_compress_flag
 @_control_flag
 @_log_level
+@_event_loop_flag
 def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], linger: float,
            udp: bool, allow_listen: tuple[str, ...], compression: CompressionMode,
-           control: str | None, log_level: str) -> None:
+           control: str | None, log_level: str, event_loop: str) -> None:
     """Run the server daemon beside the services."""
     from roam.daemons import run_server
 
     _setup_logging(log_level, "server")
     _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp,
-                              list(allow_listen), compression))
+                              list(allow_listen), compression), event_loop)
 
 
 @main.command()
@@ -219,6 +228,7 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
 @_compress_flag
 @_control_flag
 @_log_level
+@_event_loop_flag
 def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
            paths: tuple[str, ...], links: str, dwell: float, event_log: str | None, udp: bool,
            socks: str | None, socks_auth: str | None, transparent: tuple[str, ...],
@@ -226,7 +236,7 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
            dns_listen: str | None,
            dns_intercept: tuple[str, ...], dns_pool: str | None, dns_upstream: str | None,
            dns_ports: str | None, compression: CompressionMode, control: str | None,
-           log_level: str) -> None:
+           log_level: str, event_loop: str) -> None:
     """Run the client daemon on the mobile unit."""
     from roam.daemons import DnsOptions, run_client
 
@@ -235,7 +245,7 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
                               list(paths), links, dwell, control, event_log, udp, socks,
                               socks_auth, DnsOptions(dns_listen, list(dns_intercept), dns_pool,
                                                      dns_upstream, dns_ports),
-                              list(reverse), list(transparent), compression))
+                              list(reverse), list(transparent), compression), event_loop)
 
 
 def _cleanup(ctx: click.Context, value: bool) -> None:

@@ -6,11 +6,13 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from roam.errors import ConfigError
 from roam.links import linux
@@ -72,11 +74,18 @@ def test_usable_address(address: str, flags: int, usable: bool) -> None:
 # -- a network namespace of our own (root) --------------------------------
 
 
-def run(coro: Awaitable[None]) -> None:
+def run(coro: Awaitable[None], event_loop: str = "asyncio") -> None:
+    """On asyncio's loop, or on uvloop's, where pyroute2 cannot run and the
+    driver takes a loop of its own in a thread."""
     async def bounded() -> None:
         await asyncio.wait_for(coro, TEST_TIMEOUT)
 
-    asyncio.run(bounded())
+    factory = uvloop.new_event_loop if event_loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(bounded())
+
+
+LOOPS = pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 
 
 @pytest.fixture
@@ -142,7 +151,8 @@ async def watching(ns: str, devices: Mapping[str, str]) -> AsyncIterator[Recorde
 
 
 @pytest.mark.root
-def test_follows_a_link_through_its_life(netns: str) -> None:
+@LOOPS
+def test_follows_a_link_through_its_life(netns: str, event_loop: str) -> None:
     add_veth(netns)
     ip(netns, "addr", "add", "198.18.0.1/24", "dev", "rl0")
 
@@ -195,7 +205,7 @@ def test_follows_a_link_through_its_life(netns: str) -> None:
             # Each emitted snapshot differs from the one before it.
             assert all(a != b for a, b in itertools.pairwise(rec.seen))
 
-    run(main())
+    run(main(), event_loop)
 
 
 @pytest.mark.root
@@ -291,7 +301,8 @@ def test_lost_notifications_are_recovered(netns: str, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.root
-def test_close_stops_the_watcher(netns: str) -> None:
+@LOOPS
+def test_close_stops_the_watcher(netns: str, event_loop: str) -> None:
     add_veth(netns)
 
     async def main() -> None:
@@ -303,12 +314,15 @@ def test_close_stops_the_watcher(netns: str) -> None:
         ip(netns, "link", "set", "rl0", "name", "rl9")
         await asyncio.sleep(0.3)
         assert len(rec.seen) == 1
+        # On uvloop the helper thread is gone as well.
+        assert all(t.name != "linux-links" for t in threading.enumerate())
 
-    run(main())
+    run(main(), event_loop)
 
 
 @pytest.mark.root
-def test_missing_namespace_is_a_config_error_and_is_not_created() -> None:
+@LOOPS
+def test_missing_namespace_is_a_config_error_and_is_not_created(event_loop: str) -> None:
     require(os.geteuid() == 0, "network namespaces need root")
     name = f"roamlnk{os.getpid()}missing"
 
@@ -318,5 +332,5 @@ def test_missing_namespace_is_a_config_error_and_is_not_created() -> None:
             await driver.start(lambda _s: None)
         await driver.close()
 
-    run(main())
+    run(main(), event_loop)
     assert not Path("/run/netns", name).exists()

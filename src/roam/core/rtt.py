@@ -15,13 +15,15 @@ _G = 0.001
 
 
 class RttEstimator:
-    __slots__ = ("latest", "min_rtt", "rttvar", "srtt")
+    __slots__ = ("latest", "min_rtt", "rto", "rttvar", "srtt")
 
     def __init__(self) -> None:
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.latest: float | None = None
         self.min_rtt: float | None = None
+        # Kept up to date by sample(): sessions read it on every timer check.
+        self.rto = INITIAL_RTO
 
     def sample(self, rtt: float) -> None:
         rtt = max(rtt, 0.0)
@@ -33,9 +35,4 @@ class RttEstimator:
         else:
             self.rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(self.srtt - rtt)
             self.srtt = (1 - _ALPHA) * self.srtt + _ALPHA * rtt
-
-    @property
-    def rto(self) -> float:
-        if self.srtt is None:
-            return INITIAL_RTO
-        return min(MAX_RTO, max(MIN_RTO, self.srtt + max(_G, 4 * self.rttvar)))
+        self.rto = min(MAX_RTO, max(MIN_RTO, self.srtt + max(_G, 4 * self.rttvar)))

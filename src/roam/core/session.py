@@ -403,6 +403,11 @@ class Session:
             return out
         if self.state is SessionState.DRAINING:
             return self._drain_payload()
+        if not (self._rr or self._pending or self._control) and (
+                self._received == self._ack_sent or (
+                    self._unacked_bytes < self.config.ack_bytes
+                    and (self._ack_due is None or now < self._ack_due))):
+            return []  # the usual answer to the last call of a flush: nothing
         if self.state is SessionState.ATTACHED:
             self._fill_data()
         elif not self._close_sent:
@@ -413,7 +418,7 @@ class Session:
         if self._received > self._ack_sent and (
                 self._pending or self._control or self._unacked_bytes >= self.config.ack_bytes
                 or (self._ack_due is not None and now >= self._ack_due)):
-            ack = fr.encode(fr.Ack(self._received))
+            ack = fr.encode_ack(self._received)
             parts.append(ack)
             self._ack_sent = self._received
             self._unacked_bytes = 0
@@ -757,18 +762,26 @@ class Session:
         return max(self.config.dead_floor, self.config.dead_rtos * self._rtt.rto)
 
     def get_timer(self) -> float | None:
-        if self.state is SessionState.CLOSED:
+        # Called after every read and write: plain comparisons, no min().
+        state = self.state
+        if state is SessionState.ATTACHED:
+            deadline = self._last_received + self._dead_after()
+            ping = self._last_ping + self._ping_interval()
+            if ping < deadline:
+                deadline = ping
+            ack = self._ack_due
+            if ack is not None and ack < deadline:
+                deadline = ack
+            return deadline
+        if state is SessionState.CLOSED:
             return None
-        if self.state is SessionState.DETACHED:
+        if state is SessionState.DETACHED:
             limit = self.config.detached_timeout
             if limit is None or self._detached_since is None:
                 return None
             return self._detached_since + limit
         deadline = self._last_received + self._dead_after()
-        if self.state is SessionState.ATTACHED:
-            deadline = min(deadline, self._last_ping + self._ping_interval())
-        if self._ack_due is not None and self.state in (SessionState.ATTACHED,
-                                                        SessionState.DRAINING):
+        if self._ack_due is not None and state is SessionState.DRAINING:
             deadline = min(deadline, self._ack_due)
         return deadline
 

@@ -67,8 +67,10 @@ class SealScratch:
     """Buffers a sealer gathers and encrypts records in, reused for every record.
 
     One per event loop serves every session in it: a sealed record is handed
-    to the transport (which sends it or copies what it could not send) before
-    the next one is sealed. They grow to the largest record sealed so far.
+    to the transport before the next one is sealed. asyncio's transports
+    copy what the socket did not take; uvloop's keep it by reference, so a
+    record the transport holds on to must be `surrender`ed. The buffers grow
+    to the largest record sealed so far.
     """
 
     __slots__ = ("_plain", "_record")
@@ -86,6 +88,11 @@ class SealScratch:
         if len(self._record) < size:
             self._record = memoryview(bytearray(size))
         return self._record[:size]
+
+    def surrender(self) -> None:
+        """The last record's buffer belongs to whoever holds it now; the next
+        record gets a new one."""
+        self._record = memoryview(bytearray())
 
 
 class RecordSealer:

@@ -54,6 +54,7 @@ from typing import Final
 
 from roam.core.frames import ChannelKind
 from roam.errors import ConfigError
+from roam.eventloop import stream_transport
 from roam.transport.driver import AppConnection, SessionDriver
 
 log = logging.getLogger("roam.transparent")
@@ -416,10 +417,10 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         log.info("transparent: a connection before the session exists, refused")
-        if isinstance(transport, asyncio.Transport):
-            transport.abort()
-        else:
+        if isinstance(transport, asyncio.DatagramTransport):
             transport.close()
+        else:
+            stream_transport(transport).abort()
 
 
 class Transparent:

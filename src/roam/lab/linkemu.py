@@ -29,6 +29,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+from roam.eventloop import stream_transport
+
 __all__ = ["QUEUE_HIGH", "LinkEmulator", "LinkStatistics", "Mode"]
 
 Mode = Literal["pass", "blackhole"]
@@ -98,9 +100,7 @@ class _Side(asyncio.Protocol):
     # Protocol callbacks.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):
-            raise TypeError(f"expected a stream transport, got {type(transport).__name__}")
-        self.transport = transport
+        self.transport = transport = stream_transport(transport)
         self.alive = True
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         # On Python 3.11 the transport registers its reader in a callback that

@@ -10,16 +10,23 @@ to look at again; the driver then reads that device's link and addresses
 afresh. It never patches state from the notification itself, because a link
 going down drops its routes without a route notification, and its addresses
 may stay: only a full re-read gives a state that is true as a whole.
+
+pyroute2's sockets need asyncio's own event loop (uvloop refuses AF_NETLINK
+datagram endpoints). Started on any other loop, the driver runs them on an
+asyncio loop of its own, in a thread, and hands each snapshot back to the
+loop that started it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import ipaddress
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -185,9 +192,60 @@ class LinuxDriver(LinkDriver):
         self._dirty: set[str] = set()  # device names to read again
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # When the sockets live on a loop of their own (see the module's
+        # docstring): the loop that started us, the thread and its loop.
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._own: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
 
     async def start(self, watcher: Watcher) -> None:
         self._begin(watcher)
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, asyncio.BaseEventLoop):
+            await self._start()
+            return
+        self._home = loop
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(started),),
+                                        name="linux-links", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(started)
+
+    async def _serve(self, started: concurrent.futures.Future[None]) -> None:
+        """The helper thread's life: start, run until close(), shut down."""
+        self._own = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            await self._start()
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        if not self._closed:  # else close() came while we started
+            await self._stop.wait()
+        await self._shutdown()
+
+    def _notify(self) -> None:
+        home = self._home
+        if home is None:
+            super()._notify()
+            return
+        # From the helper thread: the watcher runs on the loop that started us,
+        # with the snapshot as it is now.
+        snapshot = self.snapshot()
+        with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
+            home.call_soon_threadsafe(self._deliver, snapshot)
+
+    def _deliver(self, snapshot: dict[str, LinkState]) -> None:
+        if self._watcher is None or self._closed:
+            return
+        try:
+            self._watcher(snapshot)
+        except Exception:
+            log.exception("linux link driver: the watcher failed on a new snapshot")
+
+    async def _start(self) -> None:
         try:
             # Subscribe before the first read, so that nothing changing between
             # the two goes unseen.
@@ -213,6 +271,16 @@ class LinuxDriver(LinkDriver):
             return
         self._closed = True
         self._watcher = None
+        if self._thread is not None:
+            own, stop = self._own, self._stop
+            if own is not None and stop is not None:
+                with contextlib.suppress(RuntimeError):  # the thread's loop ended already
+                    own.call_soon_threadsafe(stop.set)
+            await asyncio.to_thread(self._thread.join, 10.0)
+            return
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -17,6 +17,7 @@ from roam.core import events as ev
 from roam.core.session import Session, SessionState
 from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer, SealScratch
 from roam.errors import CloseCode, CryptoError, FramingError, ProtocolError
+from roam.eventloop import stream_transport
 from roam.transport.protocol import Records, TransportProtocol
 
 log = logging.getLogger("roam.session")
@@ -78,9 +79,7 @@ class AppConnection(asyncio.Protocol):
         self.finished = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):
-            raise TypeError("AppConnection needs a stream transport")
-        self.transport = transport
+        self.transport = transport = stream_transport(transport)
         transport.set_write_buffer_limits(high=APP_WRITE_HIGH, low=APP_WRITE_HIGH // 4)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -327,24 +326,25 @@ class SessionDriver:
             self._flushing = False
 
     def _flush(self) -> None:
+        # Timers are _fire's: a read's flush does not look at the clock's
+        # deadlines (the armed timer runs in the same loop iteration anyway).
         session = self.session
         now = self.loop.time()
-        deadline = session.get_timer()
-        if deadline is not None and deadline <= now:
-            session.handle_timer(now)
         self._dispatch()
         proto = self.proto
         if proto is not None and proto.transport is not None:
-            seal, write = self.sealer.seal_parts, proto.transport.write
+            transport = proto.transport
+            seal, write = self.sealer.seal_parts, transport.write
             while not proto.write_paused and not proto.lost:
                 records = session.records_to_send(now, SEND_BATCH)
                 if not records:
                     break
                 for parts in records:
-                    # The transport sends what the socket takes and copies
-                    # only the rest (asyncio's selector transports do), so
-                    # the scratch is free again when write() returns.
                     write(seal(parts, now, _SCRATCH))
+                    if transport.get_write_buffer_size():
+                        # The socket left part of it: asyncio copied that
+                        # part, uvloop keeps the buffer itself.
+                        _SCRATCH.surrender()
         if self.paused:
             for cid in list(self.paused):
                 if session.send_room(cid) > 0:
@@ -376,12 +376,16 @@ class SessionDriver:
         # (a PING answered: the next one is due a keepalive later). Such a
         # wake finds nothing due; re-arming without a whole flush keeps the
         # cost of an idle session to about one flush per keepalive.
-        deadline = self.session.get_timer()
-        if (deadline is not None and deadline > self.loop.time() and not self._scheduled
-                and not self._flushing):
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._fire)
-            return
+        session = self.session
+        deadline = session.get_timer()
+        now = self.loop.time()
+        if deadline is not None and deadline > now:
+            if not self._scheduled and not self._flushing:
+                self._timer_at = deadline
+                self._timer = self.loop.call_at(deadline, self._fire)
+                return
+        elif deadline is not None:
+            session.handle_timer(now)
         self.flush()
 
     # ---- events ----------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from roam.crypto.records import RecordFramer
 from roam.errors import FramingError, TransportError
+from roam.eventloop import stream_transport
 
 Records = list[tuple[int, memoryview]]
 
@@ -56,9 +57,7 @@ class TransportProtocol(asyncio.BufferedProtocol):
     # ---- asyncio callbacks -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):
-            raise TypeError("TransportProtocol needs a stream transport")
-        self.transport = transport
+        self.transport = transport = stream_transport(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Records are whole messages already; Nagle would only add delay.
