@@ -10,6 +10,7 @@ import zstandard
 
 from roam.core.compress import (
     AUTO,
+    AUTO_MIN_RTT,
     MAGIC,
     MAX_OUTPUT,
     MAX_SKIP,
@@ -202,3 +203,12 @@ def test_garbage_and_orphan_continuations_are_protocol_errors() -> None:
     # After an error the stream is gone: a continuation cannot pick it up.
     with pytest.raises(ProtocolError, match="never began"):
         rx.decompress(b"\x10\x20\x30", MAX_OUTPUT)
+
+
+def test_auto_is_wanted_beyond_the_least_rtt_and_zstd_everywhere() -> None:
+    auto, forced = Compressor(AUTO), Compressor(ZSTD3)
+    assert not auto.wanted(AUTO_MIN_RTT / 2)
+    assert auto.wanted(AUTO_MIN_RTT)
+    assert auto.wanted(None)  # not measured yet: try, the ratio decides
+    assert forced.wanted(0.0)
+    assert Compressor(AUTO, auto_min_rtt=0.0).wanted(0.0)

@@ -162,3 +162,15 @@ def test_matches_rfc6298(values: list[float]) -> None:
         assert MIN_RTO <= est.rto <= MAX_RTO
     assert est.latest == max(values[-1], 0.0)
     assert est.min_rtt == max(min(values), 0.0)
+
+
+def test_a_new_path_forgets_the_least_rtt_only() -> None:
+    est = RttEstimator()
+    for r in (0.02, 0.0004, 0.03):
+        est.sample(r)
+    srtt, rto = est.srtt, est.rto
+    est.new_path()
+    assert est.min_rtt is None
+    assert (est.srtt, est.rto) == (srtt, rto)
+    est.sample(0.05)
+    assert est.min_rtt == 0.05

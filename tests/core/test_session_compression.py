@@ -249,3 +249,58 @@ def test_every_byte_arrives_once_in_order_with_compression(
     cs, ss = p.client.statistics(), p.server.statistics()
     assert cs.payload_bytes_sent == ss.payload_bytes_received
     assert ss.payload_bytes_sent == cs.payload_bytes_received
+
+
+def test_auto_leaves_a_path_faster_than_zstd_raw_and_learns_each_path_anew() -> None:
+    """--compress auto: not on a path whose least RTT is under 1 ms (loopback,
+    a LAN); zstd:LEVEL compresses whatever the path; a new transport is a new
+    path, measured again before it counts as fast."""
+    rng = random.Random(11)
+    for mode, expect_compressed in ((AUTO, False), (ZSTD3, True)):
+        p = Pair(compression=mode, server_compression=mode)
+        cid = p.open()
+        p.run(3)
+        p.client.rtt.sample(0.0003)
+        data = _text(300_000, rng)
+        p.write(cid, data)
+        sent = p.client.payloads_to_send(p.now)
+        assert any(f.flags for f in _data_frames(sent)) is expect_compressed
+        for payload in sent:
+            p.server.receive_payload(payload, p.now)
+        p.run(50)
+        assert p.up[cid].received == data
+
+    p = Pair(compression=AUTO, server_compression=AUTO)
+    cid = p.open()
+    p.run(3)
+    p.client.rtt.sample(0.0003)
+    p.in_flight()
+    p.break_transport()
+    p.reattach()  # onto another path: its least RTT is not known yet
+    assert p.client.rtt.min_rtt is None
+    assert p.client.rtt.srtt is not None  # the RTO carries on
+    data = _text(300_000, rng)
+    p.write(cid, data)
+    p.run(300)
+    assert p.up[cid].received == data
+    stats = p.client.statistics()
+    assert stats.payload_bytes_sent < stats.bytes_sent * 0.5
+
+
+def test_auto_compresses_where_the_least_rtt_is_long() -> None:
+    p = Pair(compression=AUTO, server_compression=AUTO)
+    cid = p.open()
+    p.run(3)
+    p.client.rtt.sample(0.030)  # a cellular path
+    data = _text(300_000, random.Random(12))
+    p.write(cid, data)
+    assert any(f.flags for f in _data_frames(p.client.payloads_to_send(p.now)))
+
+
+def test_the_auto_threshold_is_the_session_s_to_set() -> None:
+    p = Pair(SessionConfig(auto_compress_min_rtt=0.0), compression=AUTO)
+    cid = p.open()
+    p.run(3)
+    p.client.rtt.sample(0.0001)
+    p.write(cid, _text(100_000, random.Random(13)))
+    assert any(f.flags for f in _data_frames(p.client.payloads_to_send(p.now)))

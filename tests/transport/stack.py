@@ -37,6 +37,9 @@ class Stack:
     udp: bool = True
     compression: CompressionMode = AUTO
     server_compression: CompressionMode = AUTO
+    # SessionConfig fields for both sides (auto_compress_min_rtt=0 makes
+    # loopback count as a slow path for --compress auto).
+    session: dict[str, float] = field(default_factory=dict)
 
     async def start(self) -> Stack:
         self.echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
@@ -47,7 +50,8 @@ class Stack:
         self.proxy_port = await self.proxy.start()
         self.client = Client(ClientConfig("127.0.0.1", self.proxy_port,
                                           public_key(self.server_key), self.client_key,
-                                          SessionConfig(), self.suite, self.udp,
+                                          SessionConfig(**self.session), self.suite,
+                                          self.udp,
                                           compression=self.compression))
         await self.client.handshake()
         self.forward = Forward(ForwardSpec("127.0.0.1", 0, "127.0.0.1", self.echo_port),
@@ -59,7 +63,7 @@ class Stack:
         access = AccessList.parse([f"127.0.0.1:{self.echo_port}"])
         return Server(ServerConfig("127.0.0.1", port, self.server_key,
                                    {public_key(self.client_key): "tester"}, Connector(access),
-                                   SessionConfig(detached_timeout=60),
+                                   SessionConfig(detached_timeout=60, **self.session),
                                    compression=self.server_compression))
 
     async def close(self) -> None:

@@ -17,6 +17,11 @@ from roam.transport.server import HELLO, HELLO_COMPRESS, PROLOGUE
 
 from .stack import Stack
 
+# The in-process stack runs on loopback, where --compress auto would not
+# compress (roam.core.compress.AUTO_MIN_RTT): these tests are about what
+# auto does where it does compress.
+SLOW_LOOPBACK = {"auto_compress_min_rtt": 0.0}
+
 
 def _json(n: int) -> bytes:
     rng = random.Random(7)
@@ -57,7 +62,8 @@ async def _echo(stack: Stack, data: bytes, timeout: float = 60.0) -> float:
 @pytest.mark.parametrize("mode", [CompressionMode(True, 3), AUTO])
 def test_five_megabytes_of_json_cross_a_forward_compressed(mode: CompressionMode) -> None:
     async def main() -> None:
-        stack = await Stack(compression=mode, server_compression=mode).start()
+        stack = await Stack(compression=mode, server_compression=mode,
+                            session=SLOW_LOOPBACK).start()
         try:
             data = _json(5 * 1024 * 1024)
             await _echo(stack, data)
@@ -79,6 +85,28 @@ def test_five_megabytes_of_json_cross_a_forward_compressed(mode: CompressionMode
     asyncio.run(main())
 
 
+def test_auto_on_loopback_leaves_data_raw_once_the_rtt_is_known() -> None:
+    async def main() -> tuple[int, int, int, int]:
+        stack = await Stack(session={"keepalive_interval": 0.05}).start()
+        try:
+            assert stack.client.driver is not None
+            session = stack.client.driver.session
+            async with asyncio.timeout(10):
+                while session.rtt.min_rtt is None or session.rtt.min_rtt >= 0.001:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            data = _json(1_000_000)
+            await _echo(stack, data)
+            cs = session.statistics()
+            (driver,) = stack.server.sessions.values()
+            ss = driver.session.statistics()
+            return cs.bytes_sent, cs.payload_bytes_sent, ss.bytes_sent, ss.payload_bytes_sent
+        finally:
+            await stack.close()
+
+    sent, payload, _, _ = asyncio.run(main())
+    assert (sent, payload) == (1_000_000, 1_000_000)
+
+
 @pytest.mark.parametrize(("client", "server", "expected"), [
     (AUTO, AUTO, ("auto", "auto")),
     (CompressionMode(True, 7), AUTO, ("zstd:7", "auto")),
@@ -88,7 +116,8 @@ def test_five_megabytes_of_json_cross_a_forward_compressed(mode: CompressionMode
 def test_compression_only_when_both_sides_allow_it(
         client: CompressionMode, server: CompressionMode, expected: tuple[str, str]) -> None:
     async def main() -> None:
-        stack = await Stack(compression=client, server_compression=server).start()
+        stack = await Stack(compression=client, server_compression=server,
+                            session=SLOW_LOOPBACK).start()
         try:
             data = _json(300_000)
             await _echo(stack, data)

@@ -25,6 +25,11 @@ class RttEstimator:
         # Kept up to date by sample(): sessions read it on every timer check.
         self.rto = INITIAL_RTO
 
+    def new_path(self) -> None:
+        """The transport moved: the least RTT is learnt again (the smoothed
+        RTT and the RTO carry on, and adapt within a few samples)."""
+        self.min_rtt = None
+
     def sample(self, rtt: float) -> None:
         rtt = max(rtt, 0.0)
         self.latest = rtt

@@ -33,6 +33,7 @@ from enum import Enum
 from roam.core import events as ev
 from roam.core import frames as fr
 from roam.core.compress import (
+    AUTO_MIN_RTT,
     ChannelCompressor,
     ChannelDecompressor,
     CompressionMode,
@@ -75,6 +76,9 @@ class SessionConfig:
     ack_bytes: int = 256 * 1024
     # ... or this long, far below any RTO, so it never looks like a loss.
     ack_delay: float = 0.005
+    # --compress auto leaves paths with a least RTT under this uncompressed
+    # (roam.core.compress.AUTO_MIN_RTT says why).
+    auto_compress_min_rtt: float = AUTO_MIN_RTT
 
 
 # A piece of a record's plaintext: frames are built once and kept in the
@@ -167,7 +171,8 @@ class Session:
         from the peer is accepted."""
         self.is_client = is_client
         self.config = config or SessionConfig()
-        self._compressor = (Compressor(compression)
+        self._compressor = (Compressor(compression,
+                                       auto_min_rtt=self.config.auto_compress_min_rtt)
                             if compression is not None and compression.enabled else None)
         self.state = SessionState.DETACHED
         self._channels: dict[int, _Channel] = {}
@@ -222,6 +227,7 @@ class Session:
             return
         self._control.clear()
         self._pings.clear()
+        self._rtt.new_path()
         self._drained = False
         self._record_limit = _FIRST_RECORD
         self._last_received = now
@@ -477,6 +483,9 @@ class Session:
         """Turn buffered channel bytes into DATA frames while the replay buffer has room."""
         rr = self._rr
         limit = self.config.replay_limit
+        compressor = self._compressor
+        if compressor is not None and not compressor.wanted(self._rtt.min_rtt):
+            compressor = None  # auto, on a path faster than zstd
         while rr and self._replay_bytes < limit:
             cid = rr.popleft()
             ch = self._channels.get(cid)
@@ -494,10 +503,10 @@ class Session:
                 ch.credit -= n
                 self.bytes_sent += n
                 flags = 0
-                if self._compressor is not None:
+                if compressor is not None:
                     # Credit counts the application's bytes, compressed or not.
                     if ch.compressor is None:
-                        ch.compressor = self._compressor.channel()
+                        ch.compressor = compressor.channel()
                     chunk, compressed = ch.compressor.compress(chunk)
                     flags = fr.FLAG_COMPRESSED if compressed else 0
                 self.payload_bytes_sent += len(chunk)
