@@ -2,9 +2,10 @@
 
     python bench/all.py [--runs 3] [--handover-runs 10] [--quick] [--skip tunnels,handover]
 
-1. bench/run.py       loopback: direct, roam, ssh -L (throughput, CPU s/GiB, latency)
-2. bench/tunnels.py   network lab: direct, roam, wireguard-go, OpenVPN over the wifi link
-3. bench/handover.py  network lab: handover stalls, roam against MPTCP and plain TCP
+1. bench/run.py          loopback: direct, roam, ssh -L (throughput, CPU s/GiB, latency)
+2. bench/tunnels.py      network lab: direct, roam, wireguard-go, OpenVPN over the wifi link
+3. bench/compression.py  network lab, 2 Mbit/s and 100 ms: roam and ssh -C, bytes and time
+4. bench/handover.py     network lab: handover stalls, roam against MPTCP and plain TCP
 
 The lab benchmarks need root; without it they are skipped with a message and their
 sections are left as they are. Each step runs with a time limit and its own process;
@@ -22,9 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("run", "tunnels", "handover")
-LIMITS = {"run": 40 * 60, "tunnels": 30 * 60, "handover": 120 * 60}  # seconds per step
-ROOT_ONLY = {"tunnels", "handover"}
+STEPS = ("run", "tunnels", "compression", "handover")
+# seconds per step
+LIMITS = {"run": 40 * 60, "tunnels": 30 * 60, "compression": 30 * 60, "handover": 120 * 60}
+ROOT_ONLY = {"tunnels", "compression", "handover"}
 
 
 def commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -32,11 +34,12 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     py = sys.executable
     run = [py, "bench/run.py", "--runs", str(args.runs)]
     tunnels = [py, "bench/tunnels.py", "--runs", str(args.runs)]
+    compression = [py, "bench/compression.py", "--runs", str(args.runs)]
     handover = [py, "bench/handover.py", "--runs", str(args.handover_runs)]
     if args.quick:
         run += ["--bytes", str(256 << 20), "--rounds", "1000"]
         tunnels += ["--bytes", str(64 << 20)]
-    return {"run": run, "tunnels": tunnels, "handover": handover}
+    return {"run": run, "tunnels": tunnels, "compression": compression, "handover": handover}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -27,13 +27,16 @@ class Stream:
 class Pair:
     def __init__(self, config: SessionConfig | None = None,
                  compression: CompressionMode | None = None,
-                 server_compression: CompressionMode | None = None) -> None:
+                 server_compression: CompressionMode | None = None,
+                 history: bool = False) -> None:
         """`compression`: what the handshake negotiated, the client's mode (and
-        the server's too unless `server_compression` gives its own)."""
+        the server's too unless `server_compression` gives its own); `history`:
+        ZSTD_HISTORY was negotiated."""
         self.now = 0.0
-        self.client = Session(is_client=True, now=0.0, config=config, compression=compression)
+        self.client = Session(is_client=True, now=0.0, config=config, compression=compression,
+                              history=history)
         self.server = Session(is_client=False, now=0.0, config=config,
-                              compression=server_compression or compression)
+                              compression=server_compression or compression, history=history)
         self.client.transport_attached(0.0, resume=False)
         self.server.transport_attached(0.0, resume=False)
         self.to_server: deque[bytes] = deque()

@@ -385,7 +385,7 @@ def test_non_utf8_text(bad: bytes) -> None:
     refused(raw(FrameType.CLOSE, _CLOSE.pack(1, 0) + bad), "CLOSE reason is not UTF-8")
 
 
-@pytest.mark.parametrize("flags", [0x02, 0x03, 0x80, 0xFF])
+@pytest.mark.parametrize("flags", [0x04, 0x07, 0x80, 0xFF])
 def test_unknown_data_flags(flags: int) -> None:
     refused(raw(FrameType.DATA, _DATA.pack(1, 2, flags) + b"x"),
             f"DATA frame has unknown flags {flags:#x}")

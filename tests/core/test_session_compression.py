@@ -203,6 +203,9 @@ _actions = st.lists(
         st.tuples(st.just("break"), st.integers(0, 8), st.integers(0, 8), st.booleans(),
                   st.just(0)),
         st.tuples(st.just("soft"), st.integers(0, 20), st.just(0), st.booleans(), st.just(0)),
+        # The path turns out faster than zstd: auto stops compressing (and adding to
+        # the history) until the next transport.
+        st.tuples(st.just("fast"), st.just(0), st.just(0), st.booleans(), st.just(0)),
     ),
     min_size=1,
     max_size=40,
@@ -211,15 +214,17 @@ _actions = st.lists(
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=_actions, seed=st.integers(0, 2**32 - 1),
-       modes=st.sampled_from([(ZSTD3, ZSTD3), (AUTO, AUTO), (CompressionMode(True, 1), AUTO)]))
+       modes=st.sampled_from([(ZSTD3, ZSTD3), (AUTO, AUTO), (CompressionMode(True, 1), AUTO)]),
+       history=st.booleans())
 def test_every_byte_arrives_once_in_order_with_compression(
         actions: list[tuple[str, int, int, bool, int]], seed: int,
-        modes: tuple[CompressionMode, CompressionMode]) -> None:
+        modes: tuple[CompressionMode, CompressionMode], history: bool) -> None:
     """Compressible and random writes, transports breaking with records in
-    flight, resumes and soft handovers: each channel's streams stay in step."""
+    flight, resumes and soft handovers, auto turning off on a fast path: each
+    channel's streams, and each direction's history, stay in step."""
     cfg = SessionConfig(replay_limit=512 * 1024, channel_window=128 * 1024,
                         channel_send_buffer=128 * 1024, max_record_payload=32 * 1024)
-    p = Pair(cfg, compression=modes[0], server_compression=modes[1])
+    p = Pair(cfg, compression=modes[0], server_compression=modes[1], history=history)
     chans = [p.open() for _ in range(4)]
     rng = random.Random(seed)
     # Random bytes sent before, sent again: frames that did not shrink went
@@ -243,6 +248,8 @@ def test_every_byte_arrives_once_in_order_with_compression(
             p.break_transport(keep_to_server=a, keep_to_client=b)
             if flag:
                 p.reattach()
+        elif kind == "fast":
+            (p.client if flag else p.server).rtt.sample(0.0001)
         elif p.attached():  # soft; flag: the old path dies after `a` steps of the drain
             p.soft_handover(token=a, die_after=a if flag else None)
     p.heal_and_check(chans)
@@ -304,3 +311,43 @@ def test_the_auto_threshold_is_the_session_s_to_set() -> None:
     p.client.rtt.sample(0.0001)
     p.write(cid, _text(100_000, random.Random(13)))
     assert any(f.flags for f in _data_frames(p.client.payloads_to_send(p.now)))
+
+
+def _api_responses(n: int, rng: random.Random) -> list[bytes]:
+    """Responses of one API: the same headers and keys, other values."""
+    out = []
+    for i in range(n):
+        rows = b",".join(b'{"id":%d,"status":"%s","owner":"user-%d","amount":%d.%02d}' % (
+            rng.randrange(10**6), rng.choice([b"active", b"pending"]), rng.randrange(500),
+            rng.randrange(10**4), rng.randrange(100)) for _ in range(120))
+        out.append(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request: %d"
+                   b"\r\n\r\n[%s]" % (i, rows))
+    return out
+
+
+def test_history_primes_each_new_channel_with_the_data_before_it() -> None:
+    """Each response on a channel of its own: with the history, channels after
+    the first start from the responses before them and come out smaller."""
+    sizes = {}
+    for history in (False, True):
+        p = Pair(compression=ZSTD3, history=history)
+        rng = random.Random(21)
+        for response in _api_responses(12, rng):
+            cid = p.open()
+            p.run(3)
+            p.write(cid, response, from_client=False)
+            p.run(5)
+            assert p.down[cid].received == response
+        stats = p.server.statistics()
+        sizes[history] = stats.payload_bytes_sent / stats.bytes_sent
+    assert sizes[True] < sizes[False] * 0.95
+
+
+def test_a_history_flag_that_was_not_negotiated_is_a_protocol_error() -> None:
+    p = Pair(compression=ZSTD3)
+    cid = p.open()
+    p.run(3)
+    frame = fr.encode_data(50, cid, b"x" * 100, fr.FLAG_HISTORY)
+    p.client._next_seq = 51  # as if the client had sent frames up to 50
+    with pytest.raises(ProtocolError, match="history that was not negotiated"):
+        p.server._reliable(fr.decode_frames(frame)[0])  # type: ignore[arg-type]

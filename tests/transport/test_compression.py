@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from roam.core.compress import AUTO, OFF, ZSTD, CompressionMode
+from roam.core.compress import AUTO, OFF, ZSTD, ZSTD_HISTORY, CompressionMode
 from roam.core.preamble import HANDSHAKE_LEN, REPLY, Preamble, Status, Suite, TransportKind
 from roam.crypto.keys import public_key
 from roam.crypto.noise import HandshakeState
@@ -163,8 +163,16 @@ def test_accepted_answers_the_hello_it_got() -> None:
             # An offer of zstd: ACCEPTED and the choice.
             status, payload = await _handshake(stack, HELLO_COMPRESS.pack(time.time_ns(), ZSTD))
             assert (status, payload) == (Status.OK, bytes([0, ZSTD]))
+            # zstd with history, where offered (a client older than history
+            # offers zstd alone, above).
+            status, payload = await _handshake(
+                stack, HELLO_COMPRESS.pack(time.time_ns(), ZSTD | ZSTD_HISTORY))
+            assert (status, payload) == (Status.OK, bytes([0, ZSTD_HISTORY]))
+            status, payload = await _handshake(
+                stack, HELLO_COMPRESS.pack(time.time_ns(), ZSTD_HISTORY))
+            assert (status, payload) == (Status.OK, bytes([0, ZSTD_HISTORY]))
             # Bits the server does not know are not chosen.
-            status, payload = await _handshake(stack, HELLO_COMPRESS.pack(time.time_ns(), 0xFE))
+            status, payload = await _handshake(stack, HELLO_COMPRESS.pack(time.time_ns(), 0xFC))
             assert (status, payload) == (Status.OK, b"\x00\x00")
             status, body = await _handshake(stack, HELLO_COMPRESS.pack(time.time_ns(), 1) + b"x")
             assert status is Status.HANDSHAKE_FAILED

@@ -81,8 +81,12 @@ RELIABLE = frozenset(
     }
 )
 
-# DATA flags: bit 0 says the payload is compressed (see docs/protocol.md).
+# DATA flags (see docs/protocol.md): bit 0 says the payload is compressed,
+# bit 1 that its data joins the direction's compression history
+# (roam.core.compress; only where the handshake negotiated it).
 FLAG_COMPRESSED = 0x01
+FLAG_HISTORY = 0x02
+_DATA_FLAGS = FLAG_COMPRESSED | FLAG_HISTORY
 
 
 @dataclass(slots=True, frozen=True)
@@ -318,7 +322,7 @@ def _decode_one(ftype: FrameType, body: memoryview) -> Frame:
     if ftype is FrameType.DATA:
         _at_least(ftype, body, _DATA.size)
         seq, channel, flags = _DATA.unpack_from(body)
-        if flags & ~FLAG_COMPRESSED:
+        if flags & ~_DATA_FLAGS:
             raise ProtocolError(f"DATA frame has unknown flags {flags:#x}")
         return Data(seq, channel, flags, body[_DATA.size:])
     if ftype in (FrameType.ACK, FrameType.PING, FrameType.PONG, FrameType.RESUME,

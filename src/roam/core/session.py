@@ -38,6 +38,7 @@ from roam.core.compress import (
     ChannelDecompressor,
     CompressionMode,
     Compressor,
+    History,
     OutputTooLarge,
 )
 from roam.core.rtt import RttEstimator
@@ -163,17 +164,29 @@ class _Channel:
         self.decompressor: ChannelDecompressor | None = None
 
 
+def _release(ch: _Channel) -> None:
+    """A closed channel's compression context goes back to its session."""
+    if ch.compressor is not None:
+        ch.compressor.release()
+        ch.compressor = None
+    ch.decompressor = None
+
+
 class Session:
     def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None,
-                 compression: CompressionMode | None = None) -> None:
+                 compression: CompressionMode | None = None, history: bool = False) -> None:
         """`compression`: None (or off) unless the handshake negotiated it; then
         this side's mode for its own sending direction, and compressed DATA
-        from the peer is accepted."""
+        from the peer is accepted. `history`: the handshake negotiated
+        ZSTD_HISTORY (streams primed with each direction's recent data)."""
         self.is_client = is_client
         self.config = config or SessionConfig()
-        self._compressor = (Compressor(compression,
+        on = compression is not None and compression.enabled
+        self._send_history = History() if on and history else None
+        self._recv_history = History() if on and history else None
+        self._compressor = (Compressor(compression, history=self._send_history,
                                        auto_min_rtt=self.config.auto_compress_min_rtt)
-                            if compression is not None and compression.enabled else None)
+                            if compression is not None and on else None)
         self.state = SessionState.DETACHED
         self._channels: dict[int, _Channel] = {}
         # Client channels are odd, server channels even, so both may open.
@@ -357,7 +370,9 @@ class Session:
             self._rr.append(cid)
 
     def reset_channel(self, cid: int, code: CloseCode = CloseCode.RESET_BY_APPLICATION) -> None:
-        if self._channels.pop(cid, None) is not None:
+        ch = self._channels.pop(cid, None)
+        if ch is not None:
+            _release(ch)
             self._queue(fr.Reset(self._seq(), cid, code))
 
     def consumed(self, cid: int, n: int) -> None:
@@ -486,6 +501,7 @@ class Session:
         compressor = self._compressor
         if compressor is not None and not compressor.wanted(self._rtt.min_rtt):
             compressor = None  # auto, on a path faster than zstd
+        history = self._send_history
         while rr and self._replay_bytes < limit:
             cid = rr.popleft()
             ch = self._channels.get(cid)
@@ -507,8 +523,14 @@ class Session:
                     # Credit counts the application's bytes, compressed or not.
                     if ch.compressor is None:
                         ch.compressor = compressor.channel()
-                    chunk, compressed = ch.compressor.compress(chunk)
+                    raw = chunk
+                    chunk, compressed = ch.compressor.compress(raw)
                     flags = fr.FLAG_COMPRESSED if compressed else 0
+                    if history is not None:
+                        # After compressing: a frame's own stream starts from
+                        # the history before it, as its receiver's will.
+                        history.add(raw)
+                        flags |= fr.FLAG_HISTORY
                 self.payload_bytes_sent += len(chunk)
                 seq = self._seq()
                 head = fr.encode_data_header(seq, cid, len(chunk), flags)
@@ -580,6 +602,11 @@ class Session:
             data = frame.payload
             if frame.flags & fr.FLAG_COMPRESSED:
                 data = self._decompress(ch, data)
+            if frame.flags & fr.FLAG_HISTORY:
+                if self._recv_history is None:
+                    raise ProtocolError("DATA joins a compression history that was not "
+                                        "negotiated")
+                self._recv_history.add(data)
             n = len(data)
             if n > ch.recv_left:
                 raise ProtocolError(f"channel {ch.id} sent {n} bytes with {ch.recv_left} of "
@@ -634,6 +661,7 @@ class Session:
             ch = self._peer_channel(frame.channel)
             if ch is not None:
                 del self._channels[ch.id]
+                _release(ch)
                 self._events.append(ev.ChannelReset(ch.id, frame.code))
         else:  # Close
             self._closed(frame.code, frame.reason, by_peer=True)
@@ -650,7 +678,7 @@ class Session:
         if ch.decompressor is None:
             ch.decompressor = ChannelDecompressor()
         try:
-            return ch.decompressor.decompress(payload, ch.recv_left)
+            return ch.decompressor.decompress(payload, ch.recv_left, self._recv_history)
         except OutputTooLarge:
             if ch.recv_left < fr.MAX_DATA_CHUNK:
                 raise ProtocolError(f"channel {ch.id} sent compressed DATA expanding beyond "
@@ -690,6 +718,7 @@ class Session:
 
     def _maybe_finished(self, ch: _Channel) -> None:
         if ch.fin_sent and ch.fin_received and self._channels.pop(ch.id, None) is not None:
+            _release(ch)
             self._events.append(ev.ChannelClosed(ch.id))
 
     def _unreliable(self, frame: fr.Frame, now: float) -> None:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from roam.core.compress import AUTO, ZSTD, CompressionMode
+from roam.core.compress import AUTO, ZSTD, ZSTD_HISTORY, CompressionMode
 from roam.core.datagrams import DatagramPath
 from roam.core.preamble import (
     HANDSHAKE_LEN,
@@ -176,7 +176,7 @@ class Client:
                             s=cfg.private_key, rs=cfg.server_key)
         # With compression off the HELLO is the plain 8-byte one, which a
         # server from before compression also takes.
-        offer = ZSTD if cfg.compression.enabled else 0
+        offer = ZSTD | ZSTD_HISTORY if cfg.compression.enabled else 0
         hello = HELLO_COMPRESS.pack(time.time_ns(), offer) if offer else HELLO.pack(time.time_ns())
         msg1 = hs.write_message(hello)
         started = loop.time()
@@ -204,7 +204,7 @@ class Client:
                 f"server {self.server} refused this client: {reason}; add its public key "
                 f"{encode_key(public_key(cfg.private_key))} to the server's authorized keys")
         chosen = payload[1] if len(payload) == 2 else 0
-        if len(payload) > 2 or chosen not in (0, offer & ZSTD):
+        if len(payload) > 2 or chosen not in (0, offer & ZSTD, offer & ZSTD_HISTORY):
             proto.abort()
             raise HandshakeError(f"server {self.server} accepted with a malformed answer "
                                  f"({payload.hex()}): compression {chosen:#x} was not offered")
@@ -215,7 +215,8 @@ class Client:
         self._standby_stamp = 0
         self.drop_standby()
         session = Session(is_client=True, now=now, config=cfg.session,
-                          compression=cfg.compression if chosen else None)
+                          compression=cfg.compression if chosen else None,
+                          history=chosen == ZSTD_HISTORY)
         session.rtt.sample(now - started)
         self.session_id = hs.handshake_hash[:16]
         driver = SessionDriver(session, RecordSealer(send, now), RecordOpener(recv),

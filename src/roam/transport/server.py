@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from roam.connector.connector import Connector
-from roam.core.compress import AUTO, ZSTD, CompressionMode
+from roam.core.compress import AUTO, ZSTD, ZSTD_HISTORY, CompressionMode
 from roam.core.datagrams import DatagramPath
 from roam.core.preamble import (
     HANDSHAKE_LEN,
@@ -62,9 +62,10 @@ REFUSED = b"\x01"
 # compression existed, so either side may be older).
 HELLO = struct.Struct("!Q")
 # The timestamp and the compression the client offers: a set of bits, ZSTD
-# (0x01) the only one defined; the server ignores bits it does not know. The
-# ACCEPTED that answers it carries one more byte: the compression chosen,
-# one of the offered bits or 0 for none.
+# (0x01) and ZSTD_HISTORY (0x02, zstd whose streams start from the session's
+# recent data); the server ignores bits it does not know. The ACCEPTED that
+# answers it carries one more byte: the compression chosen, one of the
+# offered bits or 0 for none.
 HELLO_COMPRESS = struct.Struct("!QB")
 # A parked standby waits this long for its RESUME at most: the client opens
 # a new one long before (its TCP keepalives find a dead one in about a
@@ -233,8 +234,9 @@ class Server:
         self._last_hello[client_key] = stamp
         # Compression only when both sides allow it; each then compresses
         # what it sends as its own mode says.
-        allowed = offer is not None and offer & ZSTD and self.config.compression.enabled
-        chosen = ZSTD if allowed else 0
+        chosen = 0
+        if offer is not None and self.config.compression.enabled:
+            chosen = (ZSTD_HISTORY if offer & ZSTD_HISTORY else ZSTD) & offer
         msg2 = hs.write_message(ACCEPTED if offer is None else ACCEPTED + bytes([chosen]))
         send, recv = hs.split()
         dsend, drecv = hs.datagram_keys()
@@ -243,7 +245,8 @@ class Server:
         loop = asyncio.get_running_loop()
         now = loop.time()
         session = Session(is_client=False, now=now, config=self.config.session,
-                          compression=self.config.compression if chosen else None)
+                          compression=self.config.compression if chosen else None,
+                          history=chosen == ZSTD_HISTORY)
         driver = SessionDriver(session, RecordSealer(send, now), RecordOpener(recv),
                                name=f"session {sid.hex()[:8]} ({who})")
         self.config.connector.attach(driver)
