@@ -86,6 +86,7 @@ class Row:
     cpu_gib_par: float | None = None
     p50_us: float | None = None  # medians over the latency runs
     p99_us: float | None = None
+    cpu_rt_us: float | None = None  # CPU µs of both daemons per round trip, median
     runs: list[dict[str, Any]] = field(default_factory=list)
     par_runs: list[dict[str, Any]] = field(default_factory=list)
     latency_runs: list[dict[str, Any]] = field(default_factory=list)
@@ -248,6 +249,19 @@ def timed_run(port: int, nbytes: int, streams: int, pids: list[int]) -> dict[str
     return run
 
 
+def timed_latency(port: int, rounds: int, pids: list[int]) -> dict[str, Any]:
+    """One latency run with the CPU time the daemons used per round trip: unlike the
+    round trip's wall time, which waits on the machine's scheduler, it is the
+    daemons' own cost, and it varies little from run to run."""
+    before = cpu_seconds(pids) if pids else 0.0
+    run = load.latency(HOST, port, rounds)
+    if pids:
+        # The warm-up rounds ran too: count them.
+        run["cpu_us_per_round"] = ((cpu_seconds(pids) - before) * 1e6
+                                   / (run["rounds"] + load.WARMUP))
+    return run
+
+
 def measure(keys: list[str], sink: int, echo: int, args: argparse.Namespace,
             stack: contextlib.ExitStack) -> list[Row]:
     """Every path's daemons up at once, then the runs interleaved: run i of each
@@ -277,7 +291,7 @@ def measure(keys: list[str], sink: int, echo: int, args: argparse.Namespace,
             try:
                 row.runs.append(timed_run(lsink, args.bytes, 1, pids))
                 row.par_runs.append(timed_run(lsink, args.bytes, args.streams, pids))
-                row.latency_runs.append(load.latency(HOST, lecho, args.rounds))
+                row.latency_runs.append(timed_latency(lecho, args.rounds, pids))
                 procs.check_alive()
             except Exception as exc:
                 row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -294,6 +308,7 @@ def summarize(row: Row) -> None:
     row.cpu_gib_par = median_or_none(r.get("cpu_s_per_gib") for r in row.par_runs)
     row.p50_us = median_or_none(r["p50_us"] for r in row.latency_runs)
     row.p99_us = median_or_none(r["p99_us"] for r in row.latency_runs)
+    row.cpu_rt_us = median_or_none(r.get("cpu_us_per_round") for r in row.latency_runs)
 
 
 def ssh_facts() -> dict[str, str]:
@@ -314,7 +329,7 @@ def ratio(value: float | None, reference: float | None) -> float | None:
 
 def table_row(r: Row, ref_mbps: float | None, args: argparse.Namespace) -> str:
     if r.status != "ok":
-        return f"| {r.path} | {cell(r.status + ': ' + r.error)} |" + " — |" * 6
+        return f"| {r.path} | {cell(r.status + ': ' + r.error)} |" + " — |" * 7
     tput = fmt(r.mbps)
     if late := [f"{x['bytes'] / 1e6:.0f} MB" for x in r.runs + r.par_runs if x["timed_out"]]:
         tput += f" (hit the {load.RUN_LIMIT:g} s limit, moved {', '.join(late)})"
@@ -322,7 +337,8 @@ def table_row(r: Row, ref_mbps: float | None, args: argparse.Namespace) -> str:
     if any(x["rounds"] < args.rounds for x in r.latency_runs):
         p99 += " (rounds cut by the time limit)"
     return (f"| {r.path} | {tput} | {fmt(r.mbps_par)} | {fmt(ratio(r.mbps, ref_mbps), 2)} | "
-            f"{fmt(r.cpu_gib, 2)} | {fmt(r.cpu_gib_par, 2)} | {fmt(r.p50_us)} | {p99} |")
+            f"{fmt(r.cpu_gib, 2)} | {fmt(r.cpu_gib_par, 2)} | {fmt(r.p50_us)} | {p99} | "
+            f"{fmt(r.cpu_rt_us)} |")
 
 
 def draw(rows: list[Row], args: argparse.Namespace) -> list[tuple[str, Path]]:
@@ -356,16 +372,24 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace,
     k = args.streams
     lines = ["## Session throughput and latency (loopback)", "",
              f"| path | 1 stream MB/s | {k} streams MB/s | 1 stream, ratio to ssh -L aes128-gcm "
-             f"| CPU s/GiB, 1 stream | CPU s/GiB, {k} streams | p50 µs | p99 µs |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|",
+             f"| CPU s/GiB, 1 stream | CPU s/GiB, {k} streams | p50 µs | p99 µs "
+             "| CPU µs per round trip |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
              *(table_row(r, ref_mbps, args) for r in rows), ""]
     if roam and roam.status == "ok" and roam.mbps and ref and ref_mbps:
         lines.append(
             f"roam / ssh -L (aes128-gcm) single-stream throughput ratio: "
             f"**{roam.mbps / ref_mbps:.2f}** (roam {roam.mbps:.1f} MB/s, ssh -L {ref_mbps:.1f} "
             f"MB/s; aim: at least 1.0, {'met' if roam.mbps >= ref_mbps else 'not met'}); "
-            f"with {k} streams {fmt(ratio(roam.mbps_par, ref.mbps_par), 2)}. p50 latency roam "
-            f"{fmt(roam.p50_us)} µs vs ssh -L {fmt(ref.p50_us)} µs.")
+            f"with {k} streams {fmt(ratio(roam.mbps_par, ref.mbps_par), 2)}.")
+        direct = by.get("direct")
+        if (direct and direct.p50_us is not None and roam.p50_us is not None
+                and ref.p50_us is not None):
+            added, ssh_added = roam.p50_us - direct.p50_us, ref.p50_us - direct.p50_us
+            lines += ["", f"Latency added to a direct connection's p50: roam **{added:.1f} µs**, "
+                      f"ssh -L {ssh_added:.1f} µs (aim: roam adds no more than ssh -L, "
+                      f"{'met' if added <= ssh_added else 'not met'}); CPU per round trip, both "
+                      f"daemons: roam {fmt(roam.cpu_rt_us)} µs, ssh -L {fmt(ref.cpu_rt_us)} µs."]
     else:
         why = ", ".join(f"{LABELS[key]} {by[key].status if key in by else 'not selected'}"
                         for key in ("roam", REFERENCE))
@@ -385,7 +409,9 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace,
         "server; ssh and sshd with its children) during the throughput runs, per 2^30 bytes "
         "moved; direct has no daemons. Latency: one connection, 64-byte request, 64-byte "
         f"echo, {args.rounds} rounds per run (TCP_NODELAY, {load.WARMUP} warm-up rounds not "
-        "counted). The benchmark client, the sink and the daemons share the machine's CPUs.",
+        "counted in the percentiles); CPU per round trip is the user + system time of both "
+        "daemons over all rounds of the run, warm-up included, per round. The benchmark "
+        "client, the sink and the daemons share the machine's CPUs.",
         "",
         f"- Date: {facts['date']}",
         f"- Machine: {machine_line(facts)}",

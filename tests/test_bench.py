@@ -26,7 +26,8 @@ import tunnels  # noqa: E402
 RUN = ROOT / "bench" / "run.py"
 SSHD = Path("/usr/sbin/sshd")
 HEADER = ("| path | 1 stream MB/s | 2 streams MB/s | 1 stream, ratio to ssh -L aes128-gcm "
-          "| CPU s/GiB, 1 stream | CPU s/GiB, 2 streams | p50 µs | p99 µs |")
+          "| CPU s/GiB, 1 stream | CPU s/GiB, 2 streams | p50 µs | p99 µs "
+          "| CPU µs per round trip |")
 RUNS = 2
 
 
@@ -70,6 +71,7 @@ def test_direct_row(tmp_path: Path) -> None:
     row = raw["rows"][0]
     assert all(r["bytes"] == 8_000_000 for r in row["runs"] + row["par_runs"])
     assert table_row(text, "direct")[4] == "—"  # no daemons, no CPU figure
+    assert table_row(text, "direct")[8] == "—"
     assert "Reproduce: `python bench/run.py" in text
 
     # A second run replaces the section and keeps what lies outside the markers.
@@ -92,6 +94,8 @@ def test_ssh_row(tmp_path: Path) -> None:
     cells = table_row(text, "ssh -L aes128-gcm")
     assert cells[3] == "1.00"
     assert re.fullmatch(r"\d+\.\d\d", cells[4]), cells  # CPU s/GiB of ssh and sshd
+    assert re.fullmatch(r"\d+\.\d", cells[8]), cells  # CPU µs per round trip
+    assert float(cells[8]) > 0
     assert "OpenSSH_" in text
     assert "ssh -L aes128-gcm: aes128-gcm@openssh.com" in text
 
@@ -170,11 +174,13 @@ def test_parse_only() -> None:
 def test_render_reports_the_ratio_to_ssh_aes() -> None:
     args = bench_run.parse_args(["--runs", "1", "--streams", "8", "--rounds", "10"])
     rows = []
-    for key, mbps in (("roam", 600.0), ("ssh-aes", 500.0)):
+    for key, mbps, p50 in (("direct", 5000.0, 20.0), ("roam", 600.0, 150.0),
+                           ("ssh-aes", 500.0, 100.0)):
         row = bench_run.Row(key, bench_run.LABELS[key])
         row.runs = [{"mbps": mbps, "bytes": 1, "timed_out": False, "cpu_s_per_gib": 2.0}]
         row.par_runs = [{"mbps": mbps * 2, "bytes": 1, "timed_out": False}]
-        row.latency_runs = [{"p50_us": 100.0, "p99_us": 200.0, "rounds": 10}]
+        row.latency_runs = [{"p50_us": p50, "p99_us": 200.0, "rounds": 10,
+                             "cpu_us_per_round": 90.0}]
         bench_run.summarize(row)
         rows.append(row)
     failed = bench_run.Row("ssh-chacha", bench_run.LABELS["ssh-chacha"], "failed", "boom")
@@ -186,6 +192,9 @@ def test_render_reports_the_ratio_to_ssh_aes() -> None:
     assert "with 8 streams 1.20" in text
     assert table_row(text, "roam")[1:4] == ["600.0", "1200.0", "1.20"]
     assert table_row(text, "ssh -L chacha20-poly1305")[1] == "failed: boom"
+    assert ("Latency added to a direct connection's p50: roam **130.0 µs**, ssh -L 80.0 µs "
+            "(aim: roam adds no more than ssh -L, not met)") in text
+    assert table_row(text, "roam")[8] == "90.0"
 
 
 def test_tunnels_refuses_without_root(monkeypatch: pytest.MonkeyPatch,

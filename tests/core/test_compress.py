@@ -17,6 +17,7 @@ from roam.core.compress import (
     MAX_SKIP,
     MAX_WINDOW_LOG,
     MIN_SIZE,
+    TABLE_LOG_MAX,
     ChannelDecompressor,
     CompressionMode,
     Compressor,
@@ -266,3 +267,34 @@ def test_a_released_channel_gives_its_context_back() -> None:
     payload, compressed = b.compress(text)
     assert compressed
     assert not bytes(payload).startswith(MAGIC)
+
+
+def test_random_bytes_never_cost_a_context_of_their_own() -> None:
+    pool = Compressor(AUTO)
+    channel = pool.channel()
+    rng = random.Random(5)
+    for _ in range(200):
+        frame = rng.randbytes(60_000)
+        assert channel.compress(frame) == (frame, False)
+    assert not pool._lru  # the shared probe turned every try down
+    # Text after it: compressed again within the back-off (at most 64 frames).
+    results = [channel.compress(_json(60_000, seed=i))[1] for i in range(MAX_SKIP + 1)]
+    assert any(results)
+    assert len(pool._lru) == 1
+
+
+def test_a_frame_that_starts_random_but_is_mostly_text_is_tried() -> None:
+    channel = Compressor(AUTO).channel()
+    frame = random.Random(6).randbytes(8_000) + _json(50_000)
+    payload, compressed = channel.compress(frame)
+    assert compressed
+    assert ChannelDecompressor().decompress(payload, MAX_OUTPUT) == frame
+
+
+@pytest.mark.parametrize("level", [1, 3, 5, 19])
+def test_contexts_have_tables_for_the_window_not_for_gigabytes(level: int) -> None:
+    params = Compressor(CompressionMode(True, level))._params
+    assert params.window_log == MAX_WINDOW_LOG
+    assert params.hash_log <= TABLE_LOG_MAX
+    assert params.chain_log <= TABLE_LOG_MAX
+    assert params.estimated_compression_context_size() < 1_100_000 or level == 19

@@ -140,14 +140,15 @@ def test_resume_with_compression_resends_the_same_bytes() -> None:
     data = _text(3_000_000, random.Random(6))
     p.write(cid, data)
     p.in_flight()
-    first_sent = {seq: bytes(head) + bytes(body) for seq, _, head, body in p.client._unacked}
+    first_sent = {seq: bytes(head) + bytes(body)
+                  for seq, _, head, body in p.client._unacked or ()}
     p.break_transport(keep_to_server=3)
     p.reattach()
     (resume,) = p.client.payloads_to_send(p.now)
     p.server.receive_payload(resume, p.now)
     for payload in p.server.payloads_to_send(p.now):
         p.client.receive_payload(payload, p.now)
-    resent = list(p.client._pending)
+    resent = list(p.client._pending or ())
     assert resent
     assert all(first_sent[seq] == bytes(head) + bytes(body)
                for seq, _, head, body in resent if seq in first_sent)

@@ -95,8 +95,20 @@ AUTO_MIN_RTT = 0.001
 # keeps the cost to about one try in 64 frames, while a stream that turns
 # compressible is noticed within 64 frames (at most 3.75 MiB).
 MAX_SKIP = 64
-# Live compression contexts per session: each costs ~1.7 MB at level 3
-# (measured with a 128 KiB window), too much for thousands of channels. The
+# zstd sizes a context's match tables for inputs far larger than a 128 KiB
+# window: capped at 2^15 entries, a level-5 context is 665 KiB instead of
+# 3065 and a level-3 one 761 instead of 1273, for 0.0992 of a JSON stream
+# instead of 0.0979 (level 5) and the same 0.1148 (level 3). A server
+# resuming a thousand sessions at once that all compress makes a thousand.
+TABLE_LOG_MAX = 15
+# A new stream is tried only on data a sample of which shrinks: the sample,
+# this much from across the frame, goes through one level-1 compressor that every
+# session of the process shares (4 us for random bytes, 11 for JSON), so a
+# channel of random or encrypted bytes never costs a context of its own.
+PROBE_SIZE = 4096
+PROBE_MIN = 512
+# Live compression contexts per session: each costs ~0.7 MB (above), too
+# much for thousands of channels. The
 # least recently used one is taken over when a channel needs one; its old
 # channel's next compressed frame starts a new stream.
 MAX_CONTEXTS = 16
@@ -137,6 +149,38 @@ OFF = CompressionMode(False)
 AUTO = CompressionMode(True, AUTO_LEVEL, auto=True)
 
 
+def _parameters(level: int) -> zstandard.ZstdCompressionParameters:
+    p = zstandard.ZstdCompressionParameters.from_level(
+        level, window_log=MAX_WINDOW_LOG, write_checksum=0, write_content_size=0,
+        write_dict_id=0)
+    return zstandard.ZstdCompressionParameters(
+        window_log=MAX_WINDOW_LOG, hash_log=min(p.hash_log, TABLE_LOG_MAX),
+        chain_log=min(p.chain_log, TABLE_LOG_MAX), search_log=p.search_log,
+        min_match=p.min_match, target_length=p.target_length, strategy=p.strategy,
+        write_checksum=0, write_content_size=0, write_dict_id=0)
+
+
+_probe: zstandard.ZstdCompressor | None = None
+
+
+def _worth_a_stream(data: bytes | memoryview, ratio: float) -> bool:
+    """Whether a sample of `data` shrinks to `ratio` of its size at level 1."""
+    global _probe
+    if _probe is None:
+        _probe = zstandard.ZstdCompressor(level=1, write_checksum=False,
+                                          write_content_size=False)
+    n = len(data)
+    if n <= PROBE_SIZE:
+        sample = bytes(data)
+    else:
+        # Four pieces from across the frame, not its head alone: a frame may
+        # begin with bytes unlike the rest.
+        piece = PROBE_SIZE // 4
+        sample = b"".join(data[i * (n - piece) // 3:i * (n - piece) // 3 + piece]
+                          for i in range(4))
+    return len(_probe.compress(sample)) <= len(sample) * ratio
+
+
 class History:
     """The last HISTORY_SIZE bytes of one direction's FLAG_HISTORY data.
 
@@ -147,7 +191,9 @@ class History:
     __slots__ = ("_pieces", "_size")
 
     def __init__(self) -> None:
-        self._pieces: deque[bytes] = deque()
+        # Made with the first data: every session that negotiated history
+        # has two, most of them idle (an empty deque is 0.6 KiB).
+        self._pieces: deque[bytes] | None = None
         self._size = 0
 
     def __len__(self) -> int:
@@ -157,14 +203,17 @@ class History:
         if not data:
             return
         piece = bytes(data[-HISTORY_SIZE:])
-        self._pieces.append(piece)
+        if self._pieces is None:
+            self._pieces = deque()
+        pieces = self._pieces
+        pieces.append(piece)
         self._size += len(piece)
-        while self._size - len(self._pieces[0]) >= HISTORY_SIZE:
-            self._size -= len(self._pieces.popleft())
+        while self._size - len(pieces[0]) >= HISTORY_SIZE:
+            self._size -= len(pieces.popleft())
 
     def dictionary(self) -> zstandard.ZstdCompressionDict | None:
         """The history as a raw-content dictionary; None while it is empty."""
-        if not self._size:
+        if self._pieces is None:
             return None
         data = b"".join(self._pieces)[-HISTORY_SIZE:]
         return zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
@@ -204,9 +253,7 @@ class Compressor:
             raise ValueError("compression is off")
         self.mode = mode
         self.history = history
-        self._params = zstandard.ZstdCompressionParameters.from_level(
-            mode.level, window_log=MAX_WINDOW_LOG, write_checksum=0, write_content_size=0,
-            write_dict_id=0)
+        self._params = _parameters(mode.level)
         self._max = max_contexts
         self._lru: OrderedDict[_Context, None] = OrderedDict()
         # Least of a compressed frame's size over its raw size that still counts as a hit.
@@ -270,21 +317,30 @@ class ChannelCompressor:
             # receiver's, so the next compressed frame continues the stream.
             self._skip -= 1
             return data, False
-        ctx = self._pool._context(self)
         if self._obj is None:
-            self._obj = ctx.start(self._pool.history)
+            # Small frames skip the probe: one shot without the stream's
+            # history undersells them, and they are what chatty channels send.
+            if len(data) >= PROBE_MIN and not _worth_a_stream(data, self._pool._ratio):
+                self._missed()
+                return data, False
+            self._obj = self._pool._context(self).start(self._pool.history)
+        else:
+            self._pool._context(self)
         out = self._obj.compress(data) + self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         if len(out) <= len(data) * self._pool._ratio:
             self._misses = 0
         else:
-            self._misses += 1
-            self._skip = min(2 ** (self._misses - 1), MAX_SKIP)
+            self._missed()
         if len(out) < len(data):
             return out, True
         # The compressor took this frame into its history but the receiver
         # never will: end the stream, the next compressed frame starts anew.
         self._obj = None
         return data, False
+
+    def _missed(self) -> None:
+        self._misses += 1
+        self._skip = min(2 ** (self._misses - 1), MAX_SKIP)
 
     def release(self) -> None:
         """The channel ended: its compression context goes back to the pool."""

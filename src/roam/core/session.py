@@ -173,6 +173,18 @@ def _release(ch: _Channel) -> None:
 
 
 class Session:
+    # A server holds one per session for as long as it lives, idle or not:
+    # slots, where an instance dict of this many attributes (past the 30 that
+    # share keys) cost about 1.5 KiB.
+    __slots__ = ("_ack_due", "_ack_sent", "_channels", "_close_sent", "_compressor", "_control",
+                 "_control_alone", "_datagram_bytes", "_detached_since", "_drained", "_events",
+                 "_last_ping", "_last_received", "_next_channel", "_next_seq",
+                 "_peer_max_channel", "_pending", "_ping_token", "_pings", "_received",
+                 "_record_limit", "_recv_history", "_replay_bytes", "_rr", "_rtt",
+                 "_send_history", "_unacked", "_unacked_bytes", "bytes_received", "bytes_sent",
+                 "config", "datagrams_received", "datagrams_sent", "frames_resent", "is_client",
+                 "payload_bytes_received", "payload_bytes_sent", "resumes", "state")
+
     def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None,
                  compression: CompressionMode | None = None, history: bool = False) -> None:
         """`compression`: None (or off) unless the handshake negotiated it; then
@@ -193,22 +205,29 @@ class Session:
         self._next_channel = 1 if is_client else 2
         self._peer_max_channel = 0
         self._next_seq = 1
-        self._pending: deque[Entry] = deque()  # reliable, not yet sent
-        self._unacked: deque[Entry] = deque()  # sent, not yet acknowledged
+        # Reliable frames not yet sent, and sent but not yet acknowledged. Made
+        # when first needed and dropped again when an idle session's keepalive
+        # finds both empty: an empty deque is 0.6 KiB, and a server holds
+        # thousands of idle sessions.
+        self._pending: deque[Entry] | None = None
+        self._unacked: deque[Entry] | None = None
         self._replay_bytes = 0
         self._control: list[bytes] = []  # unreliable frames for the current transport
         self._received = 0  # highest reliable seq received in order
         self._ack_sent = 0
         self._unacked_bytes = 0  # reliable bytes received since our last ACK
         self._ack_due: float | None = None  # when a standalone ACK must go
-        self._events: deque[ev.Event] = deque()
+        # A list: an idle session holds it empty (an empty deque is 0.6 KiB),
+        # and the driver drains it after every read.
+        self._events: list[ev.Event] = []
         self._rtt = RttEstimator()
         self._pings: dict[int, float] = {}  # token -> when sent
         self._ping_token = 0
         self._last_received = now
         self._last_ping = now
         self._detached_since: float | None = now
-        self._rr: deque[int] = deque()  # channels with data waiting, round-robin
+        # Channels with data waiting, round-robin; made when first needed.
+        self._rr: deque[int] | None = None
         self._close_sent = False
         # After a resume the control frames (RESUMED, ACK) leave in a record
         # of their own: a new TCP connection starts with a 10-segment window
@@ -305,7 +324,7 @@ class Session:
         ch.opened = True
         self._queue(fr.OpenOk(self._seq(), cid, self.config.channel_window))
         if ch.send_buf or ch.fin_pending:
-            self._rr.append(cid)
+            self._wake(cid)
 
     def refuse_channel(self, cid: int, code: CloseCode, reason: str) -> None:
         if self._channels.pop(cid, None) is not None:
@@ -317,7 +336,7 @@ class Session:
         if ch is None or ch.fin_pending:
             return
         if not ch.send_buf and ch.opened:
-            self._rr.append(cid)
+            self._wake(cid)
         ch.send_buf.append(data)
 
     def send_datagram(self, cid: int, data: bytes) -> bool:
@@ -367,7 +386,7 @@ class Session:
             return
         ch.fin_pending = True
         if ch.opened and not ch.send_buf:
-            self._rr.append(cid)
+            self._wake(cid)
 
     def reset_channel(self, cid: int, code: CloseCode = CloseCode.RESET_BY_APPLICATION) -> None:
         ch = self._channels.pop(cid, None)
@@ -456,22 +475,26 @@ class Session:
             self._control_alone = False
         max_record = self.config.max_record_payload
         limit = min(self._record_limit, max_record)
-        pending, unacked = self._pending, self._unacked
-        room = budget if budget is not None else self._replay_bytes
-        while pending and room > 0:
-            item = pending.popleft()
-            unacked.append(item)
-            frame_size = item[1]
-            room -= frame_size
-            if parts and size + frame_size > limit:
-                records.append(parts)
-                parts, size = [], 0
-                if limit < max_record:
-                    limit = self._record_limit = limit * 2
-            parts.append(item[2])
-            if item[3]:
-                parts.append(item[3])
-            size += frame_size
+        pending = self._pending
+        if pending:
+            unacked = self._unacked
+            if unacked is None:
+                unacked = self._unacked = deque()
+            room = budget if budget is not None else self._replay_bytes
+            while pending and room > 0:
+                item = pending.popleft()
+                unacked.append(item)
+                frame_size = item[1]
+                room -= frame_size
+                if parts and size + frame_size > limit:
+                    records.append(parts)
+                    parts, size = [], 0
+                    if limit < max_record:
+                        limit = self._record_limit = limit * 2
+                parts.append(item[2])
+                if item[3]:
+                    parts.append(item[3])
+                size += frame_size
         if parts:
             records.append(parts)
             if limit < max_record:
@@ -497,6 +520,8 @@ class Session:
     def _fill_data(self) -> None:
         """Turn buffered channel bytes into DATA frames while the replay buffer has room."""
         rr = self._rr
+        if rr is None:
+            return
         limit = self.config.replay_limit
         compressor = self._compressor
         if compressor is not None and not compressor.wanted(self._rtt.min_rtt):
@@ -535,7 +560,7 @@ class Session:
                 seq = self._seq()
                 head = fr.encode_data_header(seq, cid, len(chunk), flags)
                 entry = (seq, len(head) + len(chunk), head, chunk)
-                self._pending.append(entry)
+                self._pend().append(entry)
                 self._replay_bytes += entry[1]
             if buf:
                 rr.append(cid)
@@ -543,6 +568,17 @@ class Session:
                 ch.fin_sent = True
                 self._queue(fr.Fin(self._seq(), cid))
                 self._maybe_finished(ch)
+
+    def _pend(self) -> deque[Entry]:
+        if self._pending is None:
+            self._pending = deque()
+        return self._pending
+
+    def _wake(self, cid: int) -> None:
+        """Channel `cid` has data (or a FIN) to send: queue it for _fill_data."""
+        if self._rr is None:
+            self._rr = deque()
+        self._rr.append(cid)
 
     def _seq(self) -> int:
         seq = self._next_seq
@@ -554,7 +590,7 @@ class Session:
 
     def _queue_raw(self, encoded: bytes) -> None:
         # Called right after _seq() numbered the frame.
-        self._pending.append((self._next_seq - 1, len(encoded), encoded, b""))
+        self._pend().append((self._next_seq - 1, len(encoded), encoded, b""))
         self._replay_bytes += len(encoded)
 
     # ---- input -----------------------------------------------------------
@@ -622,7 +658,7 @@ class Session:
             if ch.credit + frame.increment > 2**32:
                 raise ProtocolError(f"channel {ch.id} credit overflow", CloseCode.FLOW_CONTROL)
             if ch.credit == 0 and ch.send_buf:
-                self._rr.append(ch.id)
+                self._wake(ch.id)
             ch.credit += frame.increment
         elif isinstance(frame, fr.Open):
             self._peer_open(frame)
@@ -635,7 +671,7 @@ class Session:
             ch.opened = True
             ch.credit = frame.window
             if ch.send_buf or ch.fin_pending:
-                self._rr.append(ch.id)
+                self._wake(ch.id)
             self._events.append(ev.ChannelOpened(ch.id))
             early, ch.early = ch.early, []
             for datagram in early:
@@ -783,9 +819,10 @@ class Session:
                 self._replay_bytes -= pending.popleft()[1]
 
     def _resend_all(self) -> None:
-        resent = list(self._unacked)
-        self._unacked.clear()
-        self._pending.extendleft(reversed(resent))
+        resent = list(self._unacked or ())
+        self._unacked = None
+        if resent:
+            self._pend().extendleft(reversed(resent))
         self.frames_resent += len(resent)
         self.resumes += 1
         self._events.append(ev.SessionResumed(len(resent), sum(entry[1] for entry in resent)))
@@ -852,11 +889,17 @@ class Session:
             token = self._ping_token
             self._last_ping = now
             self._control.append(fr.encode(fr.Ping(token)))
+            if not self._pending and not self._unacked:
+                # Nothing in flight at a keepalive: an idle session gives
+                # back its deques until it carries data again.
+                self._pending = self._unacked = None
+                if not self._rr:
+                    self._rr = None
 
     # ---- events and statistics ---------------------------------------------
 
     def next_event(self) -> ev.Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def statistics(self) -> SessionStatistics:
         return SessionStatistics(
