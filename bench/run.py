@@ -1,7 +1,8 @@
 """Session benchmark on loopback: direct, roam and ssh -L side by side in one run.
 
     python bench/run.py [--bytes N] [--rounds N] [--runs N] [--streams K]
-                        [--only direct,roam,roam-chacha,roam-asyncio,ssh-aes,ssh-chacha]
+                        [--only direct,pyforward,roam,roam-chacha,roam-asyncio,ssh-aes,
+                               ssh-chacha]
                         [--out docs/benchmarks.md] [--json bench/results/session.json]
 
 For each path it measures throughput to a sink that replies with the byte count after
@@ -67,7 +68,8 @@ START, END = "<!-- bench:session:start -->", "<!-- bench:session:end -->"
 READY_LIMIT = 20.0  # seconds for a tunnel to carry its first echo
 SSHD = Path("/usr/sbin/sshd")
 SSH_CIPHERS = {"ssh-aes": "aes128-gcm@openssh.com", "ssh-chacha": "chacha20-poly1305@openssh.com"}
-LABELS = {"direct": "direct", "roam": "roam", "roam-chacha": "roam --cipher chachapoly",
+LABELS = {"direct": "direct", "pyforward": "2 plain Python forwarders (uvloop)",
+          "roam": "roam", "roam-chacha": "roam --cipher chachapoly",
           "roam-asyncio": "roam --event-loop asyncio",
           "ssh-aes": "ssh -L aes128-gcm", "ssh-chacha": "ssh -L chacha20-poly1305"}
 ALIASES = {"ssh": ["ssh-aes", "ssh-chacha"]}
@@ -229,8 +231,34 @@ def setup_ssh(sink: int, echo: int, procs: Procs, row: Row,
     return lsink, lecho, [sshd.pid, ssh.pid]
 
 
+def setup_pyforward(sink: int, echo: int, procs: Procs, row: Row) -> tuple[int, int, list[int]]:
+    """Two bench/pyforward.py processes chained per destination, as roam chains its
+    client and server: what the daemons' event loops and system calls cost alone."""
+    pids = []
+    ports = []
+    for dest in (sink, echo):
+        to = dest
+        for hop in ("server", "client"):
+            proc = procs.start(f"pyforward {hop} {dest}", [
+                sys.executable, str(ROOT / "bench" / "pyforward.py"), "--to", str(to)],
+                stdout=subprocess.PIPE)
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 10)
+            line = proc.stdout.readline() if ready else b""
+            if not line.strip().isdigit():
+                procs.check_alive()
+                raise RuntimeError("pyforward printed no port")
+            to = int(line)
+            pids.append(proc.pid)
+        ports.append(to)
+    wait_until(procs, lambda: probe(ports[0], ports[1]), "pyforward")
+    # CPU is counted for the two forwarders a byte crosses, as for roam's two daemons.
+    return ports[0], ports[1], pids
+
+
 SETUPS: dict[str, Setup] = {
     "direct": lambda sink, echo, procs, row: (sink, echo, []),
+    "pyforward": setup_pyforward,
     "roam": setup_roam,
     "roam-chacha": lambda s, e, p, r: setup_roam(s, e, p, r, "chachapoly"),
     "roam-asyncio": lambda s, e, p, r: setup_roam(s, e, p, r, event_loop="asyncio"),

@@ -83,6 +83,16 @@ def test_direct_row(tmp_path: Path) -> None:
     assert "kept line" in text
 
 
+def test_python_forwarder_row(tmp_path: Path) -> None:
+    """Two plain forwarders chained, the floor under any Python tunnel: measured
+    like a tunnel, with the CPU of both processes."""
+    text, raw = run_bench(tmp_path, "pyforward", 4_000_000, 100)
+    assert_measured(text, raw, "2 plain Python forwarders (uvloop)")
+    cells = table_row(text, "2 plain Python forwarders (uvloop)")
+    assert re.fullmatch(r"\d+\.\d\d", cells[4]), cells
+    assert re.fullmatch(r"\d+\.\d", cells[8]), cells
+
+
 def test_ssh_row(tmp_path: Path) -> None:
     if not SSHD.exists():
         reason = f"{SSHD} missing (scripts/setup-env installs openssh-server as root)"
