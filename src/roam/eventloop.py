@@ -38,7 +38,8 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def stream_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
     """`transport` as a stream transport, on either loop; TypeError otherwise."""
-    if isinstance(transport, asyncio.Transport) or all(
+    # Datagram transports have sendto (asyncio's derive from Transport too).
+    if not hasattr(transport, "sendto") and all(
             hasattr(transport, name) for name in ("write", "pause_reading", "write_eof")):
         return cast(asyncio.Transport, transport)
     raise TypeError(f"expected a stream transport, got {type(transport).__name__}")

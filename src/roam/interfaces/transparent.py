@@ -417,10 +417,10 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         log.info("transparent: a connection before the session exists, refused")
-        if isinstance(transport, asyncio.DatagramTransport):
-            transport.close()
-        else:
+        try:
             stream_transport(transport).abort()
+        except TypeError:  # not a stream: nothing to reset
+            transport.close()
 
 
 class Transparent:
