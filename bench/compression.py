@@ -13,7 +13,7 @@ fetches them in the mobile namespace through each path:
 - compressed: one 512 KiB gzip -9 file (already compressed; nothing left to gain).
 
 Paths: direct TCP; roam --compress off; roam (default: auto); roam --compress zstd (level
-3); ssh -L; ssh -C -L (OpenSSH's zlib). Each fetch is timed from curl's start to its exit,
+3), each flag given to both daemons; ssh -L; ssh -C -L (OpenSSH's zlib). Each fetch is timed from curl's start to its exit,
 and checked byte for byte against the served files. Bytes on the wire are the mobile
 end's wifi interface counters (received + sent: IP packets with their headers, both
 directions), read before and after. All paths are up from the start and the runs are
@@ -214,12 +214,15 @@ def setup_roam(lab: NetLab, path: Daemons, row: Row, compress: str) -> tuple[str
     path.start("server", f"{row.key}-server", [
         *roam, "server", "--listen", f"{server}:{port}", "--key", str(tmp / "server.key"),
         "--authorized-keys", str(tmp / "authorized_keys"),
-        "--allow", f"127.0.0.1:{HTTP_PORT}", "--control", str(tmp / "server.sock")])
+        "--allow", f"127.0.0.1:{HTTP_PORT}", "--control", str(tmp / "server.sock"),
+        "--compress", compress])
     path.start("mobile", f"{row.key}-client", [
         *roam, "client", "--server", f"{server}:{port}", "--server-key", server_pub,
         "--key", str(tmp / "client.key"), "--control", str(tmp / "client.sock"),
         "--compress", compress, "--forward", f"127.0.0.1:{forward}=127.0.0.1:{HTTP_PORT}"])
-    row.notes["setup"] = f"roam client --compress {compress} (server default: auto)"
+    # Both daemons: each compresses what it sends as its own flag says, and the
+    # responses, most of the bytes, are the server's to compress.
+    row.notes["setup"] = f"roam server and roam client both with --compress {compress}"
     return "127.0.0.1", forward
 
 
