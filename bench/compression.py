@@ -12,15 +12,16 @@ fetches them in the mobile namespace through each path:
 - log: one 1 MiB text log (syslog-style lines), streamed in one response;
 - compressed: one 512 KiB gzip -9 file (already compressed; nothing left to gain).
 
-Paths: direct TCP; roam --compress off; roam (default: auto); roam --compress zstd (level
-3), each flag given to both daemons; ssh -L; ssh -C -L (OpenSSH's zlib). Each fetch is timed from curl's start to its exit,
-and checked byte for byte against the served files. Bytes on the wire are the mobile
-end's wifi interface counters (received + sent: IP packets with their headers, both
-directions), read before and after. All paths are up from the start and the runs are
-interleaved (run 1 of every path and workload, then run 2, ...); idle paths add only
-keepalives (under 0.2 KB/s). Must run as root; every process is started through the lab
-and ended by its own Popen, and the lab is always torn down. Rewrites the
-`bench:compression` section of docs/benchmarks.md and draws docs/img/compression-*.png.
+Paths: direct TCP; roam --compress off; roam (default: auto); roam --compress zstd
+(level 3), each flag given to both daemons; ssh -L; ssh -C -L (OpenSSH's zlib). Each
+fetch is timed from curl's start to its exit, and checked byte for byte against the
+served files. Bytes on the wire are the mobile end's wifi interface counters (received +
+sent: IP packets with their headers, both directions), read before and after. All paths
+are up from the start and the runs are interleaved (run 1 of every path and workload,
+then run 2, ...); idle paths add only keepalives (under 0.2 KB/s). Must run as root;
+every process is started through the lab and ended by its own Popen, and the lab is
+always torn down. Rewrites the `bench:compression` section of docs/benchmarks.md and
+draws docs/img/compression-*.png.
 """
 
 from __future__ import annotations
