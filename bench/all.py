@@ -5,7 +5,8 @@
 1. bench/run.py          loopback: direct, roam, ssh -L (throughput, CPU s/GiB, latency)
 2. bench/tunnels.py      network lab: direct, roam, wireguard-go, OpenVPN over the wifi link
 3. bench/compression.py  network lab, 2 Mbit/s and 100 ms: roam and ssh -C, bytes and time
-4. bench/handover.py     network lab: handover stalls, roam against MPTCP and plain TCP
+4. bench/scale.py        loopback: 10,000 sessions on one server, 1,000 resuming at once
+5. bench/handover.py     network lab: handover stalls, roam against MPTCP and plain TCP
 
 The lab benchmarks need root; without it they are skipped with a message and their
 sections are left as they are. Each step runs with a time limit and its own process;
@@ -23,9 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("run", "tunnels", "compression", "handover")
+STEPS = ("run", "tunnels", "compression", "scale", "handover")
 # seconds per step
-LIMITS = {"run": 40 * 60, "tunnels": 30 * 60, "compression": 30 * 60, "handover": 120 * 60}
+LIMITS = {"run": 40 * 60, "tunnels": 30 * 60, "compression": 30 * 60, "scale": 30 * 60,
+          "handover": 120 * 60}
 ROOT_ONLY = {"tunnels", "compression", "handover"}
 
 
@@ -35,11 +37,16 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     run = [py, "bench/run.py", "--runs", str(args.runs)]
     tunnels = [py, "bench/tunnels.py", "--runs", str(args.runs)]
     compression = [py, "bench/compression.py", "--runs", str(args.runs)]
+    # Two generator processes: one holds the sessions that hand over, the other the
+    # idle ones, so the generator is not what is measured.
+    scale = [py, "bench/scale.py", "--workers", "2"]
     handover = [py, "bench/handover.py", "--runs", str(args.handover_runs)]
     if args.quick:
         run += ["--bytes", str(256 << 20), "--rounds", "1000"]
         tunnels += ["--bytes", str(64 << 20)]
-    return {"run": run, "tunnels": tunnels, "compression": compression, "handover": handover}
+        scale += ["--sessions", "2000", "--handover", "500"]
+    return {"run": run, "tunnels": tunnels, "compression": compression, "scale": scale,
+            "handover": handover}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -15,10 +15,10 @@ fetches them in the mobile namespace through each path:
 Paths: direct TCP; roam --compress off; roam (default: auto); roam --compress zstd
 (level 3), each flag given to both daemons; ssh -L; ssh -C -L (OpenSSH's zlib). Each
 fetch is timed from curl's start to its exit, and checked byte for byte against the
-served files. Bytes on the wire are the mobile end's wifi interface counters (received +
-sent: IP packets with their headers, both directions), read before and after. All paths
-are up from the start and the runs are interleaved (run 1 of every path and workload,
-then run 2, ...); idle paths add only keepalives (under 0.2 KB/s). Must run as root;
+served files. Bytes on the wire: an nftables counter per path in the mobile namespace,
+on every TCP or UDP packet between mobile and that path's server port (whole IP packets,
+both directions), read before and after. All paths are up from the start and the runs
+are interleaved (run 1 of every path and workload, then run 2, ...). Must run as root;
 every process is started through the lab and ended by its own Popen, and the lab is
 always torn down. Rewrites the `bench:compression` section of docs/benchmarks.md and
 draws docs/img/compression-*.png.
@@ -66,7 +66,8 @@ START, END = "<!-- bench:compression:start -->", "<!-- bench:compression:end -->
 RATE = 2_000_000  # bits/s each way on the wifi link
 ONE_WAY_MS = 50.0  # each way: a 100 ms round trip
 LAB_MTU = 1500
-HTTP_PORT, SSH_PORT = 8080, 2222
+HTTP_PORT = 8080
+SSH_PORTS = {"ssh": 2222, "ssh-c": 2223}
 ROAM_PORTS = {"roam-off": 7000, "roam": 7001, "roam-zstd": 7002}
 FORWARD_PORTS = {"roam-off": 7100, "roam": 7101, "roam-zstd": 7102, "ssh": 7103, "ssh-c": 7104}
 LABELS = {"direct": "direct TCP", "roam-off": "roam --compress off",
@@ -162,19 +163,48 @@ class Row:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def wire_bytes(lab: NetLab) -> int:
-    """Bytes through the mobile end of the wifi link so far, both directions."""
-    stats = "/sys/class/net/wifi/statistics"
-    out = lab.check("mobile", ["cat", f"{stats}/rx_bytes", f"{stats}/tx_bytes"])
-    return sum(int(x) for x in out.split())
+def wire_port(key: str) -> int:
+    """The server-side port of a path's traffic on the link (its transport's)."""
+    if key == "direct":
+        return HTTP_PORT
+    return ROAM_PORTS[key] if key.startswith("roam") else SSH_PORTS[key]
 
 
-def fetch(lab: NetLab, port: int, host: str, names: list[str], served: Path,
+def count_wire(lab: NetLab, tmp: Path) -> None:
+    """nftables counters in the mobile namespace, one per path, for every packet
+    (TCP or UDP, whole IP packets) between mobile and the server's port of that path:
+    a path's bytes on the wire, its own keepalives included and no other path's."""
+    server = lab.addresses["server"]
+    lines = ["table inet roambench {"]
+    rules_out, rules_in = [], []
+    for key in LABELS:
+        port = wire_port(key)
+        lines.append(f"  counter p{port} {{ }}")
+        rules_out.append(f"    ip daddr {server} meta l4proto {{ tcp, udp }} th dport {port} "
+                         f'counter name "p{port}"')
+        rules_in.append(f"    ip saddr {server} meta l4proto {{ tcp, udp }} th sport {port} "
+                        f'counter name "p{port}"')
+    lines += ["  chain out {", "    type filter hook output priority 0; policy accept;",
+              *rules_out, "  }", "  chain in {",
+              "    type filter hook input priority 0; policy accept;", *rules_in, "  }", "}"]
+    script = tmp / "count.nft"
+    script.write_text("\n".join(lines) + "\n")
+    lab.check("mobile", ["nft", "-f", str(script)])
+
+
+def wire_bytes(lab: NetLab, port: int) -> int:
+    """Bytes of one path on the link so far (both directions)."""
+    out = json.loads(lab.check("mobile", ["nft", "-j", "list", "counter", "inet", "roambench",
+                                          f"p{port}"]))
+    return sum(int(item["counter"]["bytes"]) for item in out["nftables"] if "counter" in item)
+
+
+def fetch(lab: NetLab, key: str, port: int, host: str, names: list[str], served: Path,
           tmp: Path) -> dict[str, float]:
     """curl the names through one path; seconds and wire bytes, after checking every byte."""
     out = Path(tempfile.mkdtemp(prefix="got-", dir=tmp))
     try:
-        before = wire_bytes(lab)
+        before = wire_bytes(lab, wire_port(key))
         started = time.perf_counter()
         proc = lab.run("mobile", ["curl", "--silent", "--show-error", "--fail",
                                   "--max-time", str(int(FETCH_LIMIT)), "--output-dir", str(out),
@@ -189,7 +219,7 @@ def fetch(lab: NetLab, port: int, host: str, names: list[str], served: Path,
             proc.communicate()
             raise RuntimeError(f"curl did not finish within {FETCH_LIMIT:g} s") from None
         seconds = time.perf_counter() - started
-        wire = wire_bytes(lab) - before
+        wire = wire_bytes(lab, wire_port(key)) - before
         if proc.returncode != 0:
             raise RuntimeError(f"curl exited {proc.returncode}: {err.decode(errors='replace')}")
         for name in names:
@@ -237,7 +267,8 @@ def setup_sshd(lab: NetLab, tmp: Path) -> Path:
     with contextlib.suppress(PermissionError):
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation
     (tmp / "sshd_config").write_text("\n".join([
-        f"Port {SSH_PORT}", f"ListenAddress {lab.addresses['server']}",
+        *(f"Port {port}" for port in SSH_PORTS.values()),
+        f"ListenAddress {lab.addresses['server']}",
         f"HostKey {tmp / 'host_key'}", f"PidFile {tmp / 'sshd.pid'}",
         f"AuthorizedKeysFile {tmp / 'authorized_keys'}", "StrictModes no", "UsePAM no",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no",
@@ -251,7 +282,7 @@ def setup_ssh(lab: NetLab, path: Daemons, row: Row, key: Path, compress: bool) -
            "-L", f"127.0.0.1:{forward}:127.0.0.1:{HTTP_PORT}",
            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
            "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-           "-i", str(key), "-p", str(SSH_PORT), f"root@{lab.addresses['server']}"]
+           "-i", str(key), "-p", str(SSH_PORTS[row.key]), f"root@{lab.addresses['server']}"]
     path.start("mobile", row.key, cmd)
     path.wait_log(row.key, "Entering interactive session")
     log = (path.tmp / f"{row.key}.log").read_text(errors="replace")
@@ -262,14 +293,14 @@ def setup_ssh(lab: NetLab, path: Daemons, row: Row, key: Path, compress: bool) -
     return "127.0.0.1", forward
 
 
-def wait_serves(lab: NetLab, path: Daemons, host: str, port: int, served: Path,
+def wait_serves(lab: NetLab, path: Daemons, key: str, host: str, port: int, served: Path,
                 tmp: Path) -> None:
     deadline = time.monotonic() + READY_LIMIT
     last = ""
     while time.monotonic() < deadline:
         path.check_alive()
         try:
-            fetch(lab, port, host, ["probe.txt"], served, tmp)
+            fetch(lab, key, port, host, ["probe.txt"], served, tmp)
             return
         except RuntimeError as exc:
             last = str(exc)
@@ -311,8 +342,9 @@ def render(rows: list[Row], raw: dict[str, int], facts: dict[str, str],
         "connection, fetched by one `curl --remote-name-all` per workload in the mobile "
         "namespace and checked byte for byte. The lab's wifi link has 50 ms of delay each "
         f"way and a tbf rate of {RATE // 1000} kbit/s each way (about 100 ms of queue). On "
-        "the wire: bytes the mobile end's wifi interface received and sent during the fetch "
-        "(IP packets, headers and acknowledgements included), so even direct TCP is above "
+        "the wire: the path's own packets during the fetch, both directions, counted by "
+        "nftables in the mobile namespace by the path's server port (IP headers, "
+        "acknowledgements and the path's keepalives included), so even direct TCP is above "
         "1.00. Completion: from curl's start to its exit, TCP or channel setup included. "
         "Every path was up from the start and the runs are interleaved.", ""]
     lines += [f"- {r.path}: {r.notes['setup']}" for r in rows if r.notes.get("setup")]
@@ -430,6 +462,7 @@ def main(argv: list[str]) -> int:
         (served / "probe.txt").write_text("ready\n")
         raw = {w: raw_size(served, names) for w, names in workloads.items()}
         lab.set_rate("wifi", RATE)
+        count_wire(lab, tmp)
         facts = {**machine_facts(), "versions": versions(),
                  "command": shlex.join(["python", *argv]),
                  "reproduce": shlex.join(["python", "bench/compression.py", "--runs",
@@ -460,7 +493,7 @@ def main(argv: list[str]) -> int:
                         http.start("server", "sshd", [str(SSHD), "-D", "-e", "-f",
                                                       str(sshd_dir / "sshd_config")])
                     host, port = setup_ssh(lab, path, row, key_file, row.key == "ssh-c")
-                wait_serves(lab, path, host, port, served, tmp)
+                wait_serves(lab, path, row.key, host, port, served, tmp)
             except NotRunError as exc:
                 row.status, row.error = "not measured", str(exc)
                 continue
@@ -475,7 +508,7 @@ def main(argv: list[str]) -> int:
                     if c.status != "ok":
                         continue
                     try:
-                        c.runs.append(fetch(lab, port, host, names, served, tmp))
+                        c.runs.append(fetch(lab, row.key, port, host, names, served, tmp))
                         path.check_alive()
                     except Exception as exc:
                         c.status, c.error = "failed", f"{type(exc).__name__}: {exc}"

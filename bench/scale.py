@@ -5,6 +5,9 @@
                           [--json bench/results/scale.json]
     python bench/scale.py --breakdown [--sessions 1000]   # where a session's memory goes
 
+Without --breakdown it also rewrites the `bench:scale` section of --out
+(docs/benchmarks.md) and draws docs/img/scale-resume.png.
+
 The server is a real `roam server` process on loopback (default settings, UDP on),
 allowed to reach an echo service (`bench/servers.py echo`). The load generator is
 this process: one `roam.transport.client.Client` per session, each with a key of
@@ -48,6 +51,7 @@ import platform
 import re
 import resource
 import select
+import shlex
 import socket
 import statistics
 import struct
@@ -64,7 +68,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing roam
+sys.path.insert(1, str(ROOT / "bench"))
 
+import plots  # noqa: E402
+from benchlib import write_section  # noqa: E402
 from roam.core.session import SessionConfig, SessionState  # noqa: E402
 from roam.crypto.keys import (  # noqa: E402
     encode_key,
@@ -79,6 +86,7 @@ from roam.transport.driver import SessionDriver  # noqa: E402
 HOST = "127.0.0.1"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
 RESULTS = ROOT / "bench" / "results" / "scale.json"
+START, END = "<!-- bench:scale:start -->", "<!-- bench:scale:end -->"
 # See the module docstring: the server's 1 s pings keep both sides' timers fed.
 GENERATOR_KEEPALIVE = 30.0
 # Handshake attempts per session: BUSY and a slow server are retried.
@@ -329,6 +337,8 @@ class HandoverResult:
     after_exact: int = 0
     new_sessions: int = 0  # a resume that ended in a new handshake (channels lost)
     errors: list[str] = field(default_factory=list)
+    # Seconds from the reset to each session's resume, sorted (for the figure).
+    resume_times_s: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -393,6 +403,7 @@ async def mass_handover(clients: list[Client], echo_port: int, nbytes: int,
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout)
     times = sorted(t - t0 for t in resumed_at.values())
+    res.resume_times_s = [round(t, 4) for t in times]
     res.resumed = len(times)
     if times:
         res.resume_p50_s = round(statistics.median(times), 3)
@@ -611,6 +622,76 @@ def table(res: ScaleResult) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def draw(res: ScaleResult, img: Path) -> Path | None:
+    """The resume times of the mass handover, as a cumulative distribution."""
+    h = res.handover
+    if h is None or not h.resume_times_s or not plots.have_matplotlib():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    times = h.resume_times_s
+    ax.plot(times, [(i + 1) / h.sessions for i in range(len(times))], drawstyle="steps-post")
+    ax.axvline(5.0, color="0.5", linestyle="--", linewidth=1, label="aim: 5 s")
+    ax.set_xlabel("seconds since every transport was reset")
+    ax.set_ylabel("sessions resumed (share)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{h.sessions} hard handovers at once, {res.sessions} sessions on one "
+                 "server", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = img / "scale-resume.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def render(res: ScaleResult, argv: list[str], figure: Path | None) -> str:
+    h = res.handover
+    kib = res.kib_per_session
+    lines = ["## Ten thousand sessions on one server", "",
+             "| measure | value |", "|---|---|"]
+    lines += [f"| {k.strip()} | {v.strip()} |" for k, v in
+              (line.strip().split("  ", 1) for line in table(res).splitlines())]
+    lines.append("")
+    if kib is not None:
+        lines.append(f"- Server memory per idle session: **{kib} KiB** (aim: 16 KiB or less, "
+                     f"{'met' if kib <= 16 else 'not met'}).")
+    if h is not None:
+        if h.all_resumed_s is not None:
+            met = "met" if h.all_resumed_s <= 5 else "not met"
+            resumed = f"all resumed within **{h.all_resumed_s} s** (aim: 5 s, {met})"
+        else:
+            resumed = f"{h.resumed} of {h.sessions} resumed (aim: all within 5 s, not met)"
+        lines.append(f"- {h.sessions} hard handovers at once: {resumed}; every channel "
+                     "byte-exact before, in flight and after: "
+                     f"{'yes' if h.ok else 'no'}.")
+    if figure is not None:
+        lines += ["", f"![Resume times](img/{figure.name})"]
+    m = res.machine
+    lines += [
+        "", f"The server is a real `roam server` process with default settings (uvloop, "
+        f"UDP on, compression auto); the load generator is roam's own `Client`, "
+        f"{res.workers} process(es), each session with a key of its own, pinging every "
+        f"{GENERATOR_KEEPALIVE:g} s (the server pings every second). Memory: the server's "
+        "VmRSS before and after opening the sessions, over their number; kernel socket "
+        "buffers are not in it. Handover: the sessions get a channel to an echo service "
+        "and echo some bytes; then more bytes are sent and every transport is reset (RST) "
+        "in the same instant; each client's own reconnect loop resumes its session. Where "
+        "the memory goes: `python bench/scale.py --breakdown` and docs/performance.md.",
+        "",
+        f"- Date: {m.get('date')}; {m.get('cpus')} CPUs, Linux {m.get('kernel')}, Python "
+        f"{m.get('python')}; load average {m.get('load_average_at_start')} at the start",
+        f"- Command: `python bench/scale.py {shlex.join(argv)}`; raw results in "
+        "`bench/results/scale.json`"]
+    return "\n".join(lines)
+
+
 # ---- where a session's memory goes ------------------------------------------------
 
 
@@ -768,6 +849,10 @@ def main(argv: list[str]) -> int:
                         help="seconds the opening may take; each handover phase gets a fifth "
                              "(the whole run stays under about 2.2 times this)")
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                        help="the markdown file whose bench:scale section is rewritten")
+    parser.add_argument("--img", type=Path, default=None,
+                        help="directory for the PNG (default: img/ beside --out)")
     parser.add_argument("--breakdown", action="store_true",
                         help="where a session's memory goes (in-process server, tracemalloc)")
     args = parser.parse_args(argv)
@@ -783,6 +868,9 @@ def main(argv: list[str]) -> int:
             res = await run(args.sessions, args.handover, batch=args.batch,
                             workers=args.workers, nbytes=args.bytes, timeout=args.timeout)
             print(table(res))
+            section = render(res, argv, draw(res, args.img or args.out.parent / "img"))
+            write_section(args.out, START, END, section)
+            print(f"rewrote the bench:scale section of {args.out}")
             return asdict(res)
 
     try:

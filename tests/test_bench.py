@@ -219,7 +219,9 @@ def test_tunnels_refuses_without_root(monkeypatch: pytest.MonkeyPatch,
 def test_all_commands() -> None:
     args = bench_all.parse_args(["--quick", "--runs", "5", "--skip", "handover"])
     cmds = bench_all.commands(args)
-    assert list(cmds) == ["run", "tunnels", "compression", "handover"]
+    assert list(cmds) == ["run", "tunnels", "compression", "scale", "handover"]
+    assert cmds["scale"][1:] == ["bench/scale.py", "--workers", "2", "--sessions", "2000",
+                                 "--handover", "500"]
     assert cmds["compression"][1:4] == ["bench/compression.py", "--runs", "5"]
     assert cmds["run"][1:4] == ["bench/run.py", "--runs", "5"]
     assert "--bytes" in cmds["tunnels"]

@@ -28,6 +28,14 @@ def test_small_run_is_byte_exact_and_reports_memory_per_session(tmp_path: Path) 
     text = bench.table(res)
     assert "server KiB per idle session" in text
     assert "20 of 20" in text
+    assert len(h.resume_times_s) == 20
+    assert h.resume_times_s == sorted(h.resume_times_s)
+    section = bench.render(res, ["--sessions", "50"], bench.draw(res, tmp_path))
+    assert section.startswith("## Ten thousand sessions on one server")
+    assert "| server KiB per idle session |" in section
+    assert "hard handovers at once: all resumed within" in section
+    assert "every channel byte-exact before, in flight and after: yes" in section
+    assert "Command: `python bench/scale.py --sessions 50`" in section
 
 
 def test_a_worker_process_holds_its_share_of_the_sessions(tmp_path: Path) -> None:
