@@ -140,3 +140,18 @@ def test_read_exactly_reports_a_closed_peer() -> None:
         server.close()
 
     asyncio.run(main())
+
+
+def test_garbage_read_ahead_of_the_push_loses_the_transport_too() -> None:
+    async def main() -> list[Exception | None]:
+        proto, peer, server = await _pair()
+        peer.write(b"ab" + b"\xff" * 30)
+        assert await proto.read_exactly(2, 5) == b"ab"
+        lost: list[Exception | None] = []
+        proto.start_push(RecordFramer(), lambda rs: None, lost.append, lambda: None)
+        peer.close()
+        server.close()
+        return lost
+
+    (exc, *_) = asyncio.run(main())
+    assert isinstance(exc, FramingError)

@@ -157,7 +157,13 @@ class TransportProtocol(asyncio.BufferedProtocol):
         if self._buf:
             leftover = bytes(self._buf)
             self._buf.clear()
-            sink(framer.feed(leftover))
+            try:
+                records = framer.feed(leftover)
+            except FramingError as exc:
+                on_lost(exc)
+                self.abort()
+                return
+            sink(records)
         if self.lost:
             on_lost(self.lost_reason)
 
