@@ -1,6 +1,6 @@
 """Profile roam's record path: a bulk upload or round trips, both daemons sampled.
 
-    python bench/profile.py [--workload bulk|latency] [--seconds 8] [--rate 250]
+    python bench/hotspots.py [--workload bulk|latency] [--seconds 8] [--rate 250]
                             [--top 25] [--out DIR]
 
 Starts a sink and an echo server (bench/servers.py), a roam server and a roam client
