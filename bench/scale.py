@@ -31,8 +31,13 @@ Generator choices, both to keep the generator from being what is measured:
   session would double the generator's sockets for nothing. The server keeps
   its UDP listener (one socket for all sessions).
 - The generator's sessions ping every GENERATOR_KEEPALIVE seconds instead of
-  every second: the server still pings each session every second (its default)
-  and the clients answer, so both sides see traffic and no dead timer fires.
+  every second: the server still pings each session (every second while it
+  carries data, every 10 s once idle: its defaults) and the clients answer, so
+  both sides see traffic and no dead timer fires.
+
+The idle CPU and the mass handover are measured once every session is idle
+(`SessionConfig.idle_after` after the last one opened), as a server's
+sessions mostly are.
 
 Results go to bench/results/scale.json and a short table to stdout.
 """
@@ -87,12 +92,15 @@ HOST = "127.0.0.1"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
 RESULTS = ROOT / "bench" / "results" / "scale.json"
 START, END = "<!-- bench:scale:start -->", "<!-- bench:scale:end -->"
-# See the module docstring: the server's 1 s pings keep both sides' timers fed.
+# See the module docstring: the server's pings keep both sides' timers fed.
 GENERATOR_KEEPALIVE = 30.0
 # Handshake attempts per session: BUSY and a slow server are retried.
 OPEN_ATTEMPTS = 5
 # Idle time after opening, so the RSS is read with every session settled.
 SETTLE = 2.0
+# A session is idle (slow keepalive) once it carried no reliable frame for this
+# long; the idle CPU and the mass handover are measured after it.
+IDLE_AFTER = SessionConfig().idle_after
 # Seconds over which the CPU of idle sessions is measured.
 IDLE_CPU_WINDOW = 3.0
 
@@ -553,16 +561,19 @@ async def run(sessions: int, handover: int, *, batch: int = 200, workers: int = 
                 res.open_retries += report["retries"]
                 for why, n in report["failures"].items():
                     res.open_failures[why] = res.open_failures.get(why, 0) + n
-            res.open_seconds = round(loop.time() - opening, 2)
+            opened = loop.time()
+            res.open_seconds = round(opened - opening, 2)
             res.busy_while_opening = count_busy(tdir)
             await asyncio.sleep(SETTLE)
+            res.server_rss_after_kib = rss_kib(server_pid)
+            # Every session idle, as a server's sessions mostly are.
+            await asyncio.sleep(max(0.0, opened + IDLE_AFTER + 1.0 - loop.time()))
             cpu0, gcpu0, t0 = cpu_seconds(server_pid), cpu_seconds(), loop.time()
             await asyncio.sleep(IDLE_CPU_WINDOW)
             elapsed = loop.time() - t0
             res.server_idle_cpu_percent = round(
                 100 * (cpu_seconds(server_pid) - cpu0) / elapsed, 1)
             res.generator_idle_cpu_percent = round(100 * (cpu_seconds() - gcpu0) / elapsed, 1)
-            res.server_rss_after_kib = rss_kib(server_pid)
             if res.opened:
                 res.kib_per_session = round(
                     (res.server_rss_after_kib - res.server_rss_before_kib) / res.opened, 2)
@@ -678,11 +689,14 @@ def render(res: ScaleResult, argv: list[str], figure: Path | None) -> str:
         "", f"The server is a real `roam server` process with default settings (uvloop, "
         f"UDP on, compression auto); the load generator is roam's own `Client`, "
         f"{res.workers} process(es), each session with a key of its own, pinging every "
-        f"{GENERATOR_KEEPALIVE:g} s (the server pings every second). Memory: the server's "
+        f"{GENERATOR_KEEPALIVE:g} s (the server pings every second while a session carries "
+        "data, every 10 s once it is idle, after 30 s without). Memory: the server's "
         "VmRSS before and after opening the sessions, over their number; kernel socket "
         "buffers are not in it. Handover: the sessions get a channel to an echo service "
         "and echo some bytes; then more bytes are sent and every transport is reset (RST) "
-        "in the same instant; each client's own reconnect loop resumes its session. Where "
+        "in the same instant; each client's own reconnect loop resumes its session. The "
+        "idle CPU and the handover are measured once every session is idle (30 s after "
+        "the last one opened). Where "
         "the memory goes: `python bench/scale.py --breakdown` and docs/performance.md.",
         "",
         f"- Date: {m.get('date')}; {m.get('cpus')} CPUs, Linux {m.get('kernel')}, Python "

@@ -407,3 +407,90 @@ def test_a_backlog_built_while_detached_leaves_in_small_frames_first() -> None:
         p.client.receive_payload(payload, p.now)
     p.run(300)
     assert p.down[cid].received == p.down[cid].sent
+
+
+def _black_hole(p: Pair, side: Session, limit: float = 60.0) -> float:
+    """Time passes and nothing is delivered either way; seconds until `side`
+    declares its transport dead."""
+    t0 = p.now
+    while side.state is SessionState.ATTACHED:
+        p.now += 0.01
+        for s in (p.client, p.server):
+            t = s.get_timer()
+            if t is not None and t <= p.now:
+                s.handle_timer(p.now)
+            s.payloads_to_send(p.now)  # lost
+        if p.now - t0 > limit:
+            raise AssertionError(f"still attached after {limit} s of silence")
+    return p.now - t0
+
+
+def _pings(payloads: list[bytes]) -> int:
+    return sum(isinstance(f, fr.Ping) for payload in payloads for f in fr.decode_frames(payload))
+
+
+def test_an_idle_session_pings_slowly_and_wakes_up_on_data() -> None:
+    cfg = SessionConfig()
+    p = Pair(cfg)
+    cid = p.open()
+    p.write(cid, b"hello")
+    p.run(100)
+    assert not p.client.idle
+    p.run(int((cfg.idle_after + 1) * 1000))
+    assert p.client.idle
+    assert p.server.idle
+    # Idle: a ping every idle_keepalive_interval, not every second.
+    sent = 0
+    for _ in range(int(3 * cfg.idle_keepalive_interval * 100)):
+        p.now += 0.01
+        for s, peer in ((p.client, p.server), (p.server, p.client)):
+            t = s.get_timer()
+            if t is not None and t <= p.now:
+                s.handle_timer(p.now)
+            out = s.payloads_to_send(p.now)
+            if s is p.client:
+                sent += _pings(out)
+            for payload in out:
+                peer.receive_payload(payload, p.now)
+    assert 2 <= sent <= 4
+    assert p.client.state is SessionState.ATTACHED
+    # Data wakes both sides up; nobody takes the long silence before for death.
+    p.write(cid, b"again")
+    p.run(50)
+    assert not p.client.idle
+    assert not p.server.idle
+    assert p.up[cid].received == b"helloagain"
+    p.run(3000)
+    assert p.attached()
+
+
+def test_a_black_hole_on_an_idle_session_is_found_after_the_slow_keepalive() -> None:
+    cfg = SessionConfig()
+    p = Pair(cfg)
+    p.open()
+    p.run(int((cfg.idle_after + 1) * 1000))
+    assert p.client.idle
+    took = _black_hole(p, p.client)
+    assert took <= cfg.idle_keepalive_interval + cfg.dead_floor + 0.1
+    assert any(isinstance(e, ev.TransportDead) for e in iter(p.client.next_event, None))
+
+
+def test_an_active_session_still_finds_a_black_hole_after_the_floor() -> None:
+    cfg = SessionConfig()
+    p = Pair(cfg)
+    cid = p.open()
+    p.run(1100)
+    p.write(cid, b"x" * 1000)
+    p.run(5)
+    assert not p.client.idle
+    assert cfg.dead_floor - 0.2 <= _black_hole(p, p.client) < cfg.dead_floor + 0.05
+
+
+def test_the_slow_keepalive_is_never_faster_than_the_fast_one() -> None:
+    # As bench/scale.py's load generator sets its clients: one ping in 30 s.
+    cfg = SessionConfig(keepalive_interval=30.0, idle_keepalive_interval=10.0, idle_after=5.0)
+    s = Session(is_client=True, now=0.0, config=cfg)
+    s.transport_attached(0.0, resume=False)
+    s.handle_timer(6.0)  # no reliable frame for idle_after: idle
+    assert s.idle
+    assert s._ping_interval() == 30.0

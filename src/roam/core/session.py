@@ -59,9 +59,20 @@ class SessionConfig:
     # Largest record plaintext we build; records this size keep per-record
     # costs (AEAD call, length prefix, Python overhead) under 1% of the data.
     max_record_payload: int = 128 * 1024
-    # A PING this often measures the RTT and keeps NAT bindings warm, busy or
-    # idle; mosh uses 3 s, we want a dead path found sooner.
+    # A PING this often measures the RTT and keeps NAT bindings warm while the
+    # session carries data; mosh uses 3 s, we want a dead path found sooner.
     keepalive_interval: float = 1.0
+    # A session that sent and received no reliable frame for this long is idle
+    # (an interactive one typing now and then is not) ...
+    idle_after: float = 30.0
+    # ... and then pings this often (never more often than keepalive_interval),
+    # and its transport is dead after this plus the dead time below. Every ping
+    # costs the server (10,000 idle sessions pinged every second kept one
+    # server CPU 78% busy) and wakes a mobile unit's radio; NAT bindings of TCP
+    # last hours (RFC 5382: at least 2 h 4 min), so this is about finding a
+    # silent black hole on an idle session within about 12 s. A link driver's
+    # link-down event is acted on at once either way.
+    idle_keepalive_interval: float = 10.0
     # A transport is dead after this much silence at least, however small the
     # RTT: a loaded Python peer can pause for hundreds of ms (GC, big writes).
     dead_floor: float = 2.0
@@ -176,8 +187,9 @@ class Session:
     # A server holds one per session for as long as it lives, idle or not:
     # slots, where an instance dict of this many attributes (past the 30 that
     # share keys) cost about 1.5 KiB.
-    __slots__ = ("_ack_due", "_ack_sent", "_channels", "_close_sent", "_compressor", "_control",
-                 "_control_alone", "_datagram_bytes", "_detached_since", "_drained", "_events",
+    __slots__ = ("_ack_due", "_ack_sent", "_active_since", "_channels", "_close_sent",
+                 "_compressor", "_control", "_control_alone", "_datagram_bytes",
+                 "_detached_since", "_drained", "_events", "_idle", "_last_activity",
                  "_last_ping", "_last_received", "_next_channel", "_next_seq",
                  "_peer_max_channel", "_pending", "_ping_token", "_pings", "_received",
                  "_record_limit", "_recv_history", "_replay_bytes", "_rr", "_rtt",
@@ -225,6 +237,12 @@ class Session:
         self._ping_token = 0
         self._last_received = now
         self._last_ping = now
+        # Reliable frames either way keep a session active (fast keepalive,
+        # short dead time); the silence that counts as death is measured from
+        # the later of the last arrival and the moment the session woke up.
+        self._last_activity = now
+        self._active_since = now
+        self._idle = False
         self._detached_since: float | None = now
         # Channels with data waiting, round-robin; made when first needed.
         self._rr: deque[int] | None = None
@@ -477,6 +495,7 @@ class Session:
         limit = min(self._record_limit, max_record)
         pending = self._pending
         if pending:
+            self._note_activity(now)
             unacked = self._unacked
             if unacked is None:
                 unacked = self._unacked = deque()
@@ -620,6 +639,7 @@ class Session:
                 self._received = frame.seq
                 if self._ack_due is None:
                     self._ack_due = now + self.config.ack_delay
+                    self._note_activity(now)
                 self._reliable(frame)
             else:
                 self._unreliable(frame, now)
@@ -834,13 +854,33 @@ class Session:
     # ---- time ------------------------------------------------------------
 
     def _dead_after(self) -> float:
-        return max(self.config.dead_floor, self.config.dead_rtos * self._rtt.rto)
+        dead = max(self.config.dead_floor, self.config.dead_rtos * self._rtt.rto)
+        return dead + self._idle_interval() if self._idle else dead
+
+    def _idle_interval(self) -> float:
+        return max(self.config.keepalive_interval, self.config.idle_keepalive_interval)
+
+    def _silent_since(self) -> float:
+        return max(self._last_received, self._active_since)
+
+    def _note_activity(self, now: float) -> None:
+        if self._idle:
+            # Woken up: the peer may have been pinging only now and then, so
+            # silence counts from here, not from its last idle ping.
+            self._idle = False
+            self._active_since = now
+        self._last_activity = now
+
+    @property
+    def idle(self) -> bool:
+        """No reliable frame either way for `idle_after`: slow keepalive."""
+        return self._idle
 
     def get_timer(self) -> float | None:
         # Called after every read and write: plain comparisons, no min().
         state = self.state
         if state is SessionState.ATTACHED:
-            deadline = self._last_received + self._dead_after()
+            deadline = self._silent_since() + self._dead_after()
             ping = self._last_ping + self._ping_interval()
             if ping < deadline:
                 deadline = ping
@@ -855,7 +895,7 @@ class Session:
             if limit is None or self._detached_since is None:
                 return None
             return self._detached_since + limit
-        deadline = self._last_received + self._dead_after()
+        deadline = self._silent_since() + self._dead_after()
         if self._ack_due is not None and state is SessionState.DRAINING:
             deadline = min(deadline, self._ack_due)
         return deadline
@@ -865,7 +905,7 @@ class Session:
         # so a dead path shows quickly; otherwise a keepalive now and then.
         if (self._unacked or self._pings) and self._last_received < self._last_ping:
             return self._rtt.rto
-        return self.config.keepalive_interval
+        return self._idle_interval() if self._idle else self.config.keepalive_interval
 
     def handle_timer(self, now: float) -> None:
         if self.state is SessionState.DETACHED:
@@ -876,7 +916,9 @@ class Session:
             return
         if self.state is SessionState.CLOSED:
             return
-        silence = now - self._last_received
+        if not self._idle and now - self._last_activity >= self.config.idle_after:
+            self._idle = True
+        silence = now - self._silent_since()
         if silence >= self._dead_after():
             self.transport_lost(now)
             self._events.append(ev.TransportDead(silence))
