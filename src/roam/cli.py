@@ -137,8 +137,8 @@ _log_level = click.option("--log-level", default="info", show_default=True,
 
 _event_loop_flag = click.option(
     "--event-loop", type=click.Choice(EVENT_LOOPS), default=DEFAULT_LOOP, show_default=True,
-    help="The event loop the daemon runs on; uvloop costs less CPU per byte and per "
-         "round trip.")
+    help="The event loop the daemon runs on; uvloop costs less CPU per round trip and "
+         "with many connections.")
 
 
 @main.command()

@@ -1,8 +1,8 @@
 """The event loop the daemons run on: uvloop by default, asyncio's own on request.
 
-uvloop runs the loop itself in C (libuv): measured on a 64-byte round trip
-through both daemons, each crossing costs about 15 us less CPU than on
-asyncio's selector loop, and a bulk transfer about a tenth less (docs/
+uvloop runs the loop itself in C (libuv): measured through both daemons, a
+64-byte round trip costs an eighth less CPU than on asyncio's selector loop,
+eight bulk streams a sixth less, one bulk stream the same (docs/
 performance.md). The record path works on both; two things differ, and the
 code that depends on them says so where it does:
 
