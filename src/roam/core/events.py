@@ -32,7 +32,7 @@ class ChannelOpenFailed:
     reason: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: one per DATA frame (roam.core.frames.Data says why)
 class DataReceived:
     """Application bytes for a channel; report them with `consumed()` once written.
     A view of the record that carried them, valid for as long as it is held."""

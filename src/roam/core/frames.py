@@ -114,7 +114,9 @@ class OpenFail:
     reason: str
 
 
-@dataclass(slots=True, frozen=True)
+# Data and Ack are not frozen: one of each is decoded from most records, and a
+# frozen dataclass's __init__ (a setattr per field) took 0.53 us against 0.15.
+@dataclass(slots=True)
 class Data:
     seq: int
     channel: int
@@ -156,7 +158,7 @@ class Dgram:
     payload: bytes
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Ack:
     received: int
 

@@ -943,6 +943,21 @@ class Session:
     def next_event(self) -> ev.Event | None:
         return self._events.pop(0) if self._events else None
 
+    def take_events(self) -> list[ev.Event]:
+        """Every event so far, in order, at once (what next_event would give one
+        by one); events that handling them causes come with the next call."""
+        events = self._events
+        if events:
+            self._events = []
+        return events
+
+    @property
+    def has_pending(self) -> bool:
+        """Reliable frames are queued and not yet in a record: after a call to
+        records_to_send that gave records, another may give more (it stopped
+        at its budget); while draining or detached none may go."""
+        return bool(self._pending)
+
     def statistics(self) -> SessionStatistics:
         return SessionStatistics(
             state=self.state.value, srtt=self._rtt.srtt, rto=self._rtt.rto,

@@ -338,13 +338,15 @@ class SessionDriver:
             while not proto.write_paused and not proto.lost:
                 records = session.records_to_send(now, SEND_BATCH)
                 if not records:
-                    break
+                    break  # nothing, or nothing that may go now (draining)
                 for parts in records:
                     write(seal(parts, now, _SCRATCH))
                     if transport.get_write_buffer_size():
                         # The socket left part of it: asyncio copied that
                         # part, uvloop keeps the buffer itself.
                         _SCRATCH.surrender()
+                if not session.has_pending:
+                    break  # all of it went: no second call to find nothing
         if self.paused:
             for cid in list(self.paused):
                 if session.send_room(cid) > 0:
@@ -392,60 +394,61 @@ class SessionDriver:
 
     def _dispatch(self) -> None:
         session = self.session
-        while (e := session.next_event()) is not None:
-            if isinstance(e, ev.DataReceived):
-                app = self.apps.get(e.channel)
-                if app is not None:
-                    app.deliver(e.data)
-                else:
-                    session.consumed(e.channel, len(e.data))
-            elif isinstance(e, ev.DatagramReceived):
-                app = self.apps.get(e.channel)
-                if app is not None:
-                    app.deliver(e.data)
-            elif isinstance(e, ev.EndOfStream):
-                app = self.apps.get(e.channel)
-                if app is not None:
-                    app.end()
-            elif isinstance(e, ev.ChannelClosed):
-                app = self.apps.pop(e.channel, None)
-                if app is not None:
-                    app.finish()
-            elif isinstance(e, ev.ChannelReset):
-                app = self.apps.pop(e.channel, None)
-                if app is not None:
-                    app.abort()
-            elif isinstance(e, ev.ChannelOpenRequested):
-                self.on_open_request(e)
-            elif isinstance(e, ev.ChannelOpened):
-                watcher: object = self.apps.get(e.channel)
-                if isinstance(watcher, OpenWatcher):
-                    watcher.opened()
-            elif isinstance(e, ev.ChannelOpenFailed):
-                app = self.apps.pop(e.channel, None)
-                failed: object = app
-                if isinstance(failed, OpenWatcher):
-                    failed.open_failed(e.code, e.reason)
-                elif app is not None:
-                    app.abort()
-            elif isinstance(e, ev.TransportDead):
-                log.warning("%s: nothing heard for %.1f s: transport declared dead",
-                            self.name, e.silence)
-                if self.proto is not None:
-                    proto, self.proto = self.proto, None
-                    proto.detach()
-                    self.on_transport_lost(f"silent for {e.silence:.1f} s")
-            elif isinstance(e, ev.SessionResumed):
-                log.info("%s: resumed; resent %d frames (%d bytes)", self.name,
-                         e.frames_resent, e.bytes_resent)
-                self.on_resumed(e.frames_resent)
-            elif isinstance(e, ev.HandoverReady):
-                self.on_handover_ready(e.token)
-            elif isinstance(e, ev.SessionClosed):
-                who = "peer" if e.by_peer else "this side"
-                log.info("%s: session closed by %s: %s %s", self.name, who, e.code.name,
-                         e.reason)
-                self._shutdown()
+        while events := session.take_events():
+            for e in events:
+                if isinstance(e, ev.DataReceived):
+                    app = self.apps.get(e.channel)
+                    if app is not None:
+                        app.deliver(e.data)
+                    else:
+                        session.consumed(e.channel, len(e.data))
+                elif isinstance(e, ev.DatagramReceived):
+                    app = self.apps.get(e.channel)
+                    if app is not None:
+                        app.deliver(e.data)
+                elif isinstance(e, ev.EndOfStream):
+                    app = self.apps.get(e.channel)
+                    if app is not None:
+                        app.end()
+                elif isinstance(e, ev.ChannelClosed):
+                    app = self.apps.pop(e.channel, None)
+                    if app is not None:
+                        app.finish()
+                elif isinstance(e, ev.ChannelReset):
+                    app = self.apps.pop(e.channel, None)
+                    if app is not None:
+                        app.abort()
+                elif isinstance(e, ev.ChannelOpenRequested):
+                    self.on_open_request(e)
+                elif isinstance(e, ev.ChannelOpened):
+                    watcher: object = self.apps.get(e.channel)
+                    if isinstance(watcher, OpenWatcher):
+                        watcher.opened()
+                elif isinstance(e, ev.ChannelOpenFailed):
+                    app = self.apps.pop(e.channel, None)
+                    failed: object = app
+                    if isinstance(failed, OpenWatcher):
+                        failed.open_failed(e.code, e.reason)
+                    elif app is not None:
+                        app.abort()
+                elif isinstance(e, ev.TransportDead):
+                    log.warning("%s: nothing heard for %.1f s: transport declared dead",
+                                self.name, e.silence)
+                    if self.proto is not None:
+                        proto, self.proto = self.proto, None
+                        proto.detach()
+                        self.on_transport_lost(f"silent for {e.silence:.1f} s")
+                elif isinstance(e, ev.SessionResumed):
+                    log.info("%s: resumed; resent %d frames (%d bytes)", self.name,
+                             e.frames_resent, e.bytes_resent)
+                    self.on_resumed(e.frames_resent)
+                elif isinstance(e, ev.HandoverReady):
+                    self.on_handover_ready(e.token)
+                elif isinstance(e, ev.SessionClosed):
+                    who = "peer" if e.by_peer else "this side"
+                    log.info("%s: session closed by %s: %s %s", self.name, who, e.code.name,
+                             e.reason)
+                    self._shutdown()
 
     def _refuse_open(self, e: ev.ChannelOpenRequested) -> None:
         self.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED, "this side opens nothing")
