@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -372,7 +373,7 @@ def table_row(r: Row, ref_mbps: float | None, args: argparse.Namespace) -> str:
 def draw(rows: list[Row], args: argparse.Namespace) -> list[tuple[str, Path]]:
     """The three figures of the section; empty when matplotlib is missing."""
     ok = [r for r in rows if r.status == "ok"]
-    names = [r.path.replace(" -L ", " -L\n").replace(" --cipher", "\n--cipher") for r in ok]
+    names = [textwrap.fill(r.path, 18) for r in ok]
     note = f"median of {args.runs} runs; bench/run.py"
     figs = [
         ("Throughput, loopback", plots.grouped_bars(
