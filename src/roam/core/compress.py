@@ -325,7 +325,7 @@ class ChannelCompressor:
                 return data, False
             self._obj = self._pool._context(self).start(self._pool.history)
         else:
-            self._pool._context(self)
+            self._pool._context(self)  # marks its context the most recently used
         out = self._obj.compress(data) + self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         if len(out) <= len(data) * self._pool._ratio:
             self._misses = 0

@@ -205,12 +205,14 @@ class Session:
         ZSTD_HISTORY (streams primed with each direction's recent data)."""
         self.is_client = is_client
         self.config = config or SessionConfig()
-        on = compression is not None and compression.enabled
-        self._send_history = History() if on and history else None
-        self._recv_history = History() if on and history else None
-        self._compressor = (Compressor(compression, history=self._send_history,
-                                       auto_min_rtt=self.config.auto_compress_min_rtt)
-                            if compression is not None and on else None)
+        self._compressor: Compressor | None = None
+        self._send_history: History | None = None
+        self._recv_history: History | None = None
+        if compression is not None and compression.enabled:
+            if history:
+                self._send_history, self._recv_history = History(), History()
+            self._compressor = Compressor(compression, history=self._send_history,
+                                          auto_min_rtt=self.config.auto_compress_min_rtt)
         self.state = SessionState.DETACHED
         self._channels: dict[int, _Channel] = {}
         # Client channels are odd, server channels even, so both may open.
@@ -461,11 +463,8 @@ class Session:
             return out
         if self.state is SessionState.DRAINING:
             return self._drain_payload()
-        if not (self._rr or self._pending or self._control) and (
-                self._received == self._ack_sent or (
-                    self._unacked_bytes < self.config.ack_bytes
-                    and (self._ack_due is None or now < self._ack_due))):
-            return []  # the usual answer to the last call of a flush: nothing
+        if not (self._rr or self._pending or self._control or self._ack_wanted(now)):
+            return []  # the usual answer to a flush after a read: nothing
         if self.state is SessionState.ATTACHED:
             self._fill_data()
         elif not self._close_sent:
@@ -473,9 +472,9 @@ class Session:
         records: list[list[Buffer]] = []
         parts: list[Buffer] = []
         size = 0
-        if self._received > self._ack_sent and (
-                self._pending or self._control or self._unacked_bytes >= self.config.ack_bytes
-                or (self._ack_due is not None and now >= self._ack_due)):
+        if ((self._received > self._ack_sent and (self._pending or self._control))
+                or self._ack_wanted(now)):
+            # An ACK rides on what goes anyway, or goes alone when due.
             ack = fr.encode_ack(self._received)
             parts.append(ack)
             self._ack_sent = self._received
@@ -520,13 +519,19 @@ class Session:
                 self._record_limit = limit * 2
         return records
 
+    def _ack_wanted(self, now: float) -> bool:
+        """An ACK must go even with nothing else to carry it."""
+        return self._received > self._ack_sent and (
+            self._unacked_bytes >= self.config.ack_bytes
+            or (self._ack_due is not None and now >= self._ack_due))
+
     def _drain_payload(self) -> list[list[Buffer]]:
         """While draining only the ACK and control frames (BEGIN, READY) go out."""
         if self._drained:
             return []
         parts: list[Buffer] = []
         if self._received > self._ack_sent:
-            parts.append(fr.encode(fr.Ack(self._received)))
+            parts.append(fr.encode_ack(self._received))
             self._ack_sent = self._received
             self._unacked_bytes = 0
             self._ack_due = None

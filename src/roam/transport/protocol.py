@@ -83,10 +83,7 @@ class TransportProtocol(asyncio.BufferedProtocol):
             try:
                 records = framer.buffer_updated(scratch, nbytes)
             except FramingError as exc:
-                # Garbage condemns this transport only; on_lost says why.
-                if self._on_lost is not None:
-                    self._on_lost(exc)
-                self.abort()
+                self._garbage(exc)
                 return
             sink(records)
             return
@@ -160,12 +157,17 @@ class TransportProtocol(asyncio.BufferedProtocol):
             try:
                 records = framer.feed(leftover)
             except FramingError as exc:
-                on_lost(exc)
-                self.abort()
+                self._garbage(exc)
                 return
             sink(records)
         if self.lost:
             on_lost(self.lost_reason)
+
+    def _garbage(self, exc: FramingError) -> None:
+        """Garbage condemns this transport only; on_lost says why."""
+        if self._on_lost is not None:
+            self._on_lost(exc)
+        self.abort()
 
     def detach(self) -> None:
         """Forget the callbacks and drop the connection (a replaced transport)."""
