@@ -23,7 +23,7 @@ from roam.core.preamble import Suite
 from roam.core.session import SessionConfig
 from roam.crypto.cpu import default_cipher
 from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
-from roam.errors import ConfigError, KeyFileError, TransportError
+from roam.errors import ConfigError, KeyFileError, ServerBusy, TransportError
 from roam.interfaces.dnsintercept import AddressPool, DnsInterceptor, NamePatterns
 from roam.interfaces.dnsproxy import DnsProxy, default_upstream
 from roam.interfaces.forward import Forward, ForwardSpec
@@ -34,7 +34,7 @@ from roam.interfaces.udpforward import UdpForward
 from roam.links.driver import make_driver
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy
-from roam.transport.client import BACKOFF, Client, ClientConfig, HandoverRecord
+from roam.transport.client import BACKOFF, Client, ClientConfig, HandoverRecord, busy_delay
 from roam.transport.driver import SessionDriver
 from roam.transport.pathmanager import PathManager
 from roam.transport.server import Server, ServerConfig
@@ -157,7 +157,7 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
                          to=r.target, stall_ms=r.stall_ms, frames_resent=r.frames_resent)
         client.on_handover = record
     ctl = await _control(control, "client", _client_handlers(client, manager, history))
-    attempt = 0
+    attempt = busy = 0
     while True:
         if manager is not None:
             client.attachment = manager.initial()
@@ -168,6 +168,13 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
         try:
             await client.handshake()
             break
+        except ServerBusy as exc:
+            # Overloaded with openings (a flood, a mass reconnect): a longer
+            # wait with jitter, as on every reconnect.
+            busy += 1
+            delay = busy_delay(busy)
+            log.warning("%s; waiting %.1f s before trying again", exc, delay)
+            await asyncio.sleep(delay)
         except TransportError as exc:
             # The server may not be up yet: keep trying, as a daemon should.
             delay = BACKOFF[min(attempt + 2, len(BACKOFF) - 1)]
@@ -205,13 +212,12 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             dns_proxy.close()
         if tproxy is not None:
             tproxy.close()  # the rules go first, whatever else fails
-        client.stop()
+        await client.shutdown()
         if manager is not None:
             await manager.close()
         if ctl is not None:
             await ctl.close()
         events.close()
-        await asyncio.sleep(0.05)  # the CLOSE frame leaves before the loop ends
 
 
 async def _transparent(cidrs: list[str], host: str, port: int,

@@ -15,7 +15,11 @@ class RoamError(Exception):
     """Base of every error roam raises on purpose."""
 
 
-class ConfigError(RoamError):
+class LocalError(RoamError):
+    """Our own side's fault: bad configuration, misuse of an API."""
+
+
+class ConfigError(LocalError):
     """Bad configuration or command-line input; the message names the problem."""
 
 
@@ -64,3 +68,9 @@ class HandshakeError(RoamError):
 
 class TransportError(RoamError):
     """A transport failed (connection refused, reset, timed out)."""
+
+
+class ServerBusy(TransportError):
+    """The server refused for now (BUSY): nothing is wrong with the path or with
+    us, so the attempt is repeated after a jittered backoff and the path is not
+    blamed."""

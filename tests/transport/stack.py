@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from roam.connector.allow import AccessList
@@ -29,6 +30,18 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+def _counting(conns: set[asyncio.StreamWriter]) -> Callable[
+        [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """The echo service, keeping the connections it holds in `conns`."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.add(writer)
+        try:
+            await _echo(reader, writer)
+        finally:
+            conns.discard(writer)
+    return serve
+
+
 @dataclass
 class Stack:
     server_key: bytes = field(default_factory=generate_private_key)
@@ -42,7 +55,10 @@ class Stack:
     session: dict[str, float] = field(default_factory=dict)
 
     async def start(self) -> Stack:
-        self.echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        # The connections the echo service holds: the server's side of
+        # every application connection.
+        self.echo_conns: set[asyncio.StreamWriter] = set()
+        self.echo = await asyncio.start_server(_counting(self.echo_conns), "127.0.0.1", 0)
         self.echo_port = self.echo.sockets[0].getsockname()[1]
         self.server = self.make_server()
         _, self.server_port = await self.server.start()

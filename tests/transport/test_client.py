@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 import pytest
 
-from roam.core.preamble import PREAMBLE, Suite
+from roam.core.preamble import PREAMBLE, Preamble, Suite, TransportKind
 from roam.core.session import SessionState
+from roam.errors import TransportError
 from roam.transport.client import Attachment
+from roam.transport.server import MAX_HANDSHAKES
 
 from .stack import Stack
 
@@ -162,6 +165,195 @@ def test_a_standby_that_went_silent_is_given_up_within_the_attempt_timeout() -> 
             assert time.monotonic() - started < 5
             assert stack.client.transports == 3
             conn[1].close()
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def _lost_after_ok(fault: str) -> None:
+    """The transport of a resume is lost again before RESUMED is read."""
+
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conn = await asyncio.open_connection("127.0.0.1", stack.forward_port)
+            await stack.echo_check(100_000, conn=conn)
+            # Connection 1 is the resume's: the server's OK (3 bytes) passes,
+            # then its first record (RESUMED) is corrupted or never arrives.
+            if fault == "corrupt":
+                stack.proxy.tamper_down[1] = 3 + 12
+            else:
+                stack.proxy.silence_down_after[1] = 3
+            stack.proxy.cut()
+            # Bounded only so that a hang fails the test; it passes as soon
+            # as a later transport resumes.
+            await stack.echo_check(100_000, conn=conn, timeout=20)
+            assert len(stack.proxy.conns) >= 3
+            assert len(stack.server.sessions) == 1
+            conn[1].close()
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_resume_whose_resumed_is_corrupted_is_followed_by_another() -> None:
+    _lost_after_ok("corrupt")
+
+
+def test_a_resume_black_holed_after_the_servers_ok_is_followed_by_another() -> None:
+    _lost_after_ok("silence")
+
+
+def test_a_new_session_made_while_reconnecting_is_on_the_path_it_took() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            a, b = Attachment("a", source="127.0.0.1"), Attachment("b", source="127.0.0.2")
+            await stack.client.handover(a, soft=False, reason="start on a")
+            stack.client.choose_attachment = lambda attempt: b
+            first = stack.client.session_id
+            # The server forgets the session without a word reaching us.
+            stack.proxy.silent = True
+            await stack.server.close()
+            stack.proxy.cut()
+            stack.proxy.silent = False
+            stack.server = stack.make_server(stack.server_port)
+            await stack.server.start()
+            async with asyncio.timeout(10):
+                await _until(lambda: stack.client.session_id != first
+                             and stack.client.driver is not None
+                             and stack.client.driver.proto is not None)
+            assert stack.client.attachment == b
+            assert stack.proxy.conns[-1].source == "127.0.0.2"
+            await stack.echo_check(50_000)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+class _Flood:
+    """Connections that send a NEW preamble and then nothing: each holds one
+    of the server's handshake slots until its timeout."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def open(self, port: int, n: int) -> None:
+        raw = Preamble(TransportKind.NEW, Suite.AESGCM_SHA256).encode()
+        for _ in range(n):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            self.writers.append(writer)
+        await asyncio.sleep(0.1)  # the server reads every preamble
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers.clear()
+
+
+def test_busy_is_waited_out_with_backoff_not_the_end_of_the_client(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        flood = _Flood()
+        try:
+            first = stack.client.session_id
+            # A restarted server, flooded before the client comes back to it.
+            old = stack.server
+            stack.server = stack.make_server()
+            _, port = await stack.server.start()
+            await flood.open(port, MAX_HANDSHAKES)
+            stack.proxy.target_port = port
+            stack.proxy.silent = True
+            await old.close()
+            stack.proxy.cut()
+            stack.proxy.silent = False
+            async with asyncio.timeout(10):
+                await _until(lambda: "is busy" in caplog.text)
+            assert not stack.client.stopped.is_set()
+            flood.close()
+            async with asyncio.timeout(20):
+                await _until(lambda: stack.client.session_id != first)
+            await stack.echo_check(50_000)
+            assert not stack.client.stopped.is_set()
+        finally:
+            flood.close()
+            await stack.close()
+
+    caplog.set_level(logging.INFO, logger="roam")
+    asyncio.run(main())
+    assert "waiting" in caplog.text
+
+
+def test_a_standby_the_server_closed_is_found_lost_at_once() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conn = await asyncio.open_connection("127.0.0.1", stack.forward_port)
+            await stack.echo_check(100_000, conn=conn)
+            spare = Attachment("spare")
+            stack.client.choose_attachment = lambda attempt: spare
+            await stack.client.prepare_standby(spare)
+            sid = stack.client.session_id
+            assert sid is not None
+            parked = stack.server._standby[sid].proto
+            assert parked is not None
+            parked.abort()  # the server lets go of it, and we have not heard yet
+            with pytest.raises(TransportError, match="lost before RESUMED"):
+                await stack.client.handover(spare, soft=False, reason="the active path died")
+            await stack.echo_check(100_000, conn=conn)
+            conn[1].close()
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_client_that_stops_tells_the_server_which_closes_every_channel() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conns = [await asyncio.open_connection("127.0.0.1", stack.forward_port)
+                     for _ in range(3)]
+            for conn in conns:
+                await stack.echo_check(10_000, conn=conn)
+            assert len(stack.echo_conns) == 3
+            await stack.client.shutdown()
+            # The server's linger is 60 s here: only a CLOSE ends these now.
+            async with asyncio.timeout(10):
+                await _until(lambda: not stack.echo_conns)
+            async with asyncio.timeout(10):
+                await _until(lambda: not stack.server.sessions)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_server_that_stops_tells_the_client_which_closes_every_channel() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conn = await asyncio.open_connection("127.0.0.1", stack.forward_port)
+            await stack.echo_check(10_000, conn=conn)
+            first = stack.client.session_id
+            await stack.server.close()
+            # The application sees its connection end, not a stall: the
+            # client did not try to resume a session the server ended.
+            data = await asyncio.wait_for(conn[0].read(100), 10)
+            assert data == b""
+            assert stack.client.driver is not None
+            assert stack.client.driver.session.state is SessionState.CLOSED
+            # And when the server is back, a new session serves new connections.
+            stack.server = stack.make_server(stack.server_port)
+            await stack.server.start()
+            async with asyncio.timeout(20):
+                await _until(lambda: stack.client.session_id != first)
+            await stack.echo_check(10_000)
         finally:
             await stack.close()
 

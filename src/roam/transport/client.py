@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from roam.core import events as ev
 from roam.core.compress import AUTO, ZSTD, ZSTD_HISTORY, CompressionMode
 from roam.core.datagrams import DatagramPath
 from roam.core.preamble import (
@@ -24,7 +26,7 @@ from roam.core.session import Session, SessionConfig, SessionState
 from roam.crypto.keys import encode_key, public_key
 from roam.crypto.noise import CipherState, HandshakeState
 from roam.crypto.records import RecordOpener, RecordSealer
-from roam.errors import HandshakeError, ProtocolError, TransportError
+from roam.errors import HandshakeError, ProtocolError, ServerBusy, TransportError
 from roam.transport.datagrams import ClientDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
@@ -35,11 +37,26 @@ log = logging.getLogger("roam.client")
 # Waits between reconnect attempts: the first at once (a reset is usually a
 # one-off), then doubling, capped so a returning network is found within 2 s.
 BACKOFF = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+# After BUSY the server is overloaded with openings, not unreachable: wait
+# longer, and with jitter, so that a thousand clients refused together do not
+# come back together ("equal jitter": half fixed, half random, doubling from
+# 0.25 s to 8 s; AWS Architecture Blog, "Exponential Backoff and Jitter").
+BUSY_BASE, BUSY_MAX = 0.25, 8.0
+
+
+def busy_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before attempt `attempt` (from 1) after BUSY answers."""
+    cap = min(BUSY_MAX, BUSY_BASE * 2.0 ** max(0, attempt - 1))
+    jitter: float = (rng or random).uniform(0, cap / 2)
+    return cap / 2 + jitter
 # TCP keepalive on a parked standby: it carries nothing for long stretches,
 # and a NAT or a dead path must not leave us trusting a corpse. Probes after
 # 15 s idle, every 5 s, 3 lost: a dead standby is found within 30 s, and the
 # carrier's NAT mapping (RFC 5382: at least 2 h) stays warm.
 STANDBY_KEEPIDLE, STANDBY_KEEPINTVL, STANDBY_KEEPCNT = 15, 5, 3
+# How long a stopping client waits for its CLOSE to reach the kernel: a
+# socket with room takes it at once; only a full one to a dead path waits.
+SHUTDOWN_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +116,8 @@ class Client:
         self.on_session: Callable[[SessionDriver], None] = lambda driver: None
         self._lost: tuple[float, str] | None = None  # (last heard, reason) of a lost transport
         self._handover_ready: asyncio.Future[int] | None = None
-        self._resumed: asyncio.Future[int] | None = None
+        # RESUMED's frame count, or None when the transport was lost first.
+        self._resumed: asyncio.Future[int | None] | None = None
         self._token = 0
         # A spare transport parked at the server on another path (STANDBY):
         # a hard handover to that path resumes on it without a connect.
@@ -161,16 +179,29 @@ class Client:
         status_raw, length = REPLY.unpack(await proto.read_exactly(REPLY.size, timeout))
         body = await proto.read_exactly(length, timeout)
         try:
-            return Status(status_raw), body
+            status = Status(status_raw)
         except ValueError:
             raise TransportError(f"{self.server} answered with unknown status "
                                  f"{status_raw}") from None
+        if status is Status.BUSY:
+            proto.abort()
+            raise ServerBusy(f"server {self.server} is busy "
+                             f"({body.decode(errors='replace') or 'no reason given'})")
+        return status, body
 
-    async def handshake(self, timeout: float = 10.0) -> SessionDriver:
-        """A new session. HandshakeError when the server refuses us or is not the one pinned."""
+    async def handshake(self, timeout: float = 10.0, via: Attachment | None = None
+                        ) -> SessionDriver:
+        """A new session, on `via` (else the current attachment).
+
+        HandshakeError when the server refuses us for good or is not the one
+        pinned; ServerBusy when it refuses for now; TransportError when the
+        path fails.
+        """
         cfg = self.config
         loop = asyncio.get_running_loop()
-        proto = await self._connect(timeout, self.attachment)
+        if via is None:
+            via = self.attachment
+        proto = await self._connect(timeout, via)
         raw = Preamble(TransportKind.NEW, cfg.suite).encode()
         hs = HandshakeState(cfg.suite.noise_name, initiator=True, prologue=PROLOGUE + raw,
                             s=cfg.private_key, rs=cfg.server_key)
@@ -224,7 +255,13 @@ class Client:
         driver.on_transport_lost = self._transport_lost
         driver.on_handover_ready = self._on_handover_ready
         driver.on_resumed = self._on_resumed
+        driver.on_closed = lambda e: self._session_closed(driver, e)
         session.transport_attached(now, resume=False)
+        # The session lives on the path it was made on: a new session made
+        # while reconnecting is recorded on the path it took, not the old one.
+        self.attachment = via
+        self._need_handshake = False
+        self._lost = None
         driver.attach(proto)
         old = self.driver
         if old is not None and old.datagrams is not None:
@@ -233,7 +270,7 @@ class Client:
         if cfg.udp:
             driver.datagrams = ClientDatagrams(driver, DatagramPath(
                 self.session_id[:8], dsend, drecv, now, is_client=True))
-            await self._move_datagrams(proto, self.attachment)
+            await self._move_datagrams(proto, via)
         self.on_session(driver)
         log.info("%s: new session with %s", driver.name, self.server)
         return driver
@@ -246,6 +283,16 @@ class Client:
         if self._resumed is not None and not self._resumed.done():
             self._resumed.set_result(frames_resent)
 
+    def _session_closed(self, driver: SessionDriver, event: ev.SessionClosed) -> None:
+        """The peer ended the session (a server that stops says so): every
+        channel is closed already; make a new session for what comes next."""
+        if not event.by_peer or self.stopped.is_set() or driver is not self.driver:
+            return
+        log.warning("server %s closed the session (%s %s); starting a new one", self.server,
+                    event.code.name, event.reason)
+        self._need_handshake = True
+        self._start_reconnect()
+
     def _transport_lost(self, reason: str) -> None:
         if self.stopped.is_set():
             return
@@ -253,37 +300,57 @@ class Client:
             # A soft handover is under way: it finishes as a hard one.
             self._handover_ready.set_exception(TransportError(reason))
             return
-        if self.driver is not None:
+        if self.driver is not None and self._lost is None:
+            # The stall began with the first loss; a transport lost again
+            # while resuming only makes it longer.
             self._lost = (self.driver.session.last_received, reason)
         log.warning("transport to %s lost (%s); resuming", self.server, reason)
         self.on_lost(self.attachment, reason)
+        resumed = self._resumed
+        if resumed is not None and not resumed.done():
+            # Whoever waits for RESUMED on the transport just lost (the
+            # reconnect loop, a handover) tries again at once instead of
+            # waiting out its timeout.
+            resumed.set_result(None)
+        self._start_reconnect()
+
+    def _start_reconnect(self) -> None:
+        """One reconnect loop at a time; it runs until the session is attached
+        and RESUMED (or a new session is made), however often it is lost meanwhile."""
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(
                 self._reconnect(), name="reconnect")
 
     async def _reconnect(self) -> None:
-        attempt = 0
+        attempt = busy = 0
+        delay = BACKOFF[0]
         while not self.stopped.is_set():
-            await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
-            attempt += 1
+            await asyncio.sleep(delay)
             driver = self.driver
             if driver is None:
                 return
-            via = self.choose_attachment(attempt - 1)
+            via = self.choose_attachment(attempt)
+            attempt += 1
+            delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
             try:
                 if self._need_handshake:
-                    self.attachment = via
-                    await self.handshake(timeout=max(self._attempt_timeout(driver.session), 5.0))
-                    self._need_handshake = False
+                    await self.handshake(max(self._attempt_timeout(driver.session), 5.0), via)
                     return
-                if driver.session.state is SessionState.CLOSED:
+                state = driver.session.state
+                if state is SessionState.CLOSED:
                     return
+                if state is SessionState.ATTACHED and driver.proto is not None:
+                    return  # a handover resumed it meanwhile
                 origin = self.attachment
                 self._resumed = asyncio.get_running_loop().create_future()
                 if await self._resume(driver, via):
-                    self.attachment = via
                     await self._record("hard", origin, via)
-                    return
+                return
+            except ServerBusy as exc:
+                # Not the path's fault: no blame, a longer jittered wait.
+                busy += 1
+                delay = busy_delay(busy)
+                log.warning("%s; waiting %.1f s before trying again", exc, delay)
             except HandshakeError as exc:
                 log.error("%s", exc)
                 self.stopped.set()
@@ -300,16 +367,32 @@ class Client:
 
     async def _record(self, kind: str, origin: Attachment | None, target: Attachment | None,
                       reason: str | None = None) -> None:
-        """Wait for RESUMED and report the handover with its stall."""
-        lost = self._lost
-        self._lost = None
+        """Wait for RESUMED and report the handover with its stall.
+
+        TransportError when the new transport is lost first, or RESUMED does
+        not come within an attempt's time (a path that died just after the
+        server's OK): the transport is dropped and the loss reported, so a
+        reconnect always follows.
+        """
         resumed = self._resumed
         frames = 0
-        if resumed is not None:
+        driver = self.driver
+        if resumed is not None and driver is not None:
+            proto = driver.proto
+            timeout = self._attempt_timeout(driver.session)
             try:
-                frames = await asyncio.wait_for(resumed, 10)
-            except (TimeoutError, TransportError):
-                return
+                got = await asyncio.wait_for(asyncio.shield(resumed), timeout)
+            except TimeoutError:
+                where = target.name if target else "the default route"
+                why = f"no RESUMED via {where} within {timeout:g} s"
+                if proto is not None:
+                    driver.drop_transport(proto, why)
+                raise TransportError(why) from None
+            if got is None:
+                raise TransportError("the new transport was lost before RESUMED")
+            frames = got
+        lost = self._lost
+        self._lost = None
         loop = asyncio.get_running_loop()
         since = lost[0] if lost is not None else loop.time()
         why = reason or (lost[1] if lost is not None else "transport lost")
@@ -372,23 +455,24 @@ class Client:
             session.transport_lost(loop.time())
         self._resumed = loop.create_future()
         try:
-            await self._resume(driver, target, proto)
+            resumed = await self._resume(driver, target, proto)
         except TransportError as exc:
-            self._lost = None
             self._transport_lost(f"handover to {target.name} failed: {exc}")
             raise
-        self.attachment = target
-        await self._record(kind, origin, target, reason)
+        if resumed:
+            await self._record(kind, origin, target, reason)
 
     async def _resume(self, driver: SessionDriver, via: Attachment | None = None,
                       proto: TransportProtocol | None = None) -> bool:
-        """One resume attempt; True when the session is attached again."""
+        """One resume attempt. True when the session is attached again and
+        waits for RESUMED; False when the server had forgotten it and a new
+        session was made instead (on `via`)."""
         session = driver.session
         timeout = self._attempt_timeout(session)
         if proto is None:
             parked = self._take_standby(via)
             if parked is not None:
-                await self._resume_on_standby(driver, via, parked, timeout)
+                await self._resume_on_standby(driver, via, parked)
                 return True
             proto = await self._connect(timeout, via)
         loop = asyncio.get_running_loop()
@@ -410,46 +494,36 @@ class Client:
             log.warning("server %s no longer knows the session (%s); starting a new one: "
                         "%d open connections are lost", self.server,
                         body.decode(errors="replace"), len(driver.apps))
-            driver.close(reason="session unknown to the server")
             self._need_handshake = True
-            await self.handshake(timeout=max(timeout, 5.0))
-            self._need_handshake = False
-            return True
+            driver.close(reason="session unknown to the server")
+            await self.handshake(max(timeout, 5.0), via)
+            return False
         if status is not Status.OK or session.state is not SessionState.RESUMING:
             proto.abort()
             session.transport_lost(loop.time())
             raise TransportError(f"resume refused by {self.server}: "
                                  f"{body.decode(errors='replace') or status.name}")
+        self.attachment = via
         driver.attach(proto)
         await self._move_datagrams(proto, via)
         return True
 
     async def _resume_on_standby(self, driver: SessionDriver, via: Attachment | None,
-                                 proto: TransportProtocol, timeout: float) -> None:
+                                 proto: TransportProtocol) -> None:
         """RESUME on the parked standby: its connect and preamble are done, so
-        the session is back after one RTT of the new path."""
+        the session is back after one RTT of the new path. A standby whose
+        path died quietly while it waited gets no RESUMED, and one the server
+        closed is lost at once: `_record` finds either."""
         loop = asyncio.get_running_loop()
         session = driver.session
         now = loop.time()
         session.transport_attached(now, resume=True)
         first = session.payloads_to_send(now)
         proto.write(driver.sealer.seal(first[0], now))
+        self.attachment = via
         driver.attach(proto)
         where = via.name if via else "the default route"
         log.info("%s: resuming on the standby transport via %s", driver.name, where)
-        resumed = self._resumed
-        if resumed is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(resumed), timeout)
-            except TimeoutError:
-                # A standby whose path died quietly while it waited: give it
-                # up now rather than after the session's dead timer.
-                if driver.proto is proto:
-                    driver.proto = None
-                proto.detach()
-                session.transport_lost(loop.time())
-                raise TransportError(f"no RESUMED on the standby via {where} within "
-                                     f"{timeout:g} s") from None
         await self._move_datagrams(proto, via)
 
     def _take_standby(self, via: Attachment | None) -> TransportProtocol | None:
@@ -517,4 +591,15 @@ class Client:
             self._reconnecting.cancel()
         if self.driver is not None:
             self.driver.close(reason="client shutting down")
+
+    async def shutdown(self, timeout: float = SHUTDOWN_WAIT) -> None:
+        """Stop, and tell the server: CLOSE leaves before this returns (unless
+        the session is detached or its path is dead), so the server closes
+        every application connection now rather than after its linger."""
+        driver = self.driver
+        self.stop()
+        if driver is not None and not await driver.close_and_wait(timeout):
+            log.warning("%s: could not tell the server that the session ends (no working "
+                        "transport); it keeps the connections until its linger runs out",
+                        driver.name)
 

@@ -210,10 +210,10 @@ class SessionDriver:
 
     # A server holds one driver per session for as long as the session
     # lives: slots instead of an instance dict (about 0.5 KiB less each).
-    __slots__ = ("_again", "_flushing", "_framer", "_scheduled", "_timer", "_timer_at", "apps",
-                 "closed", "datagrams", "loop", "name", "on_handover_ready", "on_open_request",
-                 "on_resumed", "on_transport_lost", "opener", "paused", "proto", "sealer",
-                 "session")
+    __slots__ = ("_again", "_closing", "_flushing", "_framer", "_scheduled", "_timer", "_timer_at",
+                 "apps", "closed", "datagrams", "done", "loop", "name", "on_closed",
+                 "on_handover_ready", "on_open_request", "on_resumed", "on_transport_lost",
+                 "opener", "paused", "proto", "sealer", "session")
 
     def __init__(self, session: Session, sealer: RecordSealer, opener: RecordOpener, *,
                  name: str) -> None:
@@ -232,6 +232,10 @@ class SessionDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.closed = ClosedFlag()
+        # Set once the session is closed and its last records (CLOSE) were
+        # handed to the kernel, or could not be: what a stopping daemon waits for.
+        self.done = ClosedFlag()
+        self._closing = False
         # UDP for datagram channels, when the side set it up; else the stream.
         self.datagrams: DatagramRoute | None = None
         # Hooks for the side that owns the driver. The defaults are shared
@@ -241,6 +245,7 @@ class SessionDriver:
         self.on_open_request: Callable[[ev.ChannelOpenRequested], None] = self._refuse_open
         self.on_handover_ready: Callable[[int], None] = _ignore
         self.on_resumed: Callable[[int], None] = _ignore
+        self.on_closed: Callable[[ev.SessionClosed], None] = _ignore
 
     # ---- transports ----------------------------------------------------------
 
@@ -347,6 +352,8 @@ class SessionDriver:
                         _SCRATCH.surrender()
                 if not session.has_pending:
                     break  # all of it went: no second call to find nothing
+        if self._closing:
+            self._finish_closing()
         if self.paused:
             for cid in list(self.paused):
                 if session.send_room(cid) > 0:
@@ -449,6 +456,7 @@ class SessionDriver:
                     log.info("%s: session closed by %s: %s %s", self.name, who, e.code.name,
                              e.reason)
                     self._shutdown()
+                    self.on_closed(e)
 
     def _refuse_open(self, e: ev.ChannelOpenRequested) -> None:
         self.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED, "this side opens nothing")
@@ -484,14 +492,45 @@ class SessionDriver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.proto is not None:
-            # close(), not abort(): the CLOSE frame in the write buffer goes out first.
-            proto, self.proto = self.proto, None
-            self.loop.call_soon(proto.close)
+        # The transport stays until the last records (CLOSE among them) are
+        # written: _flush writes them after this dispatch and then lets go.
+        self._closing = True
         self.closed.set()
+
+    def _finish_closing(self) -> None:
+        """After the session closed: once nothing is left to write (or it can
+        never be written), close the transport gracefully (close(), not
+        abort(): asyncio's own buffer goes out first) and set `done`."""
+        proto = self.proto
+        if proto is not None and not proto.lost and proto.write_paused and self.session.has_pending:
+            return  # the socket is full: resume_writing flushes again
+        self.proto = None
+        if proto is None or proto.lost:
+            self.done.set()
+            return
+        if proto.transport is not None and proto.transport.get_write_buffer_size():
+            proto.on_gone(self.done.set)
+        else:
+            self.done.set()
+        proto.close()
 
     def close(self, code: CloseCode = CloseCode.SHUTDOWN, reason: str = "") -> None:
         if self.session.state is not SessionState.CLOSED:
             self.session.close(code, reason)
             self.flush()
+
+    async def close_and_wait(self, timeout: float, code: CloseCode = CloseCode.SHUTDOWN,
+                             reason: str = "") -> bool:
+        """Close, and wait (at most `timeout`) until CLOSE is handed to the
+        kernel, which delivers it even after the process exits. False when
+        it could not be in time (no transport, a full socket to a dead path)."""
+        self.close(code, reason)
+        if not self.done.is_set() and self.proto is None:
+            self.done.set()  # detached: nothing can carry it
+        try:
+            async with asyncio.timeout(timeout):
+                await self.done.wait()
+        except TimeoutError:
+            return False
+        return True
 

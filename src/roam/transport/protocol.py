@@ -38,8 +38,8 @@ def _scratch_buffer() -> memoryview:
 class TransportProtocol(asyncio.BufferedProtocol):
     # One per transport, so one per idle session on a server: slots instead
     # of an instance dict (asyncio.Protocol declares empty slots for this).
-    __slots__ = ("_buf", "_framer", "_on_drain", "_on_lost", "_sink", "_waiter", "lost",
-                 "lost_reason", "peer", "transport", "write_paused")
+    __slots__ = ("_buf", "_framer", "_gone", "_on_drain", "_on_lost", "_sink", "_waiter",
+                 "lost", "lost_reason", "peer", "transport", "write_paused")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -49,6 +49,7 @@ class TransportProtocol(asyncio.BufferedProtocol):
         self._framer: RecordFramer | None = None
         self._on_lost: Callable[[Exception | None], None] | None = None
         self._on_drain: Callable[[], None] | None = None
+        self._gone: Callable[[], None] | None = None
         self.lost = False
         self.lost_reason: Exception | None = None
         self.write_paused = False
@@ -99,6 +100,16 @@ class TransportProtocol(asyncio.BufferedProtocol):
         self._wake()
         if self._on_lost is not None:
             self._on_lost(exc)
+        if self._gone is not None:
+            gone, self._gone = self._gone, None
+            gone()
+
+    def on_gone(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the connection is gone (at once if it is)."""
+        if self.lost:
+            callback()
+        else:
+            self._gone = callback
 
     def pause_writing(self) -> None:
         self.write_paused = True

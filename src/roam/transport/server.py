@@ -47,6 +47,9 @@ MAX_HANDSHAKES = 256
 # BUSY and retried, and the last resumed after 31 s (bench/scale.py).
 MAX_OPENINGS = 4096
 BUSY_LOG_INTERVAL = 1.0
+# How long a stopping server waits for its sessions' CLOSE frames to reach
+# the kernel (sockets with room take them at once).
+SHUTDOWN_WAIT = 2.0
 # Connections the kernel queues until the loop accepts them. asyncio's
 # default of 100 overflows when a network event moves many clients at once
 # (a cell tower, a gateway reboot): each dropped SYN is retried after 1 s,
@@ -125,16 +128,25 @@ class Server:
         log.info("listening on %s:%d%s", sock[0], sock[1], " (TCP and UDP)" if self.udp else "")
         return sock[0], sock[1]
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = SHUTDOWN_WAIT) -> None:
+        """Stop listening and end every session with CLOSE, so that clients
+        close their applications' connections now instead of resuming."""
         if self._server is not None:
             self._server.close()
-        if self.udp is not None:
-            self.udp.close()
-        for driver in list(self.sessions.values()):
-            driver.close(reason="server shutting down")
         for task in list(self._tasks):
             task.cancel()
+        drivers = list(self.sessions.values())
+        for driver in drivers:
+            driver.close(reason="server shutting down")
+        try:
+            async with asyncio.timeout(timeout):
+                for driver in drivers:
+                    await driver.close_and_wait(timeout)
+        except TimeoutError:
+            unsent = sum(1 for d in drivers if not d.done.is_set())
+            log.warning("%d session(s) could not be told that the server stops", unsent)
         if self.udp is not None:
+            self.udp.close()
             await self.udp.wait_closed()
 
     def _accept(self) -> TransportProtocol:
