@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from roam.core.admission import Openings
 from roam.core.preamble import (
     HANDSHAKE_LEN,
     PREAMBLE,
@@ -176,6 +177,59 @@ def test_a_parked_standby_closes_with_its_session() -> None:
                 while not parked.lost:  # noqa: ASYNC110  (no event for it)
                     await asyncio.sleep(0.01)
         finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_resume_claiming_a_large_first_record_is_refused_at_once() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            sid = stack.client.session_id
+            assert sid is not None
+            raw = Preamble(TransportKind.RESUME, Suite.AESGCM_SHA256, sid).encode()
+            # Anyone who saw the session id can send this; nothing follows it.
+            status, body = await _raw(stack.server_port, raw + HEADER.pack(256 * 1024 - 64, 1))
+            assert status is Status.RESUME_REFUSED
+            assert b"first record length" in body
+            await stack.echo_check(10_000)
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_idle_openings_from_one_address_are_bounded_and_keep_no_resume_out() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        holders: list[asyncio.StreamWriter] = []
+        try:
+            # The real limits at a size a test can reach: under load (32 in
+            # progress) one source holds at most 16 more; at 64, the heaviest
+            # source's oldest gives way.
+            stack.server.openings = Openings(capacity=64, per_source=16, load=32)
+            for _ in range(200):
+                _, writer = await asyncio.open_connection("127.0.0.1", stack.server_port,
+                                                          local_addr=("127.0.0.2", 0))
+                holders.append(writer)
+            await asyncio.sleep(0)
+            async with asyncio.timeout(10):
+                while stack.server.openings.held_by("127.0.0.2") < 32:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert stack.server.openings.held_by("127.0.0.2") == 32
+            # Another address resumes and opens new sessions as if nothing happened.
+            stack.proxy.cut()
+            await stack.echo_check(50_000)
+            # At capacity, a newcomer makes the heaviest source give way.
+            stack.server.openings = Openings(capacity=8, per_source=100, load=100)
+            for writer in holders[:8]:
+                stack.server.openings.admit(writer.transport, "127.0.0.2")  # type: ignore[arg-type]
+            stack.proxy.cut()
+            await stack.echo_check(50_000)
+        finally:
+            for writer in holders:
+                writer.transport.abort()
             await stack.close()
 
     asyncio.run(main())

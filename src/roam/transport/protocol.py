@@ -24,6 +24,11 @@ Records = list[tuple[int, memoryview]]
 # takes about 15 us to open, a loop iteration about as much), and it must
 # hold an unfinished record (up to MAX_RECORD + 12 bytes) with room to spare.
 SCRATCH_SIZE = 1024 * 1024
+# Before records: what one read takes, and what the protocol buffers before
+# it stops reading. The largest handshake step reads 1 KiB (a Noise message,
+# MAX_HANDSHAKE_MESSAGE; a resume's first record, MAX_FIRST_RECORD), so an
+# unauthenticated peer makes a transport hold at most about twice this.
+HANDSHAKE_READ = 4096
 _scratch: memoryview | None = None
 
 
@@ -38,10 +43,12 @@ def _scratch_buffer() -> memoryview:
 class TransportProtocol(asyncio.BufferedProtocol):
     # One per transport, so one per idle session on a server: slots instead
     # of an instance dict (asyncio.Protocol declares empty slots for this).
-    __slots__ = ("_buf", "_framer", "_gone", "_on_drain", "_on_lost", "_sink", "_waiter",
-                 "lost", "lost_reason", "peer", "transport", "write_paused")
+    __slots__ = ("_buf", "_framer", "_gone", "_on_drain", "_on_lost", "_on_made", "_paused",
+                 "_sink", "_waiter", "lost", "lost_reason", "peer", "peer_host", "transport",
+                 "write_paused")
 
-    def __init__(self) -> None:
+    def __init__(self, on_made: Callable[[TransportProtocol], None] | None = None) -> None:
+        self._on_made = on_made
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._waiter: asyncio.Future[None] | None = None
@@ -53,7 +60,9 @@ class TransportProtocol(asyncio.BufferedProtocol):
         self.lost = False
         self.lost_reason: Exception | None = None
         self.write_paused = False
+        self._paused = False  # reading paused: the handshake buffer is full
         self.peer: str = "?"
+        self.peer_host: str = "?"
 
     # ---- asyncio callbacks -------------------------------------------------
 
@@ -66,16 +75,22 @@ class TransportProtocol(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.peer_host = str(peer[0])
         # Paused as soon as the socket leaves part of a record unsent, resumed
         # once it took all of it: records wait in the session's replay buffer
         # (sealed only when they can go), not sealed in the write buffer.
         transport.set_write_buffer_limits(high=0, low=0)
+        if self._on_made is not None:
+            made, self._on_made = self._on_made, None
+            made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         scratch = _scratch_buffer()
         if self._framer is not None:
             return self._framer.get_buffer(scratch)
-        return scratch
+        # Before the records begin, the peer may not be authenticated: take
+        # a little at a time, and no more than the handshake reads.
+        return scratch[:HANDSHAKE_READ]
 
     def buffer_updated(self, nbytes: int) -> None:
         scratch = _scratch_buffer()
@@ -89,6 +104,11 @@ class TransportProtocol(asyncio.BufferedProtocol):
             sink(records)
             return
         self._buf += scratch[:nbytes]
+        if len(self._buf) >= HANDSHAKE_READ and self.transport is not None and not self._paused:
+            # More than any handshake step reads: the rest waits in the
+            # kernel (whose buffer is the peer's to fill, not our memory).
+            self._paused = True
+            self.transport.pause_reading()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -130,6 +150,7 @@ class TransportProtocol(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while len(self._buf) < n:
+            self._resume_reading()
             if self.lost:
                 why = f": {self.lost_reason}" if self.lost_reason else ""
                 raise TransportError(f"connection closed by {self.peer}{why}")
@@ -147,6 +168,11 @@ class TransportProtocol(asyncio.BufferedProtocol):
         del self._buf[:n]
         return data
 
+    def _resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
     def write(self, data: bytes | bytearray) -> None:
         if self.transport is not None and not self.lost:
             self.transport.write(data)
@@ -162,6 +188,7 @@ class TransportProtocol(asyncio.BufferedProtocol):
         returns."""
         self._framer = framer
         self._sink, self._on_lost, self._on_drain = sink, on_lost, on_drain
+        self._resume_reading()
         if self._buf:
             leftover = bytes(self._buf)
             self._buf.clear()

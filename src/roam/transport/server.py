@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from roam.connector.connector import Connector
+from roam.core.admission import Openings, source_of
 from roam.core.compress import AUTO, ZSTD, ZSTD_HISTORY, CompressionMode
 from roam.core.datagrams import DatagramPath
 from roam.core.preamble import (
@@ -25,11 +26,12 @@ from roam.core.preamble import (
 from roam.core.session import Session, SessionConfig
 from roam.crypto.keys import short_id
 from roam.crypto.noise import CipherState, HandshakeState
-from roam.crypto.records import HEADER, MAX_RECORD, RecordFramer, RecordOpener, RecordSealer
+from roam.crypto.records import HEADER, RecordFramer, RecordOpener, RecordSealer
 from roam.errors import CryptoError, ProtocolError, TransportError
 from roam.transport.datagrams import DatagramListener, SessionDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
+from roam.transport.ratelog import RateLimitedLog
 
 log = logging.getLogger("roam.server")
 
@@ -41,12 +43,24 @@ HANDSHAKE_TIMEOUT = 10.0
 # costs two X25519 operations and a socket and a task until
 # HANDSHAKE_TIMEOUT, so this bounds what unauthenticated peers can make us do.
 MAX_HANDSHAKES = 256
+# Of which from one source address (an IPv6 /64): one host's idle
+# handshakes cannot make the server answer BUSY to everyone else.
+MAX_HANDSHAKES_PER_SOURCE = 64
 # Transports in their opening at once, resumes and standbys included. A
 # resume costs one AEAD check, and after a network-wide outage a thousand
 # clients resume at once: under the NEW limit most of them were answered
-# BUSY and retried, and the last resumed after 31 s (bench/scale.py).
+# BUSY and retried, and the last resumed after 31 s (bench/scale.py). Over
+# it the oldest opening of the source holding most gives way (core/admission.py).
 MAX_OPENINGS = 4096
-BUSY_LOG_INTERVAL = 1.0
+# Once this many openings are in progress, one source may hold at most
+# MAX_OPENINGS_PER_SOURCE; its next opening evicts its own oldest. Below
+# it, a thousand clients behind one carrier NAT resume at once unhindered.
+OPENINGS_LOAD = 1024
+MAX_OPENINGS_PER_SOURCE = 256
+# The first record of a resume carries RESUME alone (about 40 bytes sealed):
+# a stranger who read the session id off the wire may make us hold this much
+# per opening, not a whole record (256 KiB).
+MAX_FIRST_RECORD = 1024
 # How long a stopping server waits for its sessions' CLOSE frames to reach
 # the kernel (sockets with room take them at once).
 SHUTDOWN_WAIT = 2.0
@@ -106,10 +120,15 @@ class Server:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_hello: dict[bytes, int] = {}
-        self._handshaking = 0  # transports in their opening
-        self._new_handshakes = 0  # of which NEW ones
-        self._busy = 0  # BUSY answers not logged yet
-        self._busy_logged = float("-inf")
+        # Transports in their opening, and of those the NEW handshakes.
+        self.openings: Openings[TransportProtocol] = Openings(
+            MAX_OPENINGS, MAX_OPENINGS_PER_SOURCE, load=OPENINGS_LOAD)
+        self.handshakes: Openings[TransportProtocol] = Openings(
+            MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, evict=False)
+        # One line a second at most for what strangers can cause.
+        self._log_busy = RateLimitedLog(log)
+        self._log_evicted = RateLimitedLog(log)
+        self._log_refused = RateLimitedLog(log)
         self._standby: dict[bytes, _Standby] = {}
         self.udp: DatagramListener | None = None
 
@@ -150,30 +169,38 @@ class Server:
             await self.udp.wait_closed()
 
     def _accept(self) -> TransportProtocol:
-        proto = TransportProtocol()
-        task = asyncio.get_running_loop().create_task(self._handle(proto), name="handshake")
+        return TransportProtocol(on_made=self._admit)
+
+    def _admit(self, proto: TransportProtocol) -> None:
+        """A connection arrived: admit it as an opening, or refuse it before
+        it costs a task (a flood's connections must be cheap to turn away)."""
+        admission = self.openings.admit(proto, source_of(proto.peer_host))
+        for old in admission.evict:
+            self._log_evicted(f"opening from {old.peer} dropped to make room for one from "
+                              f"{proto.peer}: {len(self.openings)} openings in progress, "
+                              f"{self.openings.held_by(source_of(old.peer_host))} from its "
+                              "source")
+            old.abort()
+        if not admission.admitted:
+            self._refuse_busy(proto, admission.reason)
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(proto), name="opening")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return proto
 
     async def _handle(self, proto: TransportProtocol) -> None:
-        await asyncio.sleep(0)  # connection_made runs first
-        if self._handshaking >= MAX_OPENINGS:
-            self._refuse_busy(proto)
-            return
-        self._handshaking += 1
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await self._opening(proto)
         except TimeoutError:
-            log.info("transport from %s: handshake not finished in %g s", proto.peer,
-                     HANDSHAKE_TIMEOUT)
+            log.debug("transport from %s: handshake not finished in %g s", proto.peer,
+                      HANDSHAKE_TIMEOUT)
             proto.abort()
         except TransportError as exc:
-            log.info("transport from %s ended during the handshake: %s", proto.peer, exc)
+            log.debug("transport from %s ended during the handshake: %s", proto.peer, exc)
             proto.abort()
         finally:
-            self._handshaking -= 1
+            self.openings.release(proto)
 
     async def _opening(self, proto: TransportProtocol) -> None:
         raw = await proto.read_exactly(PREAMBLE.size, HANDSHAKE_TIMEOUT)
@@ -192,14 +219,14 @@ class Server:
             await self._resume(proto, pre, raw)
 
     async def _new(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
-        if self._new_handshakes >= MAX_HANDSHAKES:
-            self._refuse_busy(proto)
+        admission = self.handshakes.admit(proto, source_of(proto.peer_host))
+        if not admission.admitted:
+            self._refuse_busy(proto, f"too many handshakes in progress ({admission.reason})")
             return
-        self._new_handshakes += 1
         try:
             await self._handshake(proto, pre, raw)
         finally:
-            self._new_handshakes -= 1
+            self.handshakes.release(proto)
 
     async def _handshake(self, proto: TransportProtocol, pre: Preamble, raw: bytes) -> None:
         (length,) = HANDSHAKE_LEN.unpack(await proto.read_exactly(2, HANDSHAKE_TIMEOUT))
@@ -307,8 +334,10 @@ class Server:
         standby = not ad
         header = await proto.read_exactly(HEADER.size, timeout)
         length, counter = HEADER.unpack(header)
-        if not 24 <= length <= MAX_RECORD + 8:
-            self._refuse(proto, Status.RESUME_REFUSED, f"first record length {length}")
+        if not 24 <= length <= MAX_FIRST_RECORD:
+            self._refuse(proto, Status.RESUME_REFUSED, f"first record length {length} (a "
+                         f"resume's first record carries RESUME alone: at most "
+                         f"{MAX_FIRST_RECORD} bytes)")
             return
         body = await proto.read_exactly(length - 8, HANDSHAKE_TIMEOUT)
         if driver.session.closed or self.sessions.get(sid) is not driver:
@@ -317,7 +346,7 @@ class Server:
         try:
             payload = driver.opener.open(counter, body, ad=ad)
         except CryptoError as exc:
-            log.warning("%s: refused resume from %s: %s", driver.name, proto.peer, exc)
+            self._log_refused(f"{driver.name}: refused resume from {proto.peer}: {exc}")
             if not standby:
                 proto.write(reply_error(Status.RESUME_REFUSED, "resume does not authenticate"))
             proto.close()
@@ -380,20 +409,15 @@ class Server:
             if standby.proto is proto:
                 standby.proto = None
 
-    def _refuse_busy(self, proto: TransportProtocol) -> None:
-        """BUSY, with one log line per BUSY_LOG_INTERVAL: when a mass reconnect
-        overloads the server, a line per refused transport (tens of thousands)
-        costs the CPU that it lacks already."""
-        self._busy += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._busy_logged >= BUSY_LOG_INTERVAL:
-            log.warning("%d transports refused since the last such line, the latest from %s: "
-                        "too many handshakes in progress", self._busy, proto.peer)
-            self._busy, self._busy_logged = 0, now
-        proto.write(reply_error(Status.BUSY, "too many handshakes in progress"))
+    def _refuse_busy(self, proto: TransportProtocol, reason: str) -> None:
+        """BUSY: the client retries with jittered backoff. Logged at most once
+        a second: when a mass reconnect overloads the server, a line per
+        refused transport (tens of thousands) costs the CPU that it lacks."""
+        self._log_busy(f"transport from {proto.peer} answered BUSY: {reason}")
+        proto.write(reply_error(Status.BUSY, reason))
         proto.close()
 
     def _refuse(self, proto: TransportProtocol, status: Status, reason: str) -> None:
-        log.warning("transport from %s refused: %s", proto.peer, reason)
+        self._log_refused(f"transport from {proto.peer} refused: {reason}")
         proto.write(reply_error(status, reason))
         proto.close()
