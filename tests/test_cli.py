@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
 import queue
 import re
 import signal
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +34,12 @@ class Result:
 
 
 def run_roam(cwd: Path, *args: str, code: int, out: Sequence[str] = (),
-             err: Sequence[str] = (), timeout: float = QUICK) -> Result:
+             err: Sequence[str] = (), timeout: float = QUICK,
+             env: Mapping[str, str] | None = None) -> Result:
     """Run `roam ARGS` to completion; check its exit code and output fragments."""
     start = time.monotonic()
     proc = subprocess.Popen([*ROAM, *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -61,10 +64,12 @@ def run_roam(cwd: Path, *args: str, code: int, out: Sequence[str] = (),
 class Daemon:
     """A long-running `roam` process whose stdout is read line by line."""
 
-    def __init__(self, cwd: Path, args: Sequence[str]) -> None:
+    def __init__(self, cwd: Path, args: Sequence[str],
+                 env: Mapping[str, str] | None = None) -> None:
         self.args = list(args)
         self.proc = subprocess.Popen([*ROAM, *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stderr: list[str] = []
         self._readers = [
@@ -130,8 +135,8 @@ class Daemon:
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(*args: str) -> Daemon:
-        daemon = Daemon(tmp_path, args)
+    def start(*args: str, env: Mapping[str, str] | None = None) -> Daemon:
+        daemon = Daemon(tmp_path, args, env)
         started.append(daemon)
         return daemon
 
@@ -226,9 +231,16 @@ def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
     assert (tmp_path / "id.key").read_bytes() == before
 
 
-def test_keygen_in_missing_directory(tmp_path: Path) -> None:
-    run_roam(tmp_path, "keygen", "nowhere/id.key", code=1,
-             err=["cannot create nowhere/id.key"])
+def test_keygen_makes_missing_directories(tmp_path: Path) -> None:
+    run_roam(tmp_path, "keygen", "nowhere/id.key", code=0)
+    assert stat.S_IMODE((tmp_path / "nowhere").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "nowhere" / "id.key").stat().st_mode) == 0o600
+
+
+def test_keygen_below_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    run_roam(tmp_path, "keygen", "file/id.key", code=1,
+             err=["cannot create file/id.key: Not a directory"])
 
 
 def test_pubkey_missing_file(tmp_path: Path) -> None:
@@ -541,3 +553,132 @@ def test_client_config_file(tmp_path: Path, keys: Keys) -> None:
     run_roam(tmp_path, "client", "--config", config, "--server", "127.0.0.1:9", code=1,
              err=["--forward '127.0.0.1:0': expected LHOST:LPORT=RHOST:RPORT"])
 
+
+
+# Paths as README.md types them. The shell expands `~` in `--key ~/x`, but not
+# in `alice:~/x`, `--key=~/x` or a --config file; these tests pass `~` through
+# unexpanded everywhere, with HOME a directory of the test's own.
+
+
+@dataclass(frozen=True)
+class Home:
+    dir: Path
+    env: dict[str, str]
+    server_pub: str
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    """HOME with ~/.roam as the README's commands make it, and SOCKS credentials."""
+    home = tmp_path / "home"
+    (home / ".roam").mkdir(parents=True, mode=0o700)
+    server, client = generate_private_key(), generate_private_key()
+    write_private_key(home / ".roam" / "server.key", server)
+    write_private_key(home / ".roam" / "client.key", client)
+    (home / ".roam" / "clients").write_text(encode_key(public_key(client)) + "\n")
+    (home / ".roam" / "socks.pass").write_text("s3cret\n")
+    return Home(home, {**os.environ, "HOME": str(home)}, encode_key(public_key(server)))
+
+
+def test_keygen_expands_tilde_and_makes_the_directory(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    made = run_roam(tmp_path, "keygen", "~/.roam/client.key", code=0, env=env)
+    key = home / ".roam" / "client.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert not (tmp_path / "~").exists()
+    run_roam(tmp_path, "pubkey", "~/.roam/client.key", code=0, out=[made.stdout], env=env)
+
+
+def _socks_login(port: int, user: bytes, password: bytes) -> bytes:
+    """RFC 1929 username/password negotiation; the server's status reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=QUICK) as sock:
+        sock.sendall(b"\x05\x01\x02")
+        assert sock.recv(2) == b"\x05\x02"
+        sock.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
+        return sock.recv(2)
+
+
+def _check_running(tmp_path: Path, home: Home, client: Daemon) -> None:
+    line = client.next_line()
+    assert line.startswith("socks 127.0.0.1:"), f"{line}\nstderr: {client.stderr}"
+    port = int(line.rsplit(":", 1)[1])
+    assert _socks_login(port, b"alice", b"s3cret") == b"\x01\x00"  # the file's password
+    assert _socks_login(port, b"alice", b"wrong") == b"\x01\x01"
+    assert (home.dir / ".roam" / "events.jsonl").exists()
+    for args in (["status", "--json", "--control", "~/.roam/client.sock"],
+                 ["status", "--server", "--json", "--control", "~/.roam/server.sock"]):
+        run_roam(tmp_path, *args, code=0, env=home.env)
+    assert (home.dir / ".roam" / "client.sock").is_socket()
+    assert (home.dir / ".roam" / "server.sock").is_socket()
+
+
+def test_tilde_paths_on_the_command_line(tmp_path: Path, home: Home,
+                                        start_daemon: Callable[..., Daemon]) -> None:
+    server = start_daemon("server", "--listen", "127.0.0.1:0", "--key", "~/.roam/server.key",
+                          "--authorized-keys=~/.roam/clients",
+                          "--control", "~/.roam/server.sock", env=home.env)
+    port = server.wait_listening()
+    client = start_daemon("client", "--server", f"127.0.0.1:{port}", "--server-key",
+                          home.server_pub, "--key=~/.roam/client.key",
+                          "--socks", "127.0.0.1:0", "--socks-auth", "alice:~/.roam/socks.pass",
+                          "--event-log", "~/.roam/events.jsonl",
+                          "--control", "~/.roam/client.sock", env=home.env)
+    _check_running(tmp_path, home, client)
+    assert client.stop() == 0, client.stderr
+    assert server.stop() == 0, server.stderr
+
+
+def test_tilde_paths_in_config_files(tmp_path: Path, home: Home,
+                                     start_daemon: Callable[..., Daemon]) -> None:
+    write_toml(home.dir / ".roam" / "server.toml", {
+        "listen": "127.0.0.1:0", "key": "~/.roam/server.key",
+        "authorized-keys": "~/.roam/clients", "control": "~/.roam/server.sock",
+    })
+    # The server's file named in full, so that only the paths inside it need expanding.
+    server = start_daemon("server", "--config", str(home.dir / ".roam" / "server.toml"),
+                          env=home.env)
+    port = server.wait_listening()
+    write_toml(home.dir / ".roam" / "client.toml", {
+        "server": f"127.0.0.1:{port}", "server-key": home.server_pub,
+        "key": "~/.roam/client.key", "socks": "127.0.0.1:0",
+        "socks-auth": "alice:~/.roam/socks.pass", "event-log": "~/.roam/events.jsonl",
+        "control": "~/.roam/client.sock",
+    })
+    client = start_daemon("client", "--config", "~/.roam/client.toml", env=home.env)
+    _check_running(tmp_path, home, client)
+    assert client.stop() == 0, client.stderr
+    assert server.stop() == 0, server.stderr
+
+
+# Link drivers: each one README.md documents starts under the default event
+# loop (uvloop, where pyroute2 cannot open its netlink sockets).
+
+
+@pytest.mark.parametrize("links", ["static", "linux", "emulated"])
+def test_client_starts_with_each_link_driver(tmp_path: Path, keys: Keys,
+                                             start_daemon: Callable[..., Daemon],
+                                             links: str) -> None:
+    server = start_daemon(*server_args(keys, "--allow", "127.0.0.1:*",
+                                       "--control", "server.sock"))
+    port = server.wait_listening()
+    client = start_daemon("client", "--server", f"127.0.0.1:{port}", "--server-key",
+                          keys.server_pub, "--key", keys.client_key,
+                          "--forward", "127.0.0.1:0=127.0.0.1:9",
+                          "--links", links, "--path", "a:dev=lo", "--control", "client.sock")
+    line = client.next_line()
+    assert line.startswith("forward 127.0.0.1:"), f"{line}\nstderr: {client.stderr}"
+    status = json.loads(run_roam(tmp_path, "status", "--json", "--control", "client.sock",
+                                 code=0).stdout)
+    assert status["links"] == links
+    assert status["active_path"] == "a"
+    (path,) = status["paths"]
+    assert path["present"], path
+    assert path["up"], path
+    if links != "emulated":  # emulated links have the addresses `roam link` gives them
+        assert "127.0.0.1" in path["addresses"], path
+    assert client.stop() == 0, client.stderr
+    assert "Traceback" not in client.stderr
+    assert server.stop() == 0, server.stderr

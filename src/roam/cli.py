@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -29,6 +30,22 @@ def _setup_logging(level: str, role: str) -> None:
     )
 
 
+class _FilePath(click.Path[str]):
+    """A file's path, with a leading `~` or `~user` expanded as a shell would.
+
+    The shell leaves `~` alone in `--key=~/x` and never sees a --config file,
+    whose values click passes through this same type as defaults: one type for
+    every path option expands them all alike, wherever they were written.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False)
+
+    def convert(self, value: str | os.PathLike[str], param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        return super().convert(os.path.expanduser(value), param, ctx)
+
+
 def _config_option(f: Callable[..., Any]) -> Callable[..., Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
         if value is None:
@@ -41,7 +58,7 @@ def _config_option(f: Callable[..., Any]) -> Callable[..., Any]:
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param=param) from None
 
-    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True,
+    return click.option("--config", type=_FilePath(), is_eager=True,
                         expose_value=False, callback=callback,
                         help="Read settings from a TOML file (keys are the flag names).")(f)
 
@@ -81,7 +98,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=_FilePath())
 def keygen(path: str) -> None:
     """Write a new private key to PATH (mode 0600); print only its public key."""
     from roam.crypto.keys import encode_key, generate_private_key, public_key, write_private_key
@@ -97,7 +114,7 @@ def keygen(path: str) -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=_FilePath())
 def pubkey(path: str) -> None:
     """Print the public key of the private key in PATH."""
     from roam.crypto.keys import encode_key, load_private_key, public_key
@@ -109,9 +126,10 @@ def pubkey(path: str) -> None:
 
 
 _control_flag = click.option(
-    "--control", type=click.Path(dir_okay=False), default=None,
+    "--control", type=_FilePath(), default=None,
     help="Control socket for roam status (default: /run/roam/ROLE.sock as root, else "
-         "$XDG_RUNTIME_DIR/roam/ROLE.sock).")
+         "$XDG_RUNTIME_DIR/roam/ROLE.sock, else /tmp/roam-UID/ROLE.sock; its directory "
+         "must be the daemon user's alone).")
 
 class _CompressParam(click.ParamType[CompressionMode]):
     name = "compress"
@@ -144,9 +162,9 @@ _event_loop_flag = click.option(
 @main.command()
 @_config_option
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Address for transports.")
-@click.option("--key", required=True, type=click.Path(dir_okay=False),
+@click.option("--key", required=True, type=_FilePath(),
               help="This server's private key file.")
-@click.option("--authorized-keys", required=True, type=click.Path(dir_okay=False),
+@click.option("--authorized-keys", required=True, type=_FilePath(),
               help="Client public keys allowed in, one per line.")
 @click.option("--allow", multiple=True, metavar="HOST:PORT",
               help="Destination the server may open (repeatable; HOST may be *, a CIDR, "
@@ -179,7 +197,7 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
               help="The roam server's address.")
 @click.option("--server-key", required=True, metavar="PUBKEY",
               help="The server's public key (base64), pinned.")
-@click.option("--key", required=True, type=click.Path(dir_okay=False),
+@click.option("--key", required=True, type=_FilePath(),
               help="This client's private key file.")
 @click.option("--forward", multiple=True, metavar="LHOST:LPORT=RHOST:RPORT",
               help="Carry connections to LHOST:LPORT to RHOST:RPORT beside the server "
@@ -196,7 +214,7 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
               show_default=True, help="Link driver reporting the paths' state.")
 @click.option("--dwell", default=3.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a more preferred path must stay usable before a switch to it.")
-@click.option("--event-log", type=click.Path(dir_okay=False), default=None,
+@click.option("--event-log", type=_FilePath(), default=None,
               help="Append JSON-lines events (handovers, path changes) to this file.")
 @click.option("--udp/--no-udp", default=True, show_default=True,
               help="Carry datagram channels over UDP when it gets through (else on the "
@@ -273,7 +291,7 @@ def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None
 
 
 @main.command()
-@click.option("--control", type=click.Path(dir_okay=False), default=None,
+@click.option("--control", type=_FilePath(), default=None,
               help="The daemon's control socket (default: the client's).")
 @click.option("--server", "of_server", is_flag=True, help="Ask the server daemon instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
@@ -291,7 +309,7 @@ def status(control: str | None, of_server: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("name")
 @click.argument("change", metavar="up|down|signal=N")
-@click.option("--control", type=click.Path(dir_okay=False), default=None,
+@click.option("--control", type=_FilePath(), default=None,
               help="The client's control socket.")
 def link(name: str, change: str, control: str | None) -> None:
     """Change an emulated link: up, down or signal=N."""
@@ -300,7 +318,7 @@ def link(name: str, change: str, control: str | None) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--control", type=click.Path(dir_okay=False), default=None,
+@click.option("--control", type=_FilePath(), default=None,
               help="The client's control socket.")
 def switch(name: str, control: str | None) -> None:
     """Hand the session over to path NAME now (soft if the old path allows).

@@ -3,6 +3,11 @@
 Keys are the long flag names without dashes in front (`authorized-keys`,
 `allow`); repeatable flags take a list. A flag given on the command line
 wins over the file.
+
+Values are kept as written: click passes them through the same parameter
+types as the flags, so a path such as `key = "~/.roam/client.key"` has its
+`~` expanded where every path option's is (roam.cli), and `socks-auth`'s
+file where the flag's is (load_credentials).
 """
 
 from __future__ import annotations

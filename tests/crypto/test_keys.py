@@ -91,9 +91,28 @@ def test_write_refuses_symlink(tmp_path: Path) -> None:
     assert not target.exists()
 
 
-def test_write_into_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(KeyFileError, match="cannot create"):
-        write_private_key(tmp_path / "nope" / "key", generate_private_key())
+def test_write_into_missing_directories_makes_them_private(tmp_path: Path) -> None:
+    # `roam keygen ~/.roam/client.key` on a machine where ~/.roam is not there yet.
+    path = tmp_path / "home" / ".roam" / "client.key"
+    private = generate_private_key()
+    write_private_key(path, private)
+    assert load_private_key(path) == private
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for made in (tmp_path / "home", tmp_path / "home" / ".roam"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+
+
+def test_write_leaves_existing_directories_alone(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    write_private_key(tmp_path / "key", generate_private_key())
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+
+def test_write_below_a_file_names_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(KeyFileError, match=f"cannot create {tmp_path / 'file' / 'key'}: "
+                                           "Not a directory"):
+        write_private_key(tmp_path / "file" / "key", generate_private_key())
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602])

@@ -3,9 +3,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
 import pytest
+import uvloop
 
 from roam.links import static
 from roam.links.state import LinkState
@@ -15,10 +18,25 @@ from roam.links.static import StaticDriver
 DEVICES = {"loop": "lo", "ghost": "roamnosuch0"}
 
 
-def start_and_close(driver: StaticDriver) -> list[dict[str, LinkState]]:
+T = TypeVar("T")
+# The daemons run on uvloop by default, where pyroute2 cannot open its sockets.
+LOOPS = pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+
+
+def run_on(event_loop: str, main: Coroutine[Any, Any, T]) -> T:
+    factory = uvloop.new_event_loop if event_loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(asyncio.wait_for(main, 10))
+
+
+def start_and_close(driver: StaticDriver,
+                    event_loop: str = "asyncio") -> list[dict[str, LinkState]]:
     seen: list[dict[str, LinkState]] = []
+    home = threading.get_ident()
 
     def watcher(snapshot: Mapping[str, LinkState]) -> None:
+        # On the loop that started the driver, whatever thread read the addresses.
+        assert threading.get_ident() == home
         seen.append(dict(snapshot))
 
     async def main() -> None:
@@ -27,7 +45,7 @@ def start_and_close(driver: StaticDriver) -> list[dict[str, LinkState]]:
         await asyncio.sleep(0.1)
         await driver.close()
 
-    asyncio.run(asyncio.wait_for(main(), 10))
+    run_on(event_loop, main())
     return seen
 
 
@@ -46,10 +64,11 @@ def test_every_path_is_present_and_up_without_signal() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads addresses via rtnetlink")
-def test_addresses_are_read_once_at_start() -> None:
+@LOOPS
+def test_addresses_are_read_once_at_start(event_loop: str) -> None:
     driver = StaticDriver(DEVICES)
     assert driver.snapshot()["loop"].addresses == ()  # nothing read before start
-    seen = start_and_close(driver)
+    seen = start_and_close(driver, event_loop)
     assert "127.0.0.1" in seen[0]["loop"].addresses
     assert seen[0]["ghost"].addresses == ()
     for address in seen[0]["loop"].addresses:
@@ -71,3 +90,11 @@ def test_unreadable_device_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("roam.links.linux.read_device", broken)
     assert asyncio.run(asyncio.wait_for(static.read_addresses({"lo"}), 10)) == {}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads addresses via rtnetlink")
+@LOOPS
+def test_read_addresses_on_either_loop(event_loop: str) -> None:
+    found = run_on(event_loop, static.read_addresses({"lo", "roamnosuch0"}))
+    assert set(found) == {"lo"}
+    assert "127.0.0.1" in found["lo"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 from typing import Any
 
+from roam.control.server import describe_uid, writers
 from roam.errors import ConfigError, RoamError
 
 
@@ -13,8 +16,39 @@ class ControlError(RoamError):
     """The daemon answered with an error, or could not be asked."""
 
 
+def _check_directory(path: str) -> None:
+    """Refuse a socket that someone else could have put where we look.
+
+    The daemon never makes its socket in a directory that another user owns or
+    can write in (ControlServer refuses); a socket found in one is someone
+    else's, and would see and answer what we ask in the daemon's place. Unlike
+    the daemon, we follow a symlink: what counts is the directory we connect
+    in, and root's directories are trusted as root can do anything anyway.
+    """
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return  # connecting fails as well, and says why
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    where = f"control socket directory {directory}"
+    euid = os.geteuid()
+    if st.st_uid not in (euid, 0):
+        raise ConfigError(f"{where}: owned by {describe_uid(st.st_uid)}, not by you, "
+                          f"{describe_uid(euid)}, nor root; not talking to a socket that user "
+                          "could have put there (the daemon does not make its socket there: "
+                          "check --control and XDG_RUNTIME_DIR)")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise ConfigError(f"{where}: writable by {writers(mode)} (mode {mode:04o}); not talking "
+                          "to a socket anyone could have put there (the daemon does not make "
+                          "its socket there: check --control)")
+
+
 def request(path: str, cmd: str, fields: dict[str, Any] | None = None,
             timeout: float = 30.0) -> Any:
+    _check_directory(path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:

@@ -12,6 +12,8 @@ import contextlib
 import json
 import logging
 import os
+import pwd
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,63 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 MAX_LINE = 64 * 1024
 
 
-def default_control_path(role: str) -> str:
-    """Where a daemon's control socket lives unless --control says otherwise."""
+def default_control_path(role: str, *, tmp: str | os.PathLike[str] = "/tmp") -> str:
+    """Where a daemon's control socket lives unless --control says otherwise.
+
+    `tmp` is where a user without XDG_RUNTIME_DIR gets a directory of their own.
+    """
     if os.geteuid() == 0:
         base = Path("/run/roam")
     else:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
-        base = Path(runtime) / "roam" if runtime else Path(f"/tmp/roam-{os.geteuid()}")
+        base = Path(runtime) / "roam" if runtime else Path(tmp) / f"roam-{os.geteuid()}"
     return str(base / f"{role}.sock")
+
+
+def describe_uid(uid: int) -> str:
+    """`uid 1000 (alice)`, or `uid 1000` for a number no account has."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def writers(mode: int) -> str:
+    """Who besides the owner may write, by the group and other write bits of `mode`."""
+    if mode & 0o022 == 0o022:
+        return "group and others"
+    return "group" if mode & 0o020 else "others"
+
+
+def check_socket_directory(directory: Path) -> None:
+    """Refuse a directory that anyone but this process's user could write in.
+
+    Whoever can write there can replace the control socket with their own and
+    answer `roam status` and `roam switch` in the daemon's place; /tmp/roam-UID
+    in particular may have been made by another user before the daemon ran.
+    """
+    # lstat: a symlink is refused, not followed, since where it leads is up
+    # to whoever made it and can change after this check.
+    st = directory.lstat()
+    euid = os.geteuid()
+    elsewhere = ("give --control PATH" if euid == 0 else
+                 "set XDG_RUNTIME_DIR or give --control PATH")
+    where = f"control socket directory {directory}"
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"{where}: is a symbolic link, not a directory, so the socket would "
+                          f"go wherever it leads; remove it (rm {directory}) or {elsewhere}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{where}: exists and is not a directory; remove it or {elsewhere}")
+    if st.st_uid != euid:
+        raise ConfigError(f"{where}: owned by {describe_uid(st.st_uid)}, not by this daemon's "
+                          f"{describe_uid(euid)}: that user could replace the socket in it; "
+                          f"have it removed (rm -r {directory}, as its owner or root), "
+                          f"or {elsewhere}")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise ConfigError(f"{where}: writable by {writers(mode)} (mode {mode:04o}), who could "
+                          f"replace the socket in it; run chmod go-w {directory}, "
+                          f"or {elsewhere}")
 
 
 class ControlServer:
@@ -42,9 +93,12 @@ class ControlServer:
         self._server: asyncio.Server | None = None
 
     def _existing_socket(self) -> bool:
-        """Make the directory; True when an old socket sits at the path."""
+        """Make or check the directory; True when an old socket sits at the path."""
         p = Path(self.path)
-        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # One made before, maybe not by us, is checked next just as a new one is.
+        with contextlib.suppress(FileExistsError):
+            p.parent.mkdir(parents=True, mode=0o700)
+        check_socket_directory(p.parent)
         if p.is_socket():
             return True
         if p.exists():

@@ -74,8 +74,27 @@ def short_id(public: bytes) -> str:
 
 
 def write_private_key(path: str | os.PathLike[str], raw: bytes) -> None:
-    """Create `path` with mode 0600 holding `raw`; never overwrites."""
+    """Create `path` with mode 0600 holding `raw`; never overwrites.
+
+    Missing directories above it are made with mode 0700, as `roam keygen
+    ~/.roam/client.key` needs on a machine without ~/.roam yet; existing
+    ones are left as they are.
+    """
     line = (encode_key(raw) + "\n").encode("ascii")
+    missing: list[str] = []
+    parent = os.path.dirname(os.fspath(path))
+    while parent and not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        try:
+            # Each level by itself: os.makedirs gives only the last one the mode.
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass  # made meanwhile by someone else: creating the key says if it is usable
+        except OSError as exc:
+            raise KeyFileError(f"cannot create directory {directory} for "
+                               f"{os.fspath(path)}: {exc.strerror}") from None
     try:
         # O_EXCL also refuses a symlink planted at `path`, and the mode is set
         # at creation so the key is never readable by others, even briefly.

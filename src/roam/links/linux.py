@@ -133,6 +133,11 @@ def usable_address(address: str, flags: int) -> bool:
     return not (flags & IFA_F_TENTATIVE and not flags & IFA_F_OPTIMISTIC)
 
 
+def pyroute2_runs_on(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether pyroute2's sockets can be opened on `loop`: asyncio's own loops only."""
+    return isinstance(loop, asyncio.BaseEventLoop)
+
+
 async def read_device(query: Any, name: str) -> tuple[int | None, bool, bool, tuple[str, ...]]:
     """(ifindex, present, up, usable addresses) of one device, read through `query`.
 
@@ -202,7 +207,7 @@ class LinuxDriver(LinkDriver):
     async def start(self, watcher: Watcher) -> None:
         self._begin(watcher)
         loop = asyncio.get_running_loop()
-        if isinstance(loop, asyncio.BaseEventLoop):
+        if pyroute2_runs_on(loop):
             await self._start()
             return
         self._home = loop

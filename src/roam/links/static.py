@@ -9,6 +9,7 @@ has no way to know signal strength.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -47,37 +48,49 @@ class StaticDriver(LinkDriver):
 
 
 async def read_addresses(devices: set[str]) -> dict[str, tuple[str, ...]]:
-    """Usable addresses of each device that can be read; the others are left out."""
+    """Usable addresses of each device that can be read; the others are left out.
+
+    pyroute2's sockets need asyncio's own event loop; on any other (uvloop,
+    the daemons' default, refuses AF_NETLINK endpoints) the read runs on an
+    asyncio loop of its own in a worker thread, as the linux driver's does.
+    """
     try:
         # Imported here so that a host without pyroute2 can still run this driver.
         from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped]
         from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
-        from roam.links.linux import read_device
+        from roam.links.linux import pyroute2_runs_on, read_device
     except ImportError as exc:
         log.info("static link driver: cannot read interface addresses (%s); "
                  "paths will have none", exc)
         return {}
-    found: dict[str, tuple[str, ...]] = {}
-    try:
-        query = AsyncIPRoute()
-    except OSError as exc:
-        log.info("static link driver: cannot open rtnetlink (%s); paths will have no "
-                 "addresses", exc)
-        return {}
-    try:
-        for device in sorted(devices):
-            try:
-                index, _present, _up, addresses = await read_device(query, device)
-            except (OSError, NetlinkError) as exc:
-                log.info("static link driver: cannot read %s (%s); it will have no "
-                         "addresses", device, exc)
-                continue
-            if index is None:
-                log.info("static link driver: no interface %s on this host; it will have no "
-                         "addresses", device)
-                continue
-            found[device] = addresses
-    finally:
-        query.close()
-    return found
+
+    async def read() -> dict[str, tuple[str, ...]]:
+        found: dict[str, tuple[str, ...]] = {}
+        try:
+            query = AsyncIPRoute()
+        except OSError as exc:
+            log.info("static link driver: cannot open rtnetlink (%s); paths will have no "
+                     "addresses", exc)
+            return {}
+        try:
+            for device in sorted(devices):
+                try:
+                    index, _present, _up, addresses = await read_device(query, device)
+                except (OSError, NetlinkError) as exc:
+                    log.info("static link driver: cannot read %s (%s); it will have no "
+                             "addresses", device, exc)
+                    continue
+                if index is None:
+                    log.info("static link driver: no interface %s on this host; it will have "
+                             "no addresses", device)
+                    continue
+                found[device] = addresses
+        finally:
+            query.close()
+        return found
+
+    if pyroute2_runs_on(asyncio.get_running_loop()):
+        return await read()
+    # Read once, at start: a thread and a loop for the few milliseconds it takes.
+    return await asyncio.to_thread(asyncio.run, read())
