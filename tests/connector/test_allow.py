@@ -6,12 +6,17 @@ import pytest
 
 from roam.connector.allow import AccessList, AllowRule, parse_port, split_host_port
 from roam.errors import ConfigError
+from roam.names import DnsName, Host, InvalidHost
 
 
 def allows(rules: list[str], host: str, port: int) -> bool:
     """True when the list admits `host` by name or, for an IP literal, by address."""
     access = AccessList.parse(rules)
-    return access.allows_name(host, port) or access.allows_address(host, port)
+    return access.allows_name(Host.parse(host), port) or access.allows_address(host, port)
+
+
+def by_name(access: AccessList, host: str, port: int) -> bool:
+    return access.allows_name(Host.parse(host), port)
 
 
 # split_host_port
@@ -117,19 +122,22 @@ def test_parse_address_rules(text: str, network: str, port: int | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "name"),
+    ("text", "name", "below"),
     [
-        ("example.com:80", "example.com"),
-        ("Example.COM:80", "example.com"),
-        ("example.com.:80", "example.com"),
-        ("localhost:8080", "localhost"),
-        ("*.example.com:443", ".example.com"),
-        ("*.Example.Com.:443", ".example.com"),
+        ("example.com:80", "example.com", False),
+        ("Example.COM:80", "example.com", False),
+        ("example.com.:80", "example.com", False),
+        ("localhost:8080", "localhost", False),
+        ("*.example.com:443", "example.com", True),
+        ("*.Example.Com.:443", "example.com", True),
+        ("*.bücher.example:443", "xn--bcher-kva.example", True),
+        ("_sip._tcp.example.com:5060", "_sip._tcp.example.com", False),
     ],
 )
-def test_parse_name_rules(text: str, name: str) -> None:
+def test_parse_name_rules(text: str, name: str, below: bool) -> None:
     rule = AllowRule.parse(text)
-    assert rule.name == name
+    assert rule.name == DnsName.parse(name)
+    assert rule.below is below
     assert rule.network is None
     assert not rule.any_host
 
@@ -158,6 +166,17 @@ def test_parse_name_rules(text: str, name: str) -> None:
         (":80", "expected HOST:PORT"),
         (":*", "expected HOST:PORT"),
         ("", "expected HOST:PORT"),
+        # Names are checked as DNS names, and the message names the problem.
+        ("localhost\0.corp.example:80", "label 1 'localhost\\x00' contains '\\x00' (U+0000)"),
+        ("*.corp\0.example:80", "label 1 'corp\\x00' contains"),
+        ("a..example:80", "label 2 is empty"),
+        ("*.:80", "it is empty"),
+        ("-a.example:80", "label 1 '-a' starts with a hyphen"),
+        ("a b.example:80", "contains ' ' (U+0020)"),
+        ("a" * 64 + ".example:80", "is 64 octets long; at most 63"),
+        (".".join(["a" * 63] * 4) + ":80", "it is 255 octets long; at most 253"),
+        ("999.1.1.1:80", "is a number"),
+        ("☃.example:80", "not a valid internationalised label"),
     ],
 )
 def test_parse_errors(text: str, problem: str) -> None:
@@ -190,8 +209,8 @@ def test_single_address_any_port() -> None:
     assert not access.allows_address("127.0.0.2", 80)
     assert not access.allows_address("::1", 80)
     # An address rule never admits a name; the name's resolved address is checked.
-    assert not access.allows_name("localhost", 80)
-    assert not access.allows_name("127.0.0.1", 80)
+    assert not by_name(access, "localhost", 80)
+    assert not by_name(access, "127.0.0.1", 80)
 
 
 def test_cidr_v4() -> None:
@@ -223,11 +242,11 @@ def test_cidr_v6() -> None:
 
 def test_exact_name() -> None:
     access = AccessList.parse(["example.com:80"])
-    assert access.allows_name("example.com", 80)
-    assert not access.allows_name("example.com", 443)
-    assert not access.allows_name("sub.example.com", 80)
-    assert not access.allows_name("example.org", 80)
-    assert not access.allows_name("badexample.com", 80)
+    assert by_name(access, "example.com", 80)
+    assert not by_name(access, "example.com", 443)
+    assert not by_name(access, "sub.example.com", 80)
+    assert not by_name(access, "example.org", 80)
+    assert not by_name(access, "badexample.com", 80)
     # A name rule says nothing about addresses.
     assert not access.allows_address("93.184.216.34", 80)
 
@@ -235,40 +254,66 @@ def test_exact_name() -> None:
 @pytest.mark.parametrize("host", ["EXAMPLE.COM", "Example.Com", "example.com.", "EXAMPLE.com."])
 def test_name_case_and_trailing_dot(host: str) -> None:
     for rule in ["example.com:80", "EXAMPLE.COM.:80"]:
-        assert AccessList.parse([rule]).allows_name(host, 80), (rule, host)
+        assert by_name(AccessList.parse([rule]), host, 80), (rule, host)
 
 
 def test_wildcard_name() -> None:
     access = AccessList.parse(["*.example.com:443"])
-    assert access.allows_name("sub.example.com", 443)
-    assert access.allows_name("a.b.example.com", 443)
-    assert access.allows_name("SUB.Example.COM.", 443)
-    assert not access.allows_name("example.com", 443)
-    assert not access.allows_name("badexample.com", 443)
-    assert not access.allows_name("example.com.evil.net", 443)
-    assert not access.allows_name("sub.example.com", 80)
+    assert by_name(access, "sub.example.com", 443)
+    assert by_name(access, "a.b.example.com", 443)
+    assert by_name(access, "SUB.Example.COM.", 443)
+    assert not by_name(access, "example.com", 443)
+    assert not by_name(access, "badexample.com", 443)
+    assert not by_name(access, "example.com.evil.net", 443)
+    assert not by_name(access, "sub.example.com", 80)
+
+
+def test_wildcard_is_label_wise_and_never_matches_a_nul() -> None:
+    access = AccessList.parse(["*.corp.example:*"])
+    assert by_name(access, "db.corp.example", 80)
+    assert by_name(access, "DB.Corp.Example.", 80)
+    assert not by_name(access, "evilcorp.example", 80)
+    assert not by_name(access, "corp.example", 80)
+    assert not by_name(access, "corp.example.evil", 80)
+    # The NUL name never becomes a Host, so no rule ever sees it.
+    with pytest.raises(InvalidHost, match=re.escape("U+0000")):
+        Host.parse("localhost\0.corp.example")
+
+
+def test_idna_names_match_in_either_spelling() -> None:
+    access = AccessList.parse(["*.bücher.example:443", "straße.de:80"])
+    assert by_name(access, "www.xn--bcher-kva.example", 443)
+    assert by_name(access, "WWW.Bücher.example.", 443)
+    assert by_name(access, "xn--strae-oqa.de", 80)
+    assert not by_name(access, "strasse.de", 80)  # non-transitional: ß is not ss
+
+
+def test_an_address_host_is_never_admitted_by_a_name_rule() -> None:
+    access = AccessList.parse(["*.corp.example:*", "localhost:*"])
+    assert not by_name(access, "127.0.0.1", 80)
+    assert not by_name(access, "::1", 80)
 
 
 def test_wildcard_name_any_port() -> None:
     access = AccessList.parse(["*.example.com:*"])
-    assert access.allows_name("www.example.com", 1)
-    assert access.allows_name("www.example.com", 65535)
-    assert not access.allows_name("example.com", 80)
+    assert by_name(access, "www.example.com", 1)
+    assert by_name(access, "www.example.com", 65535)
+    assert not by_name(access, "example.com", 80)
 
 
 def test_several_rules_any_one_suffices() -> None:
     access = AccessList.parse(["example.com:80", "10.0.0.0/8:22", "[::1]:*"])
-    assert access.allows_name("example.com", 80)
+    assert by_name(access, "example.com", 80)
     assert access.allows_address("10.9.8.7", 22)
     assert access.allows_address("::1", 9999)
-    assert not access.allows_name("example.com", 22)
+    assert not by_name(access, "example.com", 22)
     assert not access.allows_address("10.9.8.7", 80)
 
 
 def test_port_of_one_rule_does_not_leak_to_another() -> None:
     access = AccessList.parse(["example.com:80", "*.example.org:443"])
-    assert not access.allows_name("example.com", 443)
-    assert not access.allows_name("www.example.org", 80)
+    assert not by_name(access, "example.com", 443)
+    assert not by_name(access, "www.example.org", 80)
 
 
 @pytest.mark.parametrize("addr", ["not-an-ip", "", "example.com", "999.1.1.1"])
@@ -280,8 +325,8 @@ def test_allows_address_rejects_non_addresses(addr: str) -> None:
 def test_empty_access_list_allows_nothing() -> None:
     access = AccessList.parse([])
     assert access.rules == []
-    assert not access.allows_name("example.com", 80)
-    assert not access.allows_name("localhost", 22)
+    assert not by_name(access, "example.com", 80)
+    assert not by_name(access, "localhost", 22)
     assert not access.allows_address("127.0.0.1", 80)
     assert not access.allows_address("::1", 22)
 

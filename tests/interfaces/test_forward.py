@@ -74,3 +74,66 @@ def test_reverse_specs_name_their_own_flag_and_sides() -> None:
         ForwardSpec.parse_reverse("udp:127.0.0.1:53=127.0.0.1:53")
     with pytest.raises(ConfigError, match="not a number from 1 to 65535"):
         ForwardSpec.parse_reverse("127.0.0.1:0=127.0.0.1:22")
+
+
+# Hosts are validated and kept in normal form
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8080=DB.Corp.Example.:5432",
+         ForwardSpec("127.0.0.1", 8080, "db.corp.example", 5432)),
+        ("LocalHost:2222=bücher.example:80",
+         ForwardSpec("localhost", 2222, "xn--bcher-kva.example", 80)),
+        ("[::1]:8443=[2001:DB8:0::1]:443", ForwardSpec("::1", 8443, "2001:db8::1", 443)),
+        ("[::]:0=[fe80::1%eth0]:22", ForwardSpec("::", 0, "fe80::1%eth0", 22)),
+        ("udp:127.0.0.1:53=_dns._udp.corp.example:53",
+         ForwardSpec("127.0.0.1", 53, "_dns._udp.corp.example", 53, True)),
+    ],
+)
+def test_hosts_are_normalised(text: str, expected: ForwardSpec) -> None:
+    spec = ForwardSpec.parse(text)
+    assert spec == expected
+    assert ForwardSpec.parse(("udp:" if spec.udp else "") + str(spec)) == spec
+
+
+def test_bracketed_ipv6_keeps_its_brackets_in_str() -> None:
+    assert str(ForwardSpec.parse("[::1]:8443=[2001:DB8::1]:443")) == "[::1]:8443=[2001:db8::1]:443"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("127.0.0.1:8080=localhost\0.corp.example:80",
+         "destination: 'localhost\\x00.corp.example' is not a valid host name: label 1"),
+        ("127.0.0.1:8080=a..example:80", "destination: 'a..example' is not a valid host name: "
+                                         "label 2 is empty"),
+        ("127.0.0.1:8080=-a.example:80", "label 1 '-a' starts with a hyphen"),
+        ("127.0.0.1:8080=" + ".".join(["a" * 63] * 4) + ":80", "255 octets long; at most 253"),
+        ("bad host:8080=example.com:80", "listen address: 'bad host' is not a valid host name"),
+        ("127.0.0.1:8080=[example.com]:80", "brackets are for IPv6 addresses, not 'example.com'"),
+        ("[127.0.0.1]:8080=example.com:80", "listen address: brackets are for IPv6 addresses"),
+        ("127.0.0.1:8080=127.1:80", "is a number"),
+    ],
+)
+def test_bad_hosts_are_config_errors_naming_the_problem(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)) as info:
+        ForwardSpec.parse(text)
+    assert str(info.value).startswith(f"--forward {text!r}: ")
+
+
+def test_label_of_64_octets_in_a_forward() -> None:
+    with pytest.raises(ConfigError, match=re.escape("is 64 octets long; at most 63")):
+        ForwardSpec.parse("127.0.0.1:8080=" + "a" * 64 + ".example:80")
+
+
+def test_reverse_hosts_are_checked_and_named_by_their_own_flag() -> None:
+    spec = ForwardSpec.parse_reverse("LOCALHOST.:2222=127.0.0.1:22")
+    assert spec.listen_host == "localhost"
+    with pytest.raises(ConfigError, match=re.escape(
+            "--reverse 'a_b-:2222=127.0.0.1:22': listen address beside the server: 'a_b-' is "
+            "not a valid host name: label 1 'a_b-' ends with a hyphen")):
+        ForwardSpec.parse_reverse("a_b-:2222=127.0.0.1:22")
+    with pytest.raises(ConfigError, match=re.escape("local address: ")):
+        ForwardSpec.parse_reverse("127.0.0.1:2222=loc\0alhost:22")

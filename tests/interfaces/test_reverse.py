@@ -119,3 +119,19 @@ def test_the_client_refuses_opens_no_reverse_forward_names() -> None:
                 await asyncio.sleep(0.02)
         await stack.echo_check(100_000)
     _run(body)
+
+
+def test_the_client_refuses_an_open_whose_host_is_not_a_host(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def body(stack: ReverseStack, rport: int, _: int) -> None:
+        (driver,) = stack.server.sessions.values()
+        # The listen address of a real forward, with a NUL after it.
+        cid = driver.session.open_channel("127.0.0.1\0.example", rport)
+        driver.schedule()
+        async with asyncio.timeout(10):
+            while cid in driver.session.channel_ids():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        await stack.echo_check(100_000)
+    _run(body)
+    assert "is not a valid host name" in caplog.text
+    assert "U+0000" in caplog.text

@@ -88,13 +88,50 @@ def test_connect_domain() -> None:
     assert req == Request(Command.CONNECT, "example.org", 8080)
 
 
-def test_connect_utf8_domain_of_255_bytes() -> None:
-    name = "\u00fc" * 127 + "x"
-    raw = name.encode()
-    assert len(raw) == 255
-    request = bytes([5, 1, 0, 3, 255]) + raw + b"\x00\x01"
-    _, req = feed_all(Socks5Server(), [GREETING_NOAUTH, request])
-    assert req == Request(Command.CONNECT, name, 1)
+def domain_request(name: bytes, port: int = 1) -> bytes:
+    return bytes([5, 1, 0, 3, len(name)]) + name + port.to_bytes(2, "big")
+
+
+@pytest.mark.parametrize(("name", "host"), [
+    ("Example.ORG.", "example.org"),
+    ("B\u00fccher.example", "xn--bcher-kva.example"),
+    ("127.0.0.1", "127.0.0.1"),
+    ("2001:DB8::1", "2001:db8::1"),
+])
+def test_connect_domain_is_normalised(name: str, host: str) -> None:
+    _, req = feed_all(Socks5Server(), [GREETING_NOAUTH, domain_request(name.encode())])
+    assert req == Request(Command.CONNECT, host, 1)
+
+
+def test_connect_longest_domain_name() -> None:
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    for raw in (name, name + "."):  # 253 octets, and 254 with the root's dot
+        _, req = feed_all(Socks5Server(), [GREETING_NOAUTH, domain_request(raw.encode())])
+        assert req == Request(Command.CONNECT, name, 1)
+
+
+HOST_UNREACHABLE = bytes.fromhex("05 04 00 01 00000000 0000")
+NAME_255 = ".".join(["a" * 63] * 4)
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("a" * 64 + ".corp.example", "label 1 'aaaaaaaaaaaaaaaaaaaa'... (64 characters) is 64 octets"),
+    (NAME_255, "it is 255 octets long; at most 253"),
+    ("a" * 255, "is 255 octets long; at most 63"),
+    ("\u00fc" * 127 + "x", "longer than 63 octets as an A-label"),
+    ("localhost\0.corp.example", "contains '\\x00' (U+0000)"),
+    ("exa mple.com", "contains ' ' (U+0020)"),
+    ("a..example", "label 2 is empty"),
+    ("-a.example", "starts with a hyphen"),
+    ("127.1", "is a number"),
+], ids=["label-64", "name-255", "label-255", "u-label-255", "nul", "space", "empty-label",
+        "hyphen", "number"])
+def test_a_domain_that_is_not_a_dns_name_is_host_unreachable(name: str, problem: str) -> None:
+    assert len(name.encode()) <= 255
+    error = refused(GREETING_NOAUTH + domain_request(name.encode()), problem,
+                    b"\x05\x00" + HOST_UNREACHABLE)
+    assert error.code is CloseCode.UNREACHABLE
+    assert "\0" not in str(error)
 
 
 def test_udp_associate() -> None:
@@ -102,6 +139,13 @@ def test_udp_associate() -> None:
     _, req = feed_all(Socks5Server(), [GREETING_NOAUTH, request])
     assert req == Request(Command.UDP_ASSOCIATE, "0.0.0.0", 0)
     assert req.supported
+
+
+def test_udp_associate_address_is_the_clients_own_and_not_checked() -> None:
+    # RFC 1928 section 7: the address the client will send from; PySocks sends "0".
+    request = bytes.fromhex("05 03 00 03 01") + b"0" + b"\x9c\x40"
+    _, req = feed_all(Socks5Server(), [GREETING_NOAUTH, request])
+    assert req == Request(Command.UDP_ASSOCIATE, "0", 40000)
 
 
 def test_bind_is_reported_as_unsupported() -> None:
@@ -331,17 +375,25 @@ def test_udp_datagram_layout(host: str, port: int, header: str) -> None:
 
 
 def test_udp_datagram_empty_payload_and_longest_name() -> None:
-    name = "n" * 255
+    name = ".".join(["n" * 63, "n" * 63, "n" * 63, "n" * 61])
     assert parse_udp_datagram(encode_udp_datagram(name, 1, b"")) == (0, name, 1, b"")
     with pytest.raises(ValueError, match="domain name of 256 bytes"):
-        encode_udp_datagram(name + "n", 1, b"")
+        encode_udp_datagram("n" * 256, 1, b"")
 
 
-hosts = st.one_of(
-    st.ip_addresses().map(str),
-    st.text(st.characters(codec="utf-8"), min_size=1, max_size=60).filter(
-        lambda h: len(h.encode()) <= 255 and not _is_ip(h)),
-)
+@pytest.mark.parametrize("name", ["n" * 255, "n" * 64, "localhost\0.corp.example", "a b"])
+def test_udp_datagram_to_a_name_that_is_not_a_dns_name_is_refused(name: str) -> None:
+    with pytest.raises(SocksError, match="is not a valid host name") as info:
+        parse_udp_datagram(encode_udp_datagram(name, 53, b"query"))
+    assert info.value.reply == b""  # a datagram is dropped, not answered
+
+
+# Valid DNS names in normal form: LDH-and-underscore labels, the last one not a number.
+labels = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,20}[a-z0-9_])?", fullmatch=True)
+names = st.tuples(st.lists(labels, max_size=4),
+                  st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)).map(
+    lambda parts: ".".join([*parts[0], parts[1]]))
+hosts = st.one_of(st.ip_addresses().map(str), names)
 
 
 def _is_ip(text: str) -> bool:

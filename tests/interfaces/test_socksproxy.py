@@ -13,6 +13,7 @@ import pytest
 import socks
 
 from roam.errors import ConfigError
+from roam.interfaces.socks5 import Reply
 from roam.interfaces.socksproxy import SocksProxy, load_credentials
 from tests.conftest import require
 
@@ -150,3 +151,57 @@ def test_a_transport_reset_in_the_middle_of_a_fetch_breaks_nothing(
         assert cuts >= 1
         assert stack.client.transports == 1 + cuts
     _run(body, http_port)
+
+
+# Names that are not DNS names: refused at the proxy, and nothing leaks
+
+
+async def _socks_connect(port: int, name: bytes, dest_port: int) -> tuple[bytes, bytes]:
+    """A raw SOCKS5 CONNECT by name: the reply, and what follows it before EOF."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"\x05\x01\x00")
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\x05\x00"
+        writer.write(bytes([5, 1, 0, 3, len(name)]) + name + dest_port.to_bytes(2, "big"))
+        reply = await asyncio.wait_for(reader.readexactly(10), 5)
+        if reply[1] != Reply.SUCCEEDED:
+            return reply, await asyncio.wait_for(reader.read(100), 5)
+        writer.write(b"ping")
+        return reply, await asyncio.wait_for(reader.readexactly(4), 5)
+    finally:
+        writer.close()
+
+
+async def _no_channels(stack: SocksStack) -> None:
+    """Every channel is gone on both ends, or this fails after 5 s."""
+    client = stack.client.driver
+    assert client is not None
+    (server,) = stack.server.sessions.values()
+    async with asyncio.timeout(5):
+        while (client.session.channel_ids() or client.apps  # noqa: ASYNC110
+               or server.session.channel_ids() or server.apps):
+            await asyncio.sleep(0.01)
+
+
+LABEL_64 = b"a" * 64 + b".corp.example"
+NAME_255 = b".".join([b"a" * 63, b"b" * 63, b"c" * 63, b"d" * 50, b"corp", b"example"])
+
+
+@pytest.mark.parametrize("name", [
+    LABEL_64, NAME_255, b"a" * 255, b"localhost\x00.corp.example", b"exa mple.com",
+], ids=["label-64", "name-255", "label-255", "nul", "space"])
+def test_a_name_that_is_not_a_dns_name_gets_a_socks_error_and_leaks_nothing(
+        name: bytes) -> None:
+    async def body(stack: SocksStack, port: int) -> None:
+        # The server allows the echo service by address: any name for that
+        # port would be looked up, so only the proxy's check stands in the way.
+        reply, rest = await _socks_connect(port, name, stack.echo_port)
+        assert reply == bytes([5, Reply.HOST_UNREACHABLE, 0, 1, 0, 0, 0, 0, 0, 0])
+        assert rest == b""  # and the proxy closed the connection
+        await _no_channels(stack)
+        # The proxy serves on: a real name for the same destination opens.
+        reply, echoed = await _socks_connect(port, b"LocalHost.", stack.echo_port)
+        assert reply[1] == Reply.SUCCEEDED
+        assert echoed == b"ping"
+        await _no_channels(stack)
+    _run(body)

@@ -6,21 +6,22 @@ matches the name the client asked for; an address or network rule matches
 the address the name resolves to, and that address is the one connected to,
 so a name cannot be pointed somewhere the rules do not allow. No rule: nothing
 is allowed (the server is never an open proxy).
+
+Names on both sides are `roam.names` values: a rule's name is validated and
+normalised when the rule is parsed, a requested name when it arrives, so
+matching compares two normal forms, label by label (`*.corp.example` admits
+`db.corp.example`, never `evilcorp.example` nor a name with a NUL in it).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
 from roam.errors import ConfigError
-
-# Letters, digits, hyphens and underscores in dot-separated labels.
-_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+from roam.names import DnsName, Host, InvalidHost, IPAddress
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def split_host_port(text: str, what: str) -> tuple[str, str]:
@@ -57,8 +58,9 @@ def parse_port(text: str, what: str, *, wildcard: bool = False) -> int | None:
 class AllowRule:
     text: str
     network: IPNetwork | None  # address or CIDR rule
-    name: str | None  # exact name, or ".suffix" for *.suffix; None with no network: any host
+    name: DnsName | None  # the name, or the parent of *.name; None with no network: any host
     port: int | None  # None: any port
+    below: bool = False  # *.name: only names strictly below `name`
 
     @classmethod
     def parse(cls, text: str) -> AllowRule:
@@ -72,15 +74,16 @@ class AllowRule:
             pass
         if "/" in host:
             raise ConfigError(f"--allow {text!r}: {host!r} is not a valid CIDR network")
-        name = host.lower().rstrip(".")
-        if name.startswith("*."):
-            name = name[1:]
-        if "*" in name:
+        below = host.startswith("*.")
+        if below:
+            host = host[2:]
+        if "*" in host:
             raise ConfigError(f"--allow {text!r}: a wildcard may only lead a name (*.example.com)")
-        if not name.strip(".") or not _NAME.fullmatch(name.lstrip(".")):
-            raise ConfigError(f"--allow {text!r}: {host!r} is not an address, a network or "
-                              "a host name")
-        return cls(text, None, name, port)
+        try:
+            name = DnsName.parse(host)
+        except InvalidHost as exc:
+            raise ConfigError(f"--allow {text!r}: {exc}") from None
+        return cls(text, None, name, port, below)
 
     def port_ok(self, port: int) -> bool:
         return self.port is None or self.port == port
@@ -89,13 +92,11 @@ class AllowRule:
     def any_host(self) -> bool:
         return self.network is None and self.name is None
 
-    def name_ok(self, host: str) -> bool:
-        if self.name is None:
+    def name_ok(self, host: Host) -> bool:
+        name = host.name
+        if self.name is None or name is None:
             return False
-        host = host.lower().rstrip(".")
-        if self.name.startswith("."):
-            return host.endswith(self.name)
-        return host == self.name
+        return name.is_below(self.name) if self.below else name == self.name
 
     def address_ok(self, addr: IPAddress) -> bool:
         return self.network is not None and addr in self.network
@@ -109,7 +110,7 @@ class AccessList:
     def parse(cls, texts: list[str]) -> AccessList:
         return cls([AllowRule.parse(t) for t in texts])
 
-    def allows_name(self, host: str, port: int) -> bool:
+    def allows_name(self, host: Host, port: int) -> bool:
         """True when a rule admits this host by name (or any host) on this port."""
         return any(r.port_ok(port) and (r.any_host or r.name_ok(host)) for r in self.rules)
 

@@ -27,8 +27,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from roam.connector.allow import _NAME  # host names are spelled the same as in --allow
 from roam.errors import ConfigError, ProtocolError, RoamError
+from roam.names import DnsName, InvalidHost  # names are validated as everywhere else
 
 DEFAULT_POOL = "127.77.0.0/16"
 
@@ -154,29 +154,43 @@ class NamePatterns:
 
     def __init__(self, patterns: list[str]) -> None:
         self.everything = False
-        self.exact: set[str] = set()
-        self.suffixes: list[str] = []  # ".suffix"
+        self.exact: set[DnsName] = set()
+        self.parents: list[DnsName] = []  # *.parent: names strictly below it
         for text in patterns:
-            name = text.strip().lower().rstrip(".")
-            if name == "*":
+            pattern = text.strip()
+            if pattern.rstrip(".") == "*":
                 self.everything = True
                 continue
-            suffix = name.startswith("*.")
-            if suffix:
-                name = name[2:]
-            if "*" in name or not _NAME.fullmatch(name):
+            below = pattern.startswith("*.")
+            if below:
+                pattern = pattern[2:]
+            if "*" in pattern:
                 raise ConfigError(f"DNS pattern {text!r} is not a name, *.suffix or *")
-            if suffix:
-                self.suffixes.append("." + name)
+            if not pattern.isascii():
+                # Queries carry A-labels: say which one to write rather than
+                # match a spelling no query has.
+                try:
+                    hint = f"; write {DnsName.parse(pattern).text!r}, as queries carry it"
+                except InvalidHost:
+                    hint = ""
+                raise ConfigError(f"DNS pattern {text!r} is not ASCII{hint}")
+            try:
+                name = DnsName.parse(pattern)
+            except InvalidHost as exc:
+                raise ConfigError(f"DNS pattern {text!r} is not a name, *.suffix or *: "
+                                  f"{exc}") from None
+            if below:
+                self.parents.append(name)
             else:
                 self.exact.add(name)
 
     def matches(self, name: str) -> bool:
-        name = name.lower().rstrip(".")
-        if not _NAME.fullmatch(name):
+        try:
+            parsed = DnsName.parse(name)
+        except InvalidHost:
             return False  # escapes, odd bytes, the root: never ours
-        return (self.everything or name in self.exact
-                or any(name.endswith(s) for s in self.suffixes))
+        return (self.everything or parsed in self.exact
+                or any(parsed.is_below(parent) for parent in self.parents))
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,9 @@ TCP_IDLE = 30.0
 def default_upstream() -> tuple[str, int]:
     """The first nameserver of /etc/resolv.conf, as the system resolver would ask."""
     with contextlib.suppress(OSError):
-        for line in open("/etc/resolv.conf", encoding="utf-8"):  # noqa: SIM115
+        # The C resolver reads bytes: a comment in another encoding must not
+        # stop us finding the (ASCII) nameserver line after it.
+        for line in open("/etc/resolv.conf", encoding="utf-8", errors="replace"):  # noqa: SIM115
             parts = line.split()
             if len(parts) >= 2 and parts[0] == "nameserver":
                 return parts[1], 53

@@ -1,18 +1,22 @@
 """Local forwards: `--forward LHOST:LPORT=RHOST:RPORT`.
 
 Each connection accepted on LHOST:LPORT becomes one channel to RHOST:RPORT,
-opened by the server (claim 1: one application socket, one twin).
+opened by the server (claim 1: one application socket, one twin). Both hosts
+are validated when the argument is parsed (`roam.names.Host`) and kept in
+normal form, so the server is asked for exactly the name its rules will see.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from roam.connector.allow import format_host_port, parse_port, split_host_port
 from roam.errors import ConfigError
+from roam.names import Host, InvalidHost
 from roam.transport.driver import AppConnection, SessionDriver
 
 log = logging.getLogger("roam.forward")
@@ -20,6 +24,8 @@ log = logging.getLogger("roam.forward")
 
 @dataclass(frozen=True, slots=True)
 class ForwardSpec:
+    """A parsed forward; the hosts are addresses or DNS names in normal form."""
+
     listen_host: str
     listen_port: int
     dest_host: str
@@ -56,12 +62,25 @@ class ForwardSpec:
         left, _, right = spec.partition("=")
         lhost, lport = split_host_port(left, f"{flag} {sides[0]}")
         rhost, rport = split_host_port(right, f"{flag} {sides[1]}")
-        return cls(lhost, _port(lport, text, flag, allow_zero=listen_zero), rhost,
-                   _port(rport, text, flag), udp)
+        return cls(_host(left, lhost, text, flag, sides[0]),
+                   _port(lport, text, flag, allow_zero=listen_zero),
+                   _host(right, rhost, text, flag, sides[1]), _port(rport, text, flag), udp)
 
     def __str__(self) -> str:
         return (f"{format_host_port(self.listen_host, self.listen_port)}="
                 f"{format_host_port(self.dest_host, self.dest_port)}")
+
+
+def _host(side: str, host: str, spec: str, flag: str, what: str) -> str:
+    """`host` (from `side`, one half of `spec`) in normal form, or a ConfigError."""
+    try:
+        parsed = Host.parse(host)
+    except InvalidHost as exc:
+        raise ConfigError(f"{flag} {spec!r}: {what}: {exc}") from None
+    if side.strip().startswith("[") and not isinstance(parsed.address, ipaddress.IPv6Address):
+        raise ConfigError(f"{flag} {spec!r}: {what}: brackets are for IPv6 addresses, "
+                          f"not {host!r}")
+    return str(parsed)
 
 
 def _port(text: str, spec: str, flag: str, *, allow_zero: bool = False) -> int:

@@ -18,6 +18,7 @@ from roam.core.events import ChannelOpenRequested
 from roam.core.frames import ChannelKind
 from roam.errors import CloseCode
 from roam.interfaces.forward import ForwardSpec
+from roam.names import Host, InvalidHost
 from roam.transport.driver import AppConnection, SessionDriver
 
 log = logging.getLogger("roam.reverse")
@@ -60,6 +61,7 @@ class ReverseForwards:
     def __init__(self, specs: list[ForwardSpec]) -> None:
         self.specs = specs
         self._by_remote = {(s.listen_host, s.listen_port): s for s in specs}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def attach(self, driver: SessionDriver) -> None:
         """A new session: accept the server's OPENs for our forwards, ask it to listen."""
@@ -71,16 +73,29 @@ class ReverseForwards:
         driver.schedule()
 
     def _request(self, driver: SessionDriver, e: ChannelOpenRequested) -> None:
-        spec = self._by_remote.get((e.host, e.port))
-        if spec is None or e.kind is not ChannelKind.STREAM:
-            log.warning("refused the server's OPEN for %s:%d: no --reverse names it", e.host,
-                        e.port)
-            driver.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED,
-                                          "no reverse forward for this address on the client")
-            driver.schedule()
+        try:
+            # The server names the listen address we asked for, in the normal
+            # form our spec holds; anything else matches no forward.
+            host = Host.parse(e.host)
+        except InvalidHost as exc:
+            self._refuse(driver, e, CloseCode.UNREACHABLE, str(exc))
             return
-        asyncio.get_running_loop().create_task(self._connect(driver, e, spec),
-                                               name=f"reverse-{e.channel}")
+        spec = self._by_remote.get((str(host), e.port))
+        if spec is None or e.kind is not ChannelKind.STREAM:
+            self._refuse(driver, e, CloseCode.NOT_ALLOWED,
+                         f"no reverse forward for {host}:{e.port} on the client")
+            return
+        task = asyncio.get_running_loop().create_task(self._connect(driver, e, spec),
+                                                      name=f"reverse-{e.channel}")
+        # Held until done: the loop keeps only a weak reference to a task.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _refuse(self, driver: SessionDriver, e: ChannelOpenRequested, code: CloseCode,
+                reason: str) -> None:
+        log.warning("refused the server's OPEN of channel %d: %s", e.channel, reason)
+        driver.session.refuse_channel(e.channel, code, reason)
+        driver.schedule()
 
     async def _connect(self, driver: SessionDriver, e: ChannelOpenRequested,
                        spec: ForwardSpec) -> None:

@@ -12,6 +12,10 @@ still owed (possibly empty): the driver sends them, then closes.
 
 `parse_udp_datagram` and `encode_udp_datagram` handle the header RFC 1928
 section 7 puts in front of every datagram relayed for UDP ASSOCIATE.
+
+A domain name (ATYP X'03') is checked as a DNS name (`roam.names`) as soon
+as it has arrived; one that is not gets X'04' (host unreachable) and the
+connection closes, as a name that does not resolve would.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from enum import Enum, IntEnum
 from typing import NamedTuple
 
 from roam.errors import CloseCode, ConfigError, ProtocolError
+from roam.names import Host, InvalidHost
 
 VERSION = 5
 AUTH_VERSION = 1  # RFC 1929 section 2: the sub-negotiation's own version
@@ -89,9 +94,14 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """The client's request; the handshake is over. `early_data` is what the
-    client sent after the request without waiting for the reply: it belongs
-    to the application stream and must be relayed, not dropped."""
+    """The client's request; the handshake is over.
+
+    For CONNECT and BIND, `host` is an address or a valid DNS name in normal
+    form (`roam.names.Host`); a name that is neither was refused. For UDP
+    ASSOCIATE it is the client's own address as sent, unchecked, since it
+    names no destination. `early_data` is what the client sent after the
+    request without waiting for the reply: it belongs to the application
+    stream and must be relayed, not dropped."""
 
     command: Command
     host: str
@@ -136,14 +146,16 @@ def encode_reply(rep: Reply, bind_host: str = "0.0.0.0", bind_port: int = 0) -> 
 
 
 def _parse_address(buf: bytes | bytearray | memoryview, offset: int,
-                   with_reply: bool) -> tuple[str, int, int] | None:
+                   with_reply: bool, destination: bool = True) -> tuple[str, int, int] | None:
     """(host, port, end) of the address at `offset`, or None if it is incomplete.
 
     Checks each field as soon as its bytes are there, so the outcome does not
-    depend on how the input was split.
+    depend on how the input was split. A `destination` name must be a host
+    (`roam.names.Host`) and comes back in normal form; any other name is
+    returned as sent.
     """
-    def fail(message: str, rep: Reply) -> SocksError:
-        return SocksError(message, encode_reply(rep) if with_reply else b"")
+    def fail(message: str, rep: Reply, code: CloseCode = CloseCode.PROTOCOL_ERROR) -> SocksError:
+        return SocksError(message, encode_reply(rep) if with_reply else b"", code)
 
     if len(buf) <= offset:
         return None
@@ -167,9 +179,18 @@ def _parse_address(buf: bytes | bytearray | memoryview, offset: int,
     raw = bytes(buf[start:start + size])
     if atyp == AddressType.DOMAIN:
         try:
-            host = raw.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise fail("domain name is not UTF-8", Reply.GENERAL_FAILURE) from None
+        host = text
+        if destination:
+            try:
+                # Validated here, at the edge: what goes on is a name in
+                # normal form (or an address literal), never raw client bytes.
+                host = str(Host.parse(text))
+            except InvalidHost as exc:
+                # A name that cannot exist cannot be resolved: X'04', as for an unknown one.
+                raise fail(str(exc), Reply.HOST_UNREACHABLE, CloseCode.UNREACHABLE) from None
     else:
         host = str(ipaddress.ip_address(raw))
     (port,) = _PORT.unpack_from(buf, start + size)
@@ -312,7 +333,11 @@ class Socks5Server:
         if buf[2] != 0:
             raise SocksError(f"reserved byte of the request is {buf[2]:#04x}; must be 0x00",
                              encode_reply(Reply.GENERAL_FAILURE))
-        parsed = _parse_address(buf, 3, with_reply=True)
+        # UDP ASSOCIATE names no destination: its address is the one the
+        # client will send from, or zeros (RFC 1928 section 7; PySocks sends
+        # the name "0"), and roam takes the source of the TCP connection instead.
+        parsed = _parse_address(buf, 3, with_reply=True,
+                                destination=command is not Command.UDP_ASSOCIATE)
         if parsed is None:
             return None
         host, port, end = parsed

@@ -52,11 +52,13 @@ _REPLY_FOR = {
 
 def load_credentials(spec: str) -> tuple[str, str]:
     """`--socks-auth USER:PASSFILE`: the user name, and the password from the file."""
-    user, sep, path = spec.partition(":")
-    if not sep or not user or not path:
+    user, sep, given = spec.partition(":")
+    if not sep or not user or not given:
         raise ConfigError(f"--socks-auth {spec!r}: expected USER:PASSFILE")
+    # No shell expands the ~ in `alice:~/.roam/socks.pass`, nor in a --config file.
+    path = Path(given).expanduser()
     try:
-        password = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
     except FileNotFoundError:
         raise ConfigError(f"--socks-auth: password file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -146,6 +148,8 @@ class SocksConnection(AppConnection):
         if self.transport is None:
             return
         if req.command is Command.CONNECT:
+            # req.host is an address or a DNS name in normal form: the parser
+            # answered anything else with X'04' and this connection is closed.
             session = self.driver.session
             self.cid = session.open_channel(req.host, req.port)
             self.driver.add_app(self)
@@ -243,6 +247,8 @@ class UdpAssociation(asyncio.DatagramProtocol):
             return
         self.client = addr
         try:
+            # The destination is validated as the TCP request's is; a datagram
+            # cannot be answered, so a bad one is dropped.
             datagram = parse_udp_datagram(data)
         except SocksError as exc:
             log.debug("SOCKS5 UDP datagram dropped: %s", exc)
