@@ -54,6 +54,18 @@ def test_refused_open_fails_only_that_channel() -> None:
     assert p.up[b].received == b"x" * 1000
 
 
+def test_opens_beyond_the_channel_limit_are_refused_and_said_on_both_sides() -> None:
+    p = Pair(SessionConfig(max_channels=3))
+    cids = [p.open() for _ in range(5)]
+    p.run(5)
+    refused = [e for e in p.events if isinstance(e, ev.ChannelRefused)]
+    failed = [e for e in p.events if isinstance(e, ev.ChannelOpenFailed)]
+    assert [e.channel for e in refused] == cids[3:]
+    assert [e.channel for e in failed] == cids[3:]
+    assert all(e.code is CloseCode.FLOW_CONTROL for e in refused + failed)
+    assert all("3 at most" in e.reason for e in refused + failed)
+
+
 def test_resume_resends_what_was_lost() -> None:
     p = Pair()
     cid = p.open()

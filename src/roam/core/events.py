@@ -32,6 +32,16 @@ class ChannelOpenFailed:
     reason: str
 
 
+@dataclass(slots=True, frozen=True)
+class ChannelRefused:
+    """The peer's OPEN was refused by this side's own limits (OPEN_FAIL sent):
+    the peer's application sees a close, so this side must say why."""
+
+    channel: int
+    code: CloseCode
+    reason: str
+
+
 @dataclass(slots=True)  # not frozen: one per DATA frame (roam.core.frames.Data says why)
 class DataReceived:
     """Application bytes for a channel; report them with `consumed()` once written.
@@ -101,8 +111,8 @@ class SessionClosed:
 
 
 Event = (
-    ChannelOpenRequested | ChannelOpened | ChannelOpenFailed | DataReceived | DatagramReceived
-    | EndOfStream
+    ChannelOpenRequested | ChannelOpened | ChannelOpenFailed | ChannelRefused | DataReceived
+    | DatagramReceived | EndOfStream
     | ChannelReset | ChannelClosed | TransportDead | SessionResumed | SessionClosed
     | HandoverReady
 )

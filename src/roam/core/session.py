@@ -758,7 +758,9 @@ class Session:
             raise ProtocolError(f"peer reused channel number {cid}")
         if len(self._channels) >= self.config.max_channels:
             self._peer_max_channel = cid
-            self._queue(fr.OpenFail(self._seq(), cid, CloseCode.FLOW_CONTROL, "too many channels"))
+            reason = f"too many channels (this session carries {self.config.max_channels} at most)"
+            self._queue(fr.OpenFail(self._seq(), cid, CloseCode.FLOW_CONTROL, reason))
+            self._events.append(ev.ChannelRefused(cid, CloseCode.FLOW_CONTROL, reason))
             return
         self._peer_max_channel = cid
         ch = _Channel(cid, frame.kind, False, self.config.channel_window)

@@ -19,6 +19,7 @@ from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer, SealSc
 from roam.errors import CloseCode, CryptoError, FramingError, ProtocolError
 from roam.eventloop import stream_transport
 from roam.transport.protocol import Records, TransportProtocol
+from roam.transport.ratelog import RateLimitedLog
 
 log = logging.getLogger("roam.session")
 
@@ -35,6 +36,10 @@ SEND_BATCH = 128 * 1024
 # Shared by every session of the process: one record is sealed, written and
 # done with before the next (see SealScratch).
 _SCRATCH = SealScratch()
+# Channels refused for a limit, by this side and by the peer: a burst of
+# thousands must not be a line each.
+_log_refused = RateLimitedLog(log)
+_log_refused_by_peer = RateLimitedLog(log)
 
 
 class ChannelApp(Protocol):
@@ -431,7 +436,16 @@ class SessionDriver:
                     watcher: object = self.apps.get(e.channel)
                     if isinstance(watcher, OpenWatcher):
                         watcher.opened()
+                elif isinstance(e, ev.ChannelRefused):
+                    _log_refused(f"{self.name}: refused the peer's channel {e.channel}: "
+                                 f"{e.reason}")
                 elif isinstance(e, ev.ChannelOpenFailed):
+                    if e.code is CloseCode.FLOW_CONTROL:
+                        # A limit, not the destination: the application only
+                        # sees its connection close, so the log must say why.
+                        _log_refused_by_peer(f"{self.name}: the peer refused channel "
+                                             f"{e.channel}: "
+                                     f"{e.reason}")
                     app = self.apps.pop(e.channel, None)
                     failed: object = app
                     if isinstance(failed, OpenWatcher):
