@@ -8,6 +8,11 @@ handover history for `roam status` and the event log.
 A path whose transport went silent, or on which a connect failed, is
 *suspect* for a while: the policy sees it as not working, so a silent black
 hole (the link stays up) is left like a dead link and not retried at once.
+Suspicion is for what the links do not explain: a failure on a path whose
+link is down is the link's doing and does not count, a link that comes back
+up is tried afresh, and once the session works again on any path, failures
+during the outage (which every path shared) are forgiven down to the first
+step. `roam status` shows a suspect path as such, with until when and why.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ class PathManager:
         self.events = events or EventLog(None)
         self.history: deque[HandoverRecord] = deque(maxlen=HISTORY)
         self._links: Mapping[str, LinkState] = {}
-        self._suspect: dict[str, tuple[float, float]] = {}  # path -> (until, backoff)
+        # path -> (until, backoff, why): monotonic time, seconds, the failure
+        self._suspect: dict[str, tuple[float, float, str]] = {}
         self._busy = False
         # `roam switch NAME` pins the session to NAME: the policy's choices by
         # preference wait until that path stops working or `roam switch auto`.
@@ -133,18 +139,42 @@ class PathManager:
         self._make_suspect(via.name, why)
 
     def _make_suspect(self, name: str, why: str) -> None:
+        if not self.policy.works(name, self._links):
+            # The link is down (or gone, or has no address): that explains the
+            # failure, and counting it would keep the path banned, doubling,
+            # for up to a minute after the link is back.
+            log.debug("path %s failed while its link is down (%s): not held against it",
+                      name, why)
+            return
         now = time.monotonic()
-        _, backoff = self._suspect.get(name, (0.0, SUSPECT_FIRST / 2))
+        _, backoff, _ = self._suspect.get(name, (0.0, SUSPECT_FIRST / 2, ""))
         backoff = min(SUSPECT_MAX, backoff * 2)
-        self._suspect[name] = (now + backoff, backoff)
+        self._suspect[name] = (now + backoff, backoff, why)
         log.info("path %s suspect for %.0f s: %s", name, backoff, why)
         self.events.write("path", name=name, state="suspect", seconds=backoff, reason=why)
+
+    def _forgive(self, working: str) -> None:
+        """The session works again on `working`: it is not suspect, and the
+        others' failures in the outage just ended count as one failure each."""
+        now = time.monotonic()
+        self._suspect.pop(working, None)
+        for name, (until, backoff, why) in list(self._suspect.items()):
+            if until <= now:
+                del self._suspect[name]
+            elif backoff > SUSPECT_FIRST:
+                self._suspect[name] = (min(until, now + SUSPECT_FIRST), SUSPECT_FIRST, why)
 
     # ---- link state and the policy -----------------------------------------------
 
     def _links_changed(self, links: Mapping[str, LinkState]) -> None:
         before, self._links = self._links, dict(links)
         self.events.write("links", links={k: dataclasses.asdict(v) for k, v in links.items()})
+        for name in list(self._suspect):
+            if (not self.policy.works(name, before)
+                    and self.policy.works(name, self._links)):
+                # A link that comes back is a new chance: what failed on it
+                # before it went down says nothing about it now.
+                del self._suspect[name]
         current = self._current()
         old = before.get(current) if current else None
         new = self._links.get(current) if current else None
@@ -159,6 +189,14 @@ class PathManager:
             return
         asyncio.get_running_loop().call_soon(self._evaluate)
 
+    async def _decided(self, name: str, soft: bool, reason: str) -> None:
+        """A handover the policy decided: a failure is logged (and the path
+        made suspect by switch), never left in a task nobody awaits."""
+        try:
+            await self.switch(name, soft=soft, reason=reason)
+        except TransportError as exc:
+            log.warning("handover to %s (%s) failed: %s", name, reason, exc)
+
     async def _rebind(self, name: str, reason: str) -> None:
         try:
             await self.switch(name, soft=False, reason=reason)
@@ -169,7 +207,7 @@ class PathManager:
         """Link states as the policy should see them: suspect paths do not work."""
         now = time.monotonic()
         out = dict(self._links)
-        for name, (until, _) in list(self._suspect.items()):
+        for name, (until, _, _) in list(self._suspect.items()):
             if until <= now:
                 continue
             link = out.get(name)
@@ -222,7 +260,7 @@ class PathManager:
             return
         soft = decision.kind is HandoverKind.SOFT
         asyncio.get_running_loop().create_task(
-            self.switch(decision.target, soft=soft, reason=decision.reason),
+            self._decided(decision.target, soft, decision.reason),
             name=f"handover-{decision.target}")
 
     # ---- the standby transport ------------------------------------------------
@@ -295,6 +333,7 @@ class PathManager:
             self._mark = (stats.bytes_sent, stats.bytes_received)
         if record.kind == "hard" and record.origin and record.origin != record.target:
             self._make_suspect(record.origin, record.reason)
+        self._forgive(record.target)
         self.history.append(record)
         self.events.write("handover", type=record.kind, reason=record.reason,
                           **{"from": record.origin}, to=record.target,
@@ -304,6 +343,7 @@ class PathManager:
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
+        wall = time.time()
         links = self._effective()
         current = self._current()
         driver = self.client.driver
@@ -319,17 +359,26 @@ class PathManager:
                 received += stats.bytes_received - self._mark[1]
                 srtt = stats.srtt
             suspect = self._suspect.get(view.name)
+            if suspect is not None and suspect[0] <= now:
+                suspect = None
+            reason = view.reason
+            if suspect is not None and self.policy.works(view.name, self._links):
+                # The policy saw it as down; the link is up: say what it is.
+                until = wall + suspect[0] - now
+                reason = (f"suspect until {time.strftime('%H:%M:%S', time.localtime(until))} "
+                          f"({suspect[0] - now:.0f} s more): {suspect[2]}")
             paths.append({
                 "name": view.name, "active": view.name == current, "usable": view.usable,
-                "works": view.works, "reason": view.reason, "priority": view.priority,
+                "works": view.works, "reason": reason, "priority": view.priority,
                 "present": link.present if link else False, "up": link.up if link else False,
                 "addresses": list(link.addresses) if link else [],
                 "signal": link.signal if link else None,
                 "signal_known": self.driver.reports_signal,
                 "rtt_ms": round(srtt * 1000, 2) if srtt is not None else None,
                 "bytes_sent": sent, "bytes_received": received,
-                "suspect_for": round(suspect[0] - now, 1) if suspect and suspect[0] > now
-                else None,
+                "suspect_for": round(suspect[0] - now, 1) if suspect else None,
+                "suspect_until": round(wall + suspect[0] - now, 1) if suspect else None,
+                "suspect_reason": suspect[2] if suspect else None,
             })
         return {
             "active_path": current,
