@@ -549,3 +549,30 @@ def test_window_never_accepts_a_counter_twice(counters: list[int]) -> None:
         assert counter not in accepted
         window.accept(counter)
         accepted.add(counter)
+
+
+def test_forged_packets_from_far_epochs_derive_each_key_once() -> None:
+    sealer, opener = _datagram_pair()
+    rekeys = 0
+    real_rekey = CipherState.rekey
+
+    def counted(self: CipherState) -> None:
+        nonlocal rekeys
+        rekeys += 1
+        real_rekey(self)
+
+    far = (MAX_EPOCH_SKIP << 32) | 5
+    CipherState.rekey = counted  # type: ignore[method-assign]
+    try:
+        for i in range(1000):  # anyone can send these: the counter is cleartext
+            with pytest.raises(CryptoError):
+                opener.open(far + i, os.urandom(40))
+    finally:
+        CipherState.rekey = real_rekey  # type: ignore[method-assign]
+    assert rekeys == MAX_EPOCH_SKIP  # not a thousand times that
+    # The real sender, two epochs on, is still followed.
+    sealer._next_epoch(0.0)
+    sealer._next_epoch(0.0)
+    counter, body = _split(sealer.seal(b"after", 0.0))
+    assert opener.open(counter, body) == (b"after", True)
+    assert opener.rekeys == 2

@@ -44,23 +44,44 @@ REKEY_SECONDS = 600.0
 MAX_EPOCH_SKIP = 64
 
 
-def _epoch_key(cipher: CipherState, last: int | None, counter: int,
-               what: str) -> tuple[CipherState, int]:
-    """The key for `counter`'s epoch, and how many epochs ahead of `last` it is.
+class EpochKeys:
+    """The receiving key of the current epoch, and those of later epochs
+    derived so far.
 
-    A key for a later epoch is a rekeyed copy: the caller keeps it only once
-    a record under it authenticates, so a forged counter moves nothing.
+    A later epoch's key is a rekeyed copy, kept as the current one only once
+    a record under it authenticates, so a forged counter moves nothing. Each
+    later key is derived once and kept until the epoch is reached or passed:
+    forged packets naming far epochs (anyone can send UDP) cost one AEAD
+    check each, not up to MAX_EPOCH_SKIP rekeys each.
     """
-    current = 0 if last is None else last >> _EPOCH_SHIFT
-    epoch = counter >> _EPOCH_SHIFT
-    if epoch == current:
-        return cipher, 0
-    if not current < epoch <= current + MAX_EPOCH_SKIP:
-        raise CryptoError(f"{what} from key epoch {epoch}; this side is at {current}")
-    ahead = cipher.copy()
-    for _ in range(epoch - current):
-        ahead.rekey()
-    return ahead, epoch - current
+
+    __slots__ = ("_ahead", "current")
+
+    def __init__(self, cipher: CipherState) -> None:
+        self.current = cipher
+        self._ahead: list[CipherState] = []  # epochs current+1, current+2, ...
+
+    def key(self, last: int | None, counter: int, what: str) -> tuple[CipherState, int]:
+        """The key for `counter`'s epoch, and how many epochs ahead of `last` it is."""
+        current = 0 if last is None else last >> _EPOCH_SHIFT
+        epoch = counter >> _EPOCH_SHIFT
+        if epoch == current:
+            return self.current, 0
+        steps = epoch - current
+        if not 0 < steps <= MAX_EPOCH_SKIP:
+            raise CryptoError(f"{what} from key epoch {epoch}; this side is at {current}")
+        ahead = self._ahead
+        while len(ahead) < steps:
+            following = (ahead[-1] if ahead else self.current).copy()
+            following.rekey()
+            ahead.append(following)
+        return ahead[steps - 1], steps
+
+    def advance(self, steps: int) -> None:
+        """A record `steps` epochs ahead authenticated: that epoch is current now."""
+        if steps:
+            self.current = self._ahead[steps - 1]
+            del self._ahead[:steps]
 
 
 class SealScratch:
@@ -173,7 +194,7 @@ class RecordOpener:
     """Opens incoming records for one direction of a session."""
 
     def __init__(self, cipher: CipherState) -> None:
-        self._cipher = cipher
+        self._keys = EpochKeys(cipher)
         self.last: int | None = None
         self.rekeys = 0
 
@@ -182,9 +203,9 @@ class RecordOpener:
         if self.last is not None and counter <= self.last:
             raise CryptoError(f"replayed record: counter {counter}, "
                               f"already accepted up to {self.last}")
-        cipher, steps = _epoch_key(self._cipher, self.last, counter, "record")
+        cipher, steps = self._keys.key(self.last, counter, "record")
         plaintext = cipher.decrypt_with_nonce(counter, ad, ciphertext)
-        self._cipher = cipher
+        self._keys.advance(steps)
         self.rekeys += steps
         self.last = counter
         return plaintext
@@ -305,7 +326,7 @@ class DatagramOpener:
     """
 
     def __init__(self, cipher: CipherState, window: int = REPLAY_WINDOW) -> None:
-        self._cipher = cipher
+        self._keys = EpochKeys(cipher)
         self.window = ReplayWindow(window)
         self.rekeys = 0
 
@@ -313,8 +334,8 @@ class DatagramOpener:
             bytes, bool]:
         """(plaintext, newest): the state changes only when it authenticates."""
         self.window.check(counter)
-        cipher, steps = _epoch_key(self._cipher, self.window.highest, counter, "datagram")
+        cipher, steps = self._keys.key(self.window.highest, counter, "datagram")
         plaintext = cipher.decrypt_with_nonce(counter, ad, ciphertext)
-        self._cipher = cipher
+        self._keys.advance(steps)
         self.rekeys += steps
         return plaintext, self.window.accept(counter)
