@@ -7,7 +7,10 @@ import socket
 import threading
 from pathlib import Path
 
-from .harness import EchoResult, Keys, Procs, echo_conversation
+from roam.core.preamble import Preamble, Suite, TransportKind
+from roam.transport.server import MAX_HANDSHAKES_PER_SOURCE
+
+from .harness import EchoResult, Keys, Procs, _read_line, echo_conversation
 
 
 def test_unauthorized_client_refused_and_others_served(tmp_path: Path) -> None:
@@ -83,3 +86,32 @@ def test_destination_outside_allow_fails_alone(tmp_path: Path) -> None:
         assert r.mismatch_at is None
         assert r.received == 32 << 20
         assert server.log_text().count("new session") == 1
+
+
+def test_a_client_answered_busy_waits_and_then_starts(tmp_path: Path) -> None:
+    keys = Keys.make(tmp_path / "keys")
+    raw = Preamble(TransportKind.NEW, Suite.AESGCM_SHA256).encode()
+    with Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+        server, sport = procs.server(keys, f"127.0.0.1:{echo}")
+        # Handshakes that send a preamble and then nothing, from the client's
+        # own address: as many as one address may have in progress.
+        flood = []
+        try:
+            for _ in range(MAX_HANDSHAKES_PER_SOURCE):
+                sock = socket.create_connection(("127.0.0.1", sport))
+                sock.sendall(raw)
+                flood.append(sock)
+            client, _ = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}", ready=None)
+            client.wait_log(r"is busy .*waiting [0-9.]+ s before trying again", timeout=20)
+            assert client.popen.poll() is None
+        finally:
+            for sock in flood:
+                sock.close()
+        line = _read_line(client.popen, 30)
+        assert line.startswith("forward"), client.log_text()[-3000:]
+        port = int(line.split("=")[0].rsplit(":", 1)[1])
+        r = EchoResult()
+        echo_conversation(port, 1 << 16, 3, r, deadline=30)
+        assert r.error is None
+        server.wait_log("answered BUSY")
