@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import resource
 import socket
 import sys
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from roam.policy.policy import Policy
 from roam.transport.client import BACKOFF, Client, ClientConfig, HandoverRecord, busy_delay
 from roam.transport.driver import SessionDriver
 from roam.transport.pathmanager import PathManager
-from roam.transport.server import Server, ServerConfig
+from roam.transport.server import MAX_OPENINGS, Server, ServerConfig
 
 log = logging.getLogger("roam")
 
@@ -69,10 +70,34 @@ async def _control(path: str | None, role: str,
     return server
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit.
+
+    A server holds a socket per session and per opening (4096 of those
+    alone, MAX_OPENINGS), and Debian's default soft limit is 1024: at it,
+    accept() fails and asyncio stops accepting for a second at a time, so a
+    flood of idle connections would keep everyone out. The hard limit is the
+    administrator's word (Go raises it the same way since 1.19).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+    if soft < 2 * MAX_OPENINGS:
+        log.warning("open files limit %d: a flood of connections can exhaust it (raise it "
+                    "with ulimit -n or LimitNOFILE=)", soft)
+    return soft
+
+
 async def run_server(listen: str, key: str, authorized_keys: str, allow: list[str],
                      linger: float, control: str | None = None, udp: bool = True,
                      allow_listen: list[str] | None = None,
                      compression: CompressionMode = AUTO) -> int:
+    raise_open_files_limit()
     host, port = _address(listen, "--listen")
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
