@@ -66,6 +66,11 @@ class HandshakeError(RoamError):
     """The handshake could not complete; the message says why, for the operator."""
 
 
+class ClientRefused(HandshakeError):
+    """The server, proven by its key, refused this client (its key is not
+    authorized): no retry can change that."""
+
+
 class TransportError(RoamError):
     """A transport failed (connection refused, reset, timed out)."""
 

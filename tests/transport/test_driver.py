@@ -44,6 +44,7 @@ def test_close_is_written_before_the_transport_is_let_go() -> None:
         try:
             driver = stack.client.driver
             assert driver is not None
+            stack.client.stopped.set()  # else the client makes a new session at once
             sent = await driver.close_and_wait(5.0)
             assert sent
             assert driver.done.is_set()

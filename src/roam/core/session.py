@@ -103,6 +103,13 @@ Entry = tuple[int, int, bytes, Buffer]
 
 # Pings outstanding at once; a silent path is declared dead long before more.
 _MAX_PINGS = 32
+# PINGs and PONGs waiting in the control queue at most. They leave with the
+# next records, so an honest peer never gets near this: only a transport
+# whose writes stall while the peer keeps pinging (a peer that sends and
+# never reads) would have us queue a PONG per PING it sends, without end.
+# The peer waits for at most _MAX_PINGS answers, so more queued ones answer
+# pings it has forgotten.
+_MAX_PROBES = _MAX_PINGS
 # Datagrams a channel holds while its OPEN is unanswered (a DNS client's
 # first query and a retry or two); later ones are dropped, as UDP may.
 _EARLY_DATAGRAMS = 8
@@ -191,7 +198,7 @@ class Session:
                  "_compressor", "_control", "_control_alone", "_datagram_bytes",
                  "_detached_since", "_drained", "_events", "_idle", "_last_activity",
                  "_last_ping", "_last_received", "_next_channel", "_next_seq",
-                 "_peer_max_channel", "_pending", "_ping_token", "_pings", "_received",
+                 "_peer_max_channel", "_pending", "_ping_token", "_pings", "_probes", "_received",
                  "_record_limit", "_recv_history", "_replay_bytes", "_rr", "_rtt",
                  "_send_history", "_unacked", "_unacked_bytes", "bytes_received", "bytes_sent",
                  "config", "datagrams_received", "datagrams_sent", "frames_resent", "is_client",
@@ -227,6 +234,7 @@ class Session:
         self._unacked: deque[Entry] | None = None
         self._replay_bytes = 0
         self._control: list[bytes] = []  # unreliable frames for the current transport
+        self._probes = 0  # PINGs and PONGs among them (_MAX_PROBES says why)
         self._received = 0  # highest reliable seq received in order
         self._ack_sent = 0
         self._unacked_bytes = 0  # reliable bytes received since our last ACK
@@ -278,6 +286,8 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self._control.clear()
+        self._probes = 0
+        self._datagram_bytes = 0
         self._pings.clear()
         self._rtt.new_path()
         self._drained = False
@@ -297,6 +307,8 @@ class Session:
             self.state = SessionState.DETACHED
             self._detached_since = now
             self._control.clear()
+            self._probes = 0
+            self._datagram_bytes = 0
 
     @property
     def last_received(self) -> float:
@@ -460,6 +472,7 @@ class Session:
         if self.state is SessionState.RESUMING:
             out: list[list[Buffer]] = [list(self._control)] if self._control else []
             self._control = []
+            self._probes = 0
             return out
         if self.state is SessionState.DRAINING:
             return self._drain_payload()
@@ -485,6 +498,7 @@ class Session:
             parts.extend(self._control)
             size += sum(len(c) for c in self._control)
             self._control = []
+            self._probes = 0
             self._datagram_bytes = 0
         if self._control_alone and parts:
             records.append(parts)
@@ -537,6 +551,7 @@ class Session:
             self._ack_due = None
         parts.extend(self._control)
         self._control = []
+        self._probes = 0
         if not self.is_client and parts:
             self._drained = True
         return [parts] if parts else []
@@ -682,7 +697,10 @@ class Session:
                 return
             if ch.credit + frame.increment > 2**32:
                 raise ProtocolError(f"channel {ch.id} credit overflow", CloseCode.FLOW_CONTROL)
-            if ch.credit == 0 and ch.send_buf:
+            # Not for an increment of 0: the credit stays 0, and each such
+            # WINDOW would queue the channel again (a peer's flood of them,
+            # while our writes stall, grew the round-robin queue without end).
+            if frame.increment and ch.credit == 0 and ch.send_buf:
                 self._wake(ch.id)
             ch.credit += frame.increment
         elif isinstance(frame, fr.Open):
@@ -756,6 +774,16 @@ class Session:
             raise ProtocolError(f"peer opened channel {cid}, which is ours to number")
         if cid <= self._peer_max_channel:
             raise ProtocolError(f"peer reused channel number {cid}")
+        ceiling = 2 * self.config.replay_limit
+        if self._replay_bytes >= ceiling:
+            # Every OPEN gets an answer (OPEN_OK or OPEN_FAIL), queued past
+            # the replay limit and held until the peer acknowledges it. Data
+            # stops at the limit, so twice the limit is reached only by a
+            # peer that keeps opening and does not acknowledge the answers:
+            # it would have us hold them without end.
+            raise ProtocolError(f"peer opened channel {cid} with {self._replay_bytes} bytes of "
+                                f"our frames unacknowledged (at most {ceiling} before it may "
+                                "open more)", CloseCode.FLOW_CONTROL)
         if len(self._channels) >= self.config.max_channels:
             self._peer_max_channel = cid
             reason = f"too many channels (this session carries {self.config.max_channels} at most)"
@@ -791,7 +819,9 @@ class Session:
         elif isinstance(frame, fr.Ack):
             self._acked(frame.received)
         elif isinstance(frame, fr.Ping):
-            self._control.append(fr.encode(fr.Pong(frame.token)))
+            if self._probes < _MAX_PROBES:
+                self._probes += 1
+                self._control.append(fr.encode(fr.Pong(frame.token)))
         elif isinstance(frame, fr.Pong):
             sent = self._pings.pop(frame.token, None)
             if sent is not None:
@@ -806,6 +836,7 @@ class Session:
             # everything already sent, so the client's mark will be exact.
             self.state = SessionState.DRAINING
             self._control = [fr.encode(fr.HandoverReady(frame.token))]
+            self._probes = 0
         elif isinstance(frame, fr.HandoverReady):
             if not self.is_client or self.state is not SessionState.DRAINING:
                 raise ProtocolError("HANDOVER_READY without a HANDOVER_BEGIN")
@@ -931,13 +962,14 @@ class Session:
             self._events.append(ev.TransportDead(silence))
             return
         if self.state is SessionState.ATTACHED and now - self._last_ping >= self._ping_interval():
-            self._ping_token += 1
-            if len(self._pings) >= _MAX_PINGS:
-                self._pings.pop(next(iter(self._pings)))
-            self._pings[self._ping_token] = now
-            token = self._ping_token
             self._last_ping = now
-            self._control.append(fr.encode(fr.Ping(token)))
+            if self._probes < _MAX_PROBES:  # else our writes stall: it could not leave
+                self._ping_token += 1
+                if len(self._pings) >= _MAX_PINGS:
+                    self._pings.pop(next(iter(self._pings)))
+                self._pings[self._ping_token] = now
+                self._probes += 1
+                self._control.append(fr.encode(fr.Ping(self._ping_token)))
             if not self._pending and not self._unacked:
                 # Nothing in flight at a keepalive: an idle session gives
                 # back its deques until it carries data again.

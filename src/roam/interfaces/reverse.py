@@ -20,6 +20,7 @@ from roam.errors import CloseCode
 from roam.interfaces.forward import ForwardSpec
 from roam.names import Host, InvalidHost
 from roam.transport.driver import AppConnection, SessionDriver
+from roam.transport.ratelog import RateLimitedLog
 
 log = logging.getLogger("roam.reverse")
 
@@ -62,6 +63,8 @@ class ReverseForwards:
         self.specs = specs
         self._by_remote = {(s.listen_host, s.listen_port): s for s in specs}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The server may open as often as it likes: one line a second at most.
+        self._log_refused = RateLimitedLog(log)
 
     def attach(self, driver: SessionDriver) -> None:
         """A new session: accept the server's OPENs for our forwards, ask it to listen."""
@@ -93,7 +96,7 @@ class ReverseForwards:
 
     def _refuse(self, driver: SessionDriver, e: ChannelOpenRequested, code: CloseCode,
                 reason: str) -> None:
-        log.warning("refused the server's OPEN of channel %d: %s", e.channel, reason)
+        self._log_refused(f"refused the server's OPEN of channel {e.channel}: {reason}")
         driver.session.refuse_channel(e.channel, code, reason)
         driver.schedule()
 

@@ -26,7 +26,13 @@ from roam.core.session import Session, SessionConfig, SessionState
 from roam.crypto.keys import encode_key, public_key
 from roam.crypto.noise import CipherState, HandshakeState
 from roam.crypto.records import RecordOpener, RecordSealer
-from roam.errors import HandshakeError, ProtocolError, ServerBusy, TransportError
+from roam.errors import (
+    ClientRefused,
+    HandshakeError,
+    ProtocolError,
+    ServerBusy,
+    TransportError,
+)
 from roam.transport.datagrams import ClientDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
@@ -231,7 +237,7 @@ class Client:
         if payload[:1] != ACCEPTED:
             proto.abort()
             reason = payload[1:].decode(errors="replace") if payload[:1] == REFUSED else "?"
-            raise HandshakeError(
+            raise ClientRefused(
                 f"server {self.server} refused this client: {reason}; add its public key "
                 f"{encode_key(public_key(cfg.private_key))} to the server's authorized keys")
         chosen = payload[1] if len(payload) == 2 else 0
@@ -284,13 +290,20 @@ class Client:
             self._resumed.set_result(frames_resent)
 
     def _session_closed(self, driver: SessionDriver, event: ev.SessionClosed) -> None:
-        """The peer ended the session (a server that stops says so): every
-        channel is closed already; make a new session for what comes next."""
-        if not event.by_peer or self.stopped.is_set() or driver is not self.driver:
+        """The session ended while the client runs: the server closed it (a
+        server that stops says so), or this side did for the server's protocol
+        error. Every channel is closed already; make a new session for what
+        comes next. Not when the client stops, nor when the close is part of
+        replacing a session the server forgot (`_need_handshake` is set)."""
+        if self.stopped.is_set() or driver is not self.driver or self._need_handshake:
             return
-        log.warning("server %s closed the session (%s %s); starting a new one", self.server,
-                    event.code.name, event.reason)
+        who = "server" if event.by_peer else "client"
+        log.warning("the %s closed the session with %s (%s %s); starting a new one",
+                    who, self.server, event.code.name, event.reason)
         self._need_handshake = True
+        resumed = self._resumed
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)  # no RESUMED can come on a closed session
         self._start_reconnect()
 
     def _transport_lost(self, reason: str) -> None:
@@ -322,7 +335,7 @@ class Client:
                 self._reconnect(), name="reconnect")
 
     async def _reconnect(self) -> None:
-        attempt = busy = 0
+        attempt = busy = failed = 0
         delay = BACKOFF[0]
         while not self.stopped.is_set():
             await asyncio.sleep(delay)
@@ -351,10 +364,18 @@ class Client:
                 busy += 1
                 delay = busy_delay(busy)
                 log.warning("%s; waiting %.1f s before trying again", exc, delay)
-            except HandshakeError as exc:
+            except ClientRefused as exc:
+                # The server, proven by its key, refused this client: for good.
                 log.error("%s", exc)
                 self.stopped.set()
                 return
+            except HandshakeError as exc:
+                # The server was proven by this key before: an answer that
+                # does not prove it now is more likely forged on the path (as
+                # an UNKNOWN_SESSION can be) than a new server. Keep trying.
+                failed += 1
+                delay = busy_delay(failed)
+                log.error("%s; trying again in %.1f s", exc, delay)
             except TransportError as exc:
                 log.info("resume attempt %d failed: %s", attempt, exc)
                 if via is not None:

@@ -36,10 +36,10 @@ SEND_BATCH = 128 * 1024
 # Shared by every session of the process: one record is sealed, written and
 # done with before the next (see SealScratch).
 _SCRATCH = SealScratch()
-# Channels refused for a limit, by this side and by the peer: a burst of
-# thousands must not be a line each.
-_log_refused = RateLimitedLog(log)
-_log_refused_by_peer = RateLimitedLog(log)
+# How long a closed session's transport may take to hand its last records
+# to a peer that does not read, before it is aborted: a stopping daemon waits
+# 2 s at most anyway, and an honest peer reads within a round trip.
+CLOSE_LINGER = 5.0
 
 
 class ChannelApp(Protocol):
@@ -215,7 +215,8 @@ class SessionDriver:
 
     # A server holds one driver per session for as long as the session
     # lives: slots instead of an instance dict (about 0.5 KiB less each).
-    __slots__ = ("_again", "_closing", "_flushing", "_framer", "_scheduled", "_timer", "_timer_at",
+    __slots__ = ("_again", "_closing", "_flushing", "_framer", "_limit_logs", "_scheduled",
+                 "_timer", "_timer_at",
                  "apps", "closed", "datagrams", "done", "loop", "name", "on_closed",
                  "on_handover_ready", "on_open_request", "on_resumed", "on_transport_lost",
                  "opener", "paused", "proto", "sealer", "session")
@@ -241,6 +242,7 @@ class SessionDriver:
         # handed to the kernel, or could not be: what a stopping daemon waits for.
         self.done = ClosedFlag()
         self._closing = False
+        self._limit_logs: dict[str, RateLimitedLog] | None = None
         # UDP for datagram channels, when the side set it up; else the stream.
         self.datagrams: DatagramRoute | None = None
         # Hooks for the side that owns the driver. The defaults are shared
@@ -278,10 +280,19 @@ class SessionDriver:
             log.warning("%s: dropping transport from %s: %s", self.name, proto.peer, exc)
             self._drop(proto, str(exc))
         except ProtocolError as exc:
-            # An authenticated peer broke the protocol: the session ends, and
-            # CLOSE says why (the transport closes gracefully after it).
-            log.warning("%s: peer broke the protocol: %s; closing the session", self.name, exc)
-            self.session.close(exc.code, str(exc))
+            if self.session.state is SessionState.RESUMING:
+                # The first record of a resumed transport (RESUME, RESUMED)
+                # is bad: that transport goes, the session resumes on another
+                # (docs/protocol.md sections 2.4 and 9).
+                log.warning("%s: dropping transport from %s: bad first record: %s", self.name,
+                            proto.peer, exc)
+                self._drop(proto, f"bad first record: {exc}")
+            else:
+                # An authenticated peer broke the protocol: the session ends,
+                # and CLOSE says why (the transport closes gracefully after it).
+                log.warning("%s: peer broke the protocol: %s; closing the session", self.name,
+                            exc)
+                self.session.close(exc.code, str(exc))
         self.flush()
 
     def _on_lost(self, proto: TransportProtocol, exc: Exception | None) -> None:
@@ -437,14 +448,14 @@ class SessionDriver:
                     if isinstance(watcher, OpenWatcher):
                         watcher.opened()
                 elif isinstance(e, ev.ChannelRefused):
-                    _log_refused(f"{self.name}: refused the peer's channel {e.channel}: "
-                                 f"{e.reason}")
+                    self._refusals("here")(f"{self.name}: refused the peer's channel "
+                                           f"{e.channel}: {e.reason}")
                 elif isinstance(e, ev.ChannelOpenFailed):
                     if e.code is CloseCode.FLOW_CONTROL:
                         # A limit, not the destination: the application only
                         # sees its connection close, so the log must say why.
-                        _log_refused_by_peer(f"{self.name}: the peer refused channel "
-                                             f"{e.channel}: "
+                        self._refusals("peer")(f"{self.name}: the peer refused channel "
+                                               f"{e.channel}: "
                                      f"{e.reason}")
                     app = self.apps.pop(e.channel, None)
                     failed: object = app
@@ -471,6 +482,14 @@ class SessionDriver:
                              e.reason)
                     self._shutdown()
                     self.on_closed(e)
+
+    def _refusals(self, by: str) -> RateLimitedLog:
+        """The session's log of channels refused for a limit (by this side, or
+        the peer): a burst of thousands must not be a line each. Made on
+        first use: most sessions never refuse a channel."""
+        if self._limit_logs is None:
+            self._limit_logs = {}
+        return self._limit_logs.setdefault(by, RateLimitedLog(log))
 
     def _refuse_open(self, e: ev.ChannelOpenRequested) -> None:
         self.session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED, "this side opens nothing")
@@ -524,6 +543,9 @@ class SessionDriver:
             return
         if proto.transport is not None and proto.transport.get_write_buffer_size():
             proto.on_gone(self.done.set)
+            # A peer that never reads would keep the socket (and `done`
+            # unset) for as long as it likes: it gets CLOSE_LINGER.
+            self.loop.call_later(CLOSE_LINGER, proto.abort)
         else:
             self.done.set()
         proto.close()
