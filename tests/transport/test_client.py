@@ -206,6 +206,37 @@ def test_a_resume_black_holed_after_the_servers_ok_is_followed_by_another() -> N
     _lost_after_ok("silence")
 
 
+def test_a_transport_lost_between_resumed_and_the_reconnect_waking_is_resumed_again() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conn = await asyncio.open_connection("127.0.0.1", stack.forward_port)
+            await stack.echo_check(100_000, conn=conn)
+            driver = stack.client.driver
+            assert driver is not None
+            resumed = driver.on_resumed
+            done: list[int] = []
+
+            def resumed_then_reset(frames: int) -> None:
+                # RESUMED is handed over, and in the same callback (before
+                # the task waiting for it runs) the new transport is reset.
+                resumed(frames)
+                if not done and driver.proto is not None:
+                    done.append(frames)
+                    driver.drop_transport(driver.proto, "reset just after RESUMED")
+
+            driver.on_resumed = resumed_then_reset
+            stack.proxy.cut()
+            await stack.echo_check(100_000, conn=conn, timeout=20)
+            assert done
+            assert len(stack.proxy.conns) >= 3
+            conn[1].close()
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
 def test_a_new_session_made_while_reconnecting_is_on_the_path_it_took() -> None:
     async def main() -> None:
         stack = await Stack().start()

@@ -334,13 +334,30 @@ class Client:
             self._reconnecting = asyncio.get_running_loop().create_task(
                 self._reconnect(), name="reconnect")
 
+    def _settled(self) -> bool:
+        """Nothing for the reconnect loop to do: the session is attached on a
+        transport (or closed by this client, or there is none)."""
+        driver = self.driver
+        if driver is None or self.stopped.is_set():
+            return True
+        if self._need_handshake:
+            return False
+        state = driver.session.state
+        if state is SessionState.CLOSED:
+            return True
+        return driver.proto is not None and state is not SessionState.DETACHED
+
     async def _reconnect(self) -> None:
+        # The loop ends only when it finds the session settled, checked
+        # after every step: a transport lost again at any moment (even
+        # between RESUMED and this task waking up, when no one waits for
+        # anything) leaves the session detached, and the loop goes on.
         attempt = busy = failed = 0
         delay = BACKOFF[0]
-        while not self.stopped.is_set():
+        while not self._settled():
             await asyncio.sleep(delay)
             driver = self.driver
-            if driver is None:
+            if driver is None or self._settled():
                 return
             via = self.choose_attachment(attempt)
             attempt += 1
@@ -348,17 +365,11 @@ class Client:
             try:
                 if self._need_handshake:
                     await self.handshake(max(self._attempt_timeout(driver.session), 5.0), via)
-                    return
-                state = driver.session.state
-                if state is SessionState.CLOSED:
-                    return
-                if state is SessionState.ATTACHED and driver.proto is not None:
-                    return  # a handover resumed it meanwhile
+                    continue
                 origin = self.attachment
                 self._resumed = asyncio.get_running_loop().create_future()
                 if await self._resume(driver, via):
                     await self._record("hard", origin, via)
-                return
             except ServerBusy as exc:
                 # Not the path's fault: no blame, a longer jittered wait.
                 busy += 1
@@ -368,7 +379,6 @@ class Client:
                 # The server, proven by its key, refused this client: for good.
                 log.error("%s", exc)
                 self.stopped.set()
-                return
             except HandshakeError as exc:
                 # The server was proven by this key before: an answer that
                 # does not prove it now is more likely forged on the path (as
