@@ -12,6 +12,7 @@ file where the flag's is (load_credentials).
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,15 @@ def load_config(path: str, known: dict[str, tuple[str, bool]]) -> dict[str, Any]
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except ValueError:
+        # tomllib lets int()'s digit limit through as a bare ValueError.
+        raise ConfigError(f"config file {path} is not valid TOML: an integer has more than "
+                          f"{sys.get_int_max_str_digits()} digits") from None
+    except RecursionError:
+        # tomllib reads nested arrays and inline tables by recursion, with no
+        # depth limit of its own.
+        raise ConfigError(f"config file {path} is not valid TOML: arrays or tables "
+                          "nested too deeply") from None
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("_", "-")

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from roam.control.client import ControlError, request
 from roam.control.server import MAX_LINE, ControlServer, default_control_path
 from roam.errors import ConfigError
 from tests.conftest import require
@@ -261,3 +262,21 @@ def test_tmp_fallback_is_made_for_the_daemon(shared_tmp: Path) -> None:
     st = made.lstat()
     assert st.st_uid == NOBODY
     assert stat.S_IMODE(st.st_mode) == 0o700
+
+
+def test_an_oversized_request_from_the_real_client_gets_the_answer_not_a_reset(
+        tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+
+    async def main() -> None:
+        server = ControlServer(str(path), {"echo": _echo})
+        await server.start()
+        try:
+            # The client sends all of it: the server answers after 64 KiB and
+            # must not reset the connection under the rest of it.
+            with pytest.raises(ControlError, match="longer than"):
+                await asyncio.to_thread(request, str(path), "echo", {"x": "y" * 500_000})
+        finally:
+            await server.close()
+
+    asyncio.run(main())

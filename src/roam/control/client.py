@@ -60,17 +60,36 @@ def request(path: str, cmd: str, fields: dict[str, Any] | None = None,
             raise ConfigError(f"nothing listens on {path}: the daemon is gone") from None
         except PermissionError:
             raise ConfigError(f"{path}: permission denied (the socket is its owner's)") from None
-        sock.sendall(json.dumps({**(fields or {}), "cmd": cmd}).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps({**(fields or {}), "cmd": cmd}).encode() + b"\n")
+        except OSError as exc:  # the daemon closed, or died, before it read the request
+            raise ControlError(f"{path}: the daemon closed the connection "
+                               f"({exc.strerror or exc})") from None
         data = b""
         while not data.endswith(b"\n"):
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
                 raise ControlError(f"{path}: no answer in {timeout:g} s") from None
+            except OSError as exc:
+                # A daemon that closes with the request unread resets the connection.
+                raise ControlError(f"{path}: the daemon closed the connection "
+                                   f"({exc.strerror or exc})") from None
             if not chunk:
                 raise ControlError(f"{path}: the daemon closed the connection")
             data += chunk
-    answer = json.loads(data)
+    return _result(path, data)
+
+
+def _result(path: str, data: bytes) -> Any:
+    """The result in a daemon's answer line; ControlError for an error or garbage."""
+    try:
+        answer = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and int()'s digit limit.
+        raise ControlError(f"{path}: the daemon's answer is not JSON ({exc})") from None
+    if not isinstance(answer, dict):
+        raise ControlError(f"{path}: the daemon's answer is not a JSON object: {data[:80]!r}")
     if not answer.get("ok"):
         raise ControlError(str(answer.get("error")))
     return answer.get("result")

@@ -137,6 +137,16 @@ class ControlServer:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write(_answer(False, f"request longer than {MAX_LINE} bytes"))
+                    writer.write_eof()
+                    await writer.drain()
+                    # Closing with the rest unread would reset the connection,
+                    # and the client could lose this answer: read what the
+                    # client still sends (a bounded amount, briefly) first.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            for _ in range(16):
+                                if not await reader.read(MAX_LINE):
+                                    break
                     break
                 if not line:
                     break
@@ -150,7 +160,13 @@ class ControlServer:
     async def _handle(self, line: bytes) -> bytes:
         try:
             request = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            # json decodes nested arrays and objects by recursion, without
+            # a depth limit of its own.
+            return _answer(False, "not a JSON request: nested too deeply")
+        except ValueError as exc:
+            # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so
+            # is int()'s limit on digits, which json lets through bare.
             return _answer(False, f"not a JSON request: {exc}")
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return _answer(False, 'a request is a JSON object with a "cmd" string')
