@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import select
 import socket
 import threading
 from pathlib import Path
 
-from roam.core.preamble import Preamble, Suite, TransportKind
+from roam.core.preamble import Preamble, Status, Suite, TransportKind
 from roam.transport.server import MAX_HANDSHAKES_PER_SOURCE
 
 from .harness import EchoResult, Keys, Procs, _read_line, echo_conversation
@@ -98,10 +99,15 @@ def test_a_client_answered_busy_waits_and_then_starts(tmp_path: Path) -> None:
         # own address: as many as one address may have in progress.
         flood = []
         try:
-            for _ in range(MAX_HANDSHAKES_PER_SOURCE):
+            for _ in range(MAX_HANDSHAKES_PER_SOURCE + 8):
                 sock = socket.create_connection(("127.0.0.1", sport))
                 sock.sendall(raw)
                 flood.append(sock)
+            # Once one of them is answered (BUSY), the slots are all taken by
+            # the others, which never finish: the client cannot slip in first.
+            answered, _, _ = select.select(flood, [], [], 20)
+            assert answered, "the server answered none of them"
+            assert answered[0].recv(1) == bytes([Status.BUSY])
             client, _ = procs.client(keys, sport, f"127.0.0.1:0=127.0.0.1:{echo}", ready=None)
             client.wait_log(r"is busy .*waiting [0-9.]+ s before trying again", timeout=20)
             assert client.popen.poll() is None

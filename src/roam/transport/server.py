@@ -207,9 +207,7 @@ class Server:
         try:
             pre = decode_preamble(raw)
         except ProtocolError as exc:
-            log.warning("transport from %s refused: %s", proto.peer, exc)
-            proto.write(reply_error(Status.BAD_PREAMBLE, str(exc)))
-            proto.close()
+            self._refuse(proto, Status.BAD_PREAMBLE, str(exc))
             return
         if pre.kind is TransportKind.NEW:
             await self._new(proto, pre, raw)
@@ -249,8 +247,9 @@ class Server:
             return
         who = self.config.authorized.get(client_key)
         if who is None:
-            log.warning("refused client %s from %s: its key is not in the authorized keys",
-                        short_id(client_key), proto.peer)
+            # Anyone can make a key and try it: once a second at most.
+            self._log_refused(f"refused client {short_id(client_key)} from {proto.peer}: its "
+                              "key is not in the authorized keys")
             msg2 = hs.write_message(REFUSED + b"this client's key is not authorized by the server")
             proto.write(encode_reply(Status.OK, msg2))
             proto.close()
