@@ -64,7 +64,7 @@ async def _control(path: str | None, role: str,
     except ConfigError as exc:
         if path is not None:
             raise
-        log.warning("no control socket (%s); give --control PATH for one", exc)
+        log.warning("running without a control socket: %s", exc)
         return None
     log.info("control socket %s", server.path)
     return server
