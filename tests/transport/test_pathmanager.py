@@ -121,3 +121,21 @@ def test_a_link_back_up_is_tried_afresh_and_a_working_session_forgives_the_outag
             await stack.close()
 
     asyncio.run(main())
+
+
+def test_switching_to_the_active_path_moves_nothing_but_pins_it() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        manager, _ = await _manager(stack)
+        try:
+            before = len(manager.history)
+            transports = stack.client.transports
+            await manager.switch("wifi", soft=True, reason="roam switch", pin=True)
+            assert len(manager.history) == before
+            assert stack.client.transports == transports
+            assert manager.status()["pinned"] == "wifi"
+        finally:
+            await manager.close()
+            await stack.close()
+
+    asyncio.run(main())

@@ -307,6 +307,14 @@ class PathManager:
                      pin: bool = False) -> None:
         """Hand the session over to path `name` now (soft if the old path allows)."""
         target = self.attachment(name)
+        driver = self.client.driver
+        if (soft and name == self._current() and driver is not None and driver.proto is not None
+                and driver.session.state is SessionState.ATTACHED):
+            # Already there: a handover to the same path would only cost a
+            # stall (a hard one to it is a rebind, for a new address).
+            if pin:
+                self.pin(name)
+            return
         if self._busy:
             raise TransportError("a handover is already under way")
         self._busy = True
