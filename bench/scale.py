@@ -77,7 +77,8 @@ sys.path.insert(1, str(ROOT / "bench"))
 
 import plots  # noqa: E402
 from benchlib import write_section  # noqa: E402
-from roam.core.session import SessionConfig, SessionState  # noqa: E402
+from roam.core.session import SessionConfig  # noqa: E402
+from roam.core.states import SessionState  # noqa: E402
 from roam.crypto.keys import (  # noqa: E402
     encode_key,
     generate_private_key,

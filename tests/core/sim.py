@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from roam.core import events as ev
 from roam.core.compress import CompressionMode
-from roam.core.session import Session, SessionConfig, SessionState
+from roam.core.session import Session, SessionConfig
+from roam.core.states import SessionState
 
 
 @dataclass

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from roam.core import events as ev
 from roam.core import frames as fr
-from roam.core.session import Session, SessionConfig, SessionState
+from roam.core.session import Session, SessionConfig
+from roam.core.states import SessionState
 from roam.errors import CloseCode, ProtocolError
 
 from .sim import Pair

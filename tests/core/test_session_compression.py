@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from roam.core import events as ev
 from roam.core import frames as fr
 from roam.core.compress import AUTO, MAGIC, MAX_WINDOW_LOG, CompressionMode
-from roam.core.session import SessionConfig, SessionState
+from roam.core.session import SessionConfig
+from roam.core.states import SessionState
 from roam.errors import CloseCode, ProtocolError
 
 from .sim import Pair

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from roam.core import events as ev
 from roam.core import frames as fr
 from roam.core.compress import AUTO
-from roam.core.session import _MAX_PINGS, Session, SessionConfig, SessionState
+from roam.core.session import _MAX_PINGS, Session, SessionConfig
+from roam.core.states import SessionState
 from roam.errors import CloseCode, ProtocolError
 
 U32 = 2**32 - 1

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from roam.core.preamble import PREAMBLE, Preamble, Suite, TransportKind
-from roam.core.session import SessionConfig, SessionState
+from roam.core.session import SessionConfig
+from roam.core.states import SessionState
 from roam.errors import TransportError
 from roam.transport.client import Attachment
 from roam.transport.server import MAX_HANDSHAKES

@@ -39,7 +39,8 @@ from roam.core.preamble import (
     decode_preamble,
     encode_reply,
 )
-from roam.core.session import _MAX_PINGS, Session, SessionConfig, SessionState
+from roam.core.session import _MAX_PINGS, Session, SessionConfig
+from roam.core.states import SessionState
 from roam.crypto.keys import generate_private_key, public_key
 from roam.crypto.noise import CipherState, HandshakeState
 from roam.crypto.records import HEADER, MAX_RECORD, TAG, RecordOpener, RecordSealer

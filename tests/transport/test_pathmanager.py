@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from roam.core.session import SessionState
+from roam.core.states import SessionState
 from roam.links.emulated import EmulatedDriver
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy

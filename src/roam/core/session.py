@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
 
 from roam.core import events as ev
 from roam.core import frames as fr
@@ -43,6 +42,7 @@ from roam.core.compress import (
 )
 from roam.core.rtt import RttEstimator
 from roam.core.sendbuffer import SendBuffer
+from roam.core.states import SessionInput, SessionState, next_state
 from roam.errors import CloseCode, ProtocolError
 
 
@@ -124,15 +124,6 @@ _DATAGRAM_QUEUE = 256 * 1024
 _FIRST_RECORD = 4 * 1024
 
 
-class SessionState(Enum):
-    ATTACHED = "attached"
-    # Soft handover (claim 5): the old transport is being emptied. Client:
-    # HANDOVER_BEGIN sent, no new reliable frames until it resumes elsewhere.
-    # Server: HANDOVER_READY sent as its last frame on the old transport.
-    DRAINING = "draining"
-    RESUMING = "resuming"
-    DETACHED = "detached"
-    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,16 +286,16 @@ class Session:
         self._last_received = now
         self._detached_since = None
         if not resume:
-            self.state = SessionState.ATTACHED
+            self.state = next_state(self.state, SessionInput.NEW_TRANSPORT)
             return
-        self.state = SessionState.RESUMING
+        self.state = next_state(self.state, SessionInput.RESUME_TRANSPORT)
         if self.is_client:
             self._control.append(fr.encode(fr.Resume(self._received)))
 
     def transport_lost(self, now: float) -> None:
         """The driver saw the transport fail; wait for (or make) another."""
         if self.state is not SessionState.CLOSED:
-            self.state = SessionState.DETACHED
+            self.state = next_state(self.state, SessionInput.TRANSPORT_LOST)
             self._detached_since = now
             self._control.clear()
             self._probes = 0
@@ -333,9 +324,10 @@ class Session:
         """
         if not self.is_client:
             raise ValueError("only the client begins a handover")
-        if self.state is not SessionState.ATTACHED:
-            return
-        self.state = SessionState.DRAINING
+        after = next_state(self.state, SessionInput.BEGIN_HANDOVER)
+        if after is self.state:
+            return  # not attached: the resume that follows is a hard handover
+        self.state = after
         self._control.append(fr.encode(fr.HandoverBegin(token)))
 
     # ---- channels: the application side ----------------------------------
@@ -448,7 +440,7 @@ class Session:
             return
         self._close_sent = True
         self._queue(fr.Close(self._seq(), code, reason))
-        self._closed(code, reason, by_peer=False)
+        self._closed(code, reason, SessionInput.CLOSE)
 
     # ---- output ----------------------------------------------------------
 
@@ -743,7 +735,7 @@ class Session:
                 _release(ch)
                 self._events.append(ev.ChannelReset(ch.id, frame.code))
         else:  # Close
-            self._closed(frame.code, frame.reason, by_peer=True)
+            self._closed(frame.code, frame.reason, SessionInput.CLOSE_RECEIVED)
 
     def _decompress(self, ch: _Channel, payload: bytes | memoryview) -> bytes:
         """One compressed DATA payload, expanded within the channel's credit.
@@ -829,21 +821,20 @@ class Session:
                 # Older pings were lost or overtaken; they will never count.
                 self._pings = {t: s for t, s in self._pings.items() if s > sent}
         elif isinstance(frame, fr.HandoverBegin):
-            if self.is_client or self.state is not SessionState.ATTACHED:
-                raise ProtocolError("HANDOVER_BEGIN from the server or outside an attached "
-                                    "session")
+            if self.is_client:
+                raise ProtocolError("HANDOVER_BEGIN from the server")
             # Claim 5 step 2: stop sending here; READY is the last frame, after
             # everything already sent, so the client's mark will be exact.
-            self.state = SessionState.DRAINING
+            self.state = next_state(self.state, SessionInput.HANDOVER_BEGIN)
             self._control = [fr.encode(fr.HandoverReady(frame.token))]
             self._probes = 0
         elif isinstance(frame, fr.HandoverReady):
-            if not self.is_client or self.state is not SessionState.DRAINING:
-                raise ProtocolError("HANDOVER_READY without a HANDOVER_BEGIN")
+            if not self.is_client:
+                raise ProtocolError("HANDOVER_READY to the server")
+            next_state(self.state, SessionInput.HANDOVER_READY)
             self._events.append(ev.HandoverReady(frame.token))
         elif isinstance(frame, fr.Resume | fr.Resumed):
-            if self.state is not SessionState.RESUMING:
-                raise ProtocolError(f"{type(frame).__name__.upper()} outside a resume")
+            attached = next_state(self.state, SessionInput.RESUME)
             self._acked(frame.received)
             self._resend_all()
             self._control_alone = True
@@ -851,7 +842,7 @@ class Session:
                 self._control.insert(0, fr.encode(fr.Resumed(self._received)))
                 self._ack_sent = self._received
                 self._ack_due = None
-            self.state = SessionState.ATTACHED
+            self.state = attached
         else:
             raise ProtocolError(f"{type(frame).__name__.upper()} frames are not handled yet")
 
@@ -885,9 +876,9 @@ class Session:
         self.resumes += 1
         self._events.append(ev.SessionResumed(len(resent), sum(entry[1] for entry in resent)))
 
-    def _closed(self, code: CloseCode, reason: str, *, by_peer: bool) -> None:
-        self.state = SessionState.CLOSED
-        self._events.append(ev.SessionClosed(code, reason, by_peer))
+    def _closed(self, code: CloseCode, reason: str, event: SessionInput) -> None:
+        self.state = next_state(self.state, event)
+        self._events.append(ev.SessionClosed(code, reason, event.from_peer))
 
     # ---- time ------------------------------------------------------------
 
@@ -950,7 +941,8 @@ class Session:
             limit = self.config.detached_timeout
             if (limit is not None and self._detached_since is not None
                     and now - self._detached_since >= limit):
-                self._closed(CloseCode.TIMEOUT, f"no transport for {limit:g} s", by_peer=False)
+                self._closed(CloseCode.TIMEOUT, f"no transport for {limit:g} s",
+                             SessionInput.DETACHED_TIMEOUT)
             return
         if self.state is SessionState.CLOSED:
             return

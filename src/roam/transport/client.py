@@ -22,7 +22,8 @@ from roam.core.preamble import (
     Suite,
     TransportKind,
 )
-from roam.core.session import Session, SessionConfig, SessionState
+from roam.core.session import Session, SessionConfig
+from roam.core.states import SessionState
 from roam.crypto.keys import encode_key, public_key
 from roam.crypto.noise import CipherState, HandshakeState
 from roam.crypto.records import RecordOpener, RecordSealer

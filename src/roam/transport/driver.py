@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from roam.core import events as ev
-from roam.core.session import Session, SessionState
+from roam.core.session import Session
+from roam.core.states import SessionState
 from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer, SealScratch
 from roam.errors import CloseCode, CryptoError, FramingError, ProtocolError
 from roam.eventloop import stream_transport

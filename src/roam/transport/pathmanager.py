@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from roam.control.eventlog import EventLog
-from roam.core.session import SessionState
+from roam.core.states import SessionState
 from roam.errors import ConfigError, TransportError
 from roam.links.driver import LinkDriver
 from roam.links.emulated import EmulatedDriver
