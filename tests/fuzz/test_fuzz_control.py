@@ -21,6 +21,7 @@ from roam.control.client import ControlError, request
 from roam.control.server import MAX_LINE, ControlServer
 from roam.errors import ConfigError, RoamError
 from tests.fuzz.conftest import fuzz_settings
+from tests.fuzz.fakes import FakeWriter
 from tests.fuzz.mutate import apply_mutations, cut
 from tests.fuzz.provider import Provider, built
 
@@ -109,23 +110,6 @@ def test_every_request_line_gets_one_answer(loop: asyncio.AbstractEventLoop,
     answer = check_answer(loop.run_until_complete(server._handle(line + b"\n")))
     if not answer["ok"]:
         assert isinstance(answer["error"], str)
-
-
-class FakeWriter:
-    """The part of asyncio.StreamWriter the connection handler uses."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def build_connection(p: Provider) -> list[bytes]:

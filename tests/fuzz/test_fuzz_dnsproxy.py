@@ -20,29 +20,13 @@ from roam.interfaces import dnsproxy
 from roam.interfaces.dnsintercept import AddressPool, DnsInterceptor, NamePatterns, TcpDnsFramer
 from roam.interfaces.dnsproxy import DnsProxy, default_upstream
 from tests.fuzz.conftest import fuzz_settings
+from tests.fuzz.fakes import FakeWriter
 from tests.fuzz.mutate import apply_mutations, cut
 from tests.fuzz.provider import Provider, built
 from tests.fuzz.test_fuzz_dnsintercept import build_query
 
 # What the stand-in upstream resolver does with a query it is given.
 ANSWERS, FAILS, TIMES_OUT, CUTS_SHORT = range(4)
-
-
-class FakeWriter:
-    """The part of asyncio.StreamWriter the TCP client handler uses."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def make_proxy(upstream: int) -> DnsProxy:
