@@ -10,10 +10,19 @@ import time
 import pytest
 
 from roam.core.compress import AUTO, OFF, ZSTD, ZSTD_HISTORY, CompressionMode
-from roam.core.preamble import HANDSHAKE_LEN, REPLY, Preamble, Status, Suite, TransportKind
+from roam.core.preamble import (
+    HANDSHAKE_LEN,
+    HELLO,
+    HELLO_COMPRESS,
+    PROLOGUE,
+    REPLY,
+    Preamble,
+    Status,
+    Suite,
+    TransportKind,
+)
 from roam.crypto.keys import public_key
 from roam.crypto.noise import HandshakeState
-from roam.transport.server import HELLO, HELLO_COMPRESS, PROLOGUE
 
 from .stack import Stack
 

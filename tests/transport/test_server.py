@@ -11,7 +11,9 @@ import pytest
 from roam.core.admission import Openings
 from roam.core.preamble import (
     HANDSHAKE_LEN,
+    HELLO,
     PREAMBLE,
+    PROLOGUE,
     REPLY,
     STANDBY_PROOF,
     Preamble,
@@ -23,7 +25,6 @@ from roam.crypto.keys import public_key
 from roam.crypto.noise import HandshakeState
 from roam.crypto.records import HEADER
 from roam.transport.client import Attachment
-from roam.transport.server import HELLO, PROLOGUE
 
 from .stack import Stack
 

@@ -5,7 +5,8 @@ Client -> server, first bytes of every transport (55 bytes):
     magic "ROAM" | version u8 | kind u8 (NEW=1, RESUME=2, STANDBY=3) | suite u8
     | session id (16 bytes, zero for NEW) | target identity (32 bytes, zero: none)
 
-NEW is followed by the first Noise message (`length:u16 | message`); RESUME
+NEW is followed by the first Noise message (`length:u16 | message`, its
+payload a HELLO; message 2's payload starts with ACCEPTED or REFUSED); RESUME
 by the first record of the resumed session, sealed with the preamble as its
 associated data, which proves the sender holds the session keys. STANDBY by
 a proof of the session's standby key (`STANDBY_PROOF`); the server parks the
@@ -33,6 +34,29 @@ NO_SESSION = bytes(16)
 NO_TARGET = bytes(32)
 # Noise messages here are at most 32+48+payload bytes; 1 KiB is plenty.
 MAX_HANDSHAKE_MESSAGE = 1024
+# The Noise prologue is this, then the 55 preamble bytes as sent: a changed
+# version, kind, suite or target makes the handshake fail.
+PROLOGUE = b"roam/1 "
+# Message 1 carries the client's wall clock in ns (as WireGuard's TAI64N
+# does): IK's first message can be replayed verbatim, and a replay must not
+# make a session. The server keeps the newest timestamp per client key.
+# Exactly these 8 bytes: the client offers no compression (as before
+# compression existed, so either side may be older).
+HELLO = struct.Struct("!Q")
+# The timestamp and the compression the client offers: a set of bits, ZSTD
+# (0x01) and ZSTD_HISTORY (0x02, zstd whose streams start from the session's
+# recent data); the server ignores bits it does not know. The ACCEPTED that
+# answers it carries one more byte: the compression chosen, one of the
+# offered bits or 0 for none.
+HELLO_COMPRESS = struct.Struct("!QB")
+# The first byte of message 2's payload: the client is accepted, or refused
+# (a UTF-8 reason follows) inside a message that proves the server's key.
+ACCEPTED = b"\x00"
+REFUSED = b"\x01"
+# The first record of a resume carries RESUME alone (about 40 bytes sealed):
+# a stranger who read the session id off the wire may make us hold this much
+# per opening, not a whole record (256 KiB).
+MAX_FIRST_RECORD = 1024
 
 
 class TransportKind(IntEnum):

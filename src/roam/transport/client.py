@@ -1,4 +1,8 @@
-"""The client daemon's transport side: handshake once, resume on every new transport."""
+"""The client daemon's transport side: handshake once, resume on every new transport.
+
+What the opening bytes say is roam.core.opening_client's; this connects,
+writes them, reads the reply under the attempt's timeouts, and acts on it.
+"""
 
 from __future__ import annotations
 
@@ -9,37 +13,38 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from roam.core import events as ev
-from roam.core.compress import AUTO, ZSTD, ZSTD_HISTORY, CompressionMode
+from roam.core.compress import AUTO, ZSTD_HISTORY, CompressionMode
 from roam.core.datagrams import DatagramPath
-from roam.core.preamble import (
-    HANDSHAKE_LEN,
-    REPLY,
-    STANDBY_PROOF,
-    Preamble,
-    Status,
-    Suite,
-    TransportKind,
+from roam.core.opening import NeedMore
+from roam.core.opening_client import (
+    ClientOpening,
+    NewOpening,
+    ResumeOpening,
+    StandbyOpening,
+    UnknownSession,
 )
+from roam.core.preamble import Status, Suite
 from roam.core.session import Session, SessionConfig
 from roam.core.states import SessionState
-from roam.crypto.keys import encode_key, public_key
-from roam.crypto.noise import CipherState, HandshakeState
+from roam.crypto.noise import CipherState
 from roam.crypto.records import RecordOpener, RecordSealer
 from roam.errors import (
     ClientRefused,
     HandshakeError,
-    ProtocolError,
+    RoamError,
     ServerBusy,
     TransportError,
 )
 from roam.transport.datagrams import ClientDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
-from roam.transport.server import ACCEPTED, HELLO, HELLO_COMPRESS, PROLOGUE, REFUSED
 
 log = logging.getLogger("roam.client")
+
+T = TypeVar("T")
 
 # Waits between reconnect attempts: the first at once (a reset is usually a
 # one-off), then doubling, capped so a returning network is found within 2 s.
@@ -182,19 +187,19 @@ class Client:
             raise
         return sock
 
-    async def _read_reply(self, proto: TransportProtocol, timeout: float) -> tuple[Status, bytes]:
-        status_raw, length = REPLY.unpack(await proto.read_exactly(REPLY.size, timeout))
-        body = await proto.read_exactly(length, timeout)
+    @staticmethod
+    async def _reply(proto: TransportProtocol, opening: ClientOpening[T], timeout: float) -> T:
+        """Read the server's reply into `opening`, each read within `timeout`.
+        Exact reads: the records that follow stay in `proto`'s buffer. The
+        transport is aborted when the reply ends the attempt."""
         try:
-            status = Status(status_raw)
-        except ValueError:
-            raise TransportError(f"{self.server} answered with unknown status "
-                                 f"{status_raw}") from None
-        if status is Status.BUSY:
+            outcome = opening.receive_data(await proto.read_exactly(opening.needed, timeout))
+            while isinstance(outcome, NeedMore):
+                outcome = opening.receive_data(await proto.read_exactly(outcome.size, timeout))
+        except RoamError:
             proto.abort()
-            raise ServerBusy(f"server {self.server} is busy "
-                             f"({body.decode(errors='replace') or 'no reason given'})")
-        return status, body
+            raise
+        return outcome
 
     async def handshake(self, timeout: float = 10.0, via: Attachment | None = None
                         ) -> SessionDriver:
@@ -209,55 +214,24 @@ class Client:
         if via is None:
             via = self.attachment
         proto = await self._connect(timeout, via)
-        raw = Preamble(TransportKind.NEW, cfg.suite).encode()
-        hs = HandshakeState(cfg.suite.noise_name, initiator=True, prologue=PROLOGUE + raw,
-                            s=cfg.private_key, rs=cfg.server_key)
-        # With compression off the HELLO is the plain 8-byte one, which a
-        # server from before compression also takes.
-        offer = ZSTD | ZSTD_HISTORY if cfg.compression.enabled else 0
-        hello = HELLO_COMPRESS.pack(time.time_ns(), offer) if offer else HELLO.pack(time.time_ns())
-        msg1 = hs.write_message(hello)
+        opening = NewOpening(suite=cfg.suite, private_key=cfg.private_key,
+                             server_key=cfg.server_key, compression=cfg.compression,
+                             server=self.server)
+        hello = opening.start(time.time_ns())
         started = loop.time()
-        proto.write(raw + HANDSHAKE_LEN.pack(len(msg1)) + msg1)
-        try:
-            status, body = await self._read_reply(proto, timeout)
-        except TransportError:
-            proto.abort()
-            raise
-        if status is not Status.OK:
-            proto.abort()
-            raise HandshakeError(f"server {self.server} refused the handshake: "
-                                 f"{body.decode(errors='replace')}")
-        try:
-            payload = hs.read_message(body)
-        except ProtocolError as exc:
-            proto.abort()
-            raise HandshakeError(
-                f"server {self.server} did not prove it holds the key pinned with --server-key "
-                f"({encode_key(cfg.server_key)}): {exc}; refusing to proceed") from None
-        if payload[:1] != ACCEPTED:
-            proto.abort()
-            reason = payload[1:].decode(errors="replace") if payload[:1] == REFUSED else "?"
-            raise ClientRefused(
-                f"server {self.server} refused this client: {reason}; add its public key "
-                f"{encode_key(public_key(cfg.private_key))} to the server's authorized keys")
-        chosen = payload[1] if len(payload) == 2 else 0
-        if len(payload) > 2 or chosen not in (0, offer & ZSTD, offer & ZSTD_HISTORY):
-            proto.abort()
-            raise HandshakeError(f"server {self.server} accepted with a malformed answer "
-                                 f"({payload.hex()}): compression {chosen:#x} was not offered")
+        proto.write(hello)
+        opened = await self._reply(proto, opening, timeout)
+        chosen, keys = opened.compression, opened.keys
         now = loop.time()
-        send, recv = hs.split()
-        dsend, drecv = hs.datagram_keys()
-        self._standby_key = hs.standby_key()
+        self._standby_key = keys.standby
         self._standby_stamp = 0
         self.drop_standby()
         session = Session(is_client=True, now=now, config=cfg.session,
                           compression=cfg.compression if chosen else None,
                           history=chosen == ZSTD_HISTORY)
         session.rtt.sample(now - started)
-        self.session_id = hs.handshake_hash[:16]
-        driver = SessionDriver(session, RecordSealer(send, now), RecordOpener(recv),
+        self.session_id = opened.session_id
+        driver = SessionDriver(session, RecordSealer(keys.send, now), RecordOpener(keys.receive),
                                name=f"session {self.session_id.hex()[:8]}")
         driver.on_transport_lost = self._transport_lost
         driver.on_handover_ready = self._on_handover_ready
@@ -276,7 +250,8 @@ class Client:
         self.driver = driver
         if cfg.udp:
             driver.datagrams = ClientDatagrams(driver, DatagramPath(
-                self.session_id[:8], dsend, drecv, now, is_client=True))
+                self.session_id[:8], keys.datagram_send, keys.datagram_receive, now,
+                is_client=True))
             await self._move_datagrams(proto, via)
         self.on_session(driver)
         log.info("%s: new session with %s", driver.name, self.server)
@@ -510,31 +485,31 @@ class Client:
         loop = asyncio.get_running_loop()
         if self.session_id is None:
             raise TransportError("no session to resume")
-        raw = Preamble(TransportKind.RESUME, self.config.suite, self.session_id).encode()
+        opening = ResumeOpening(suite=self.config.suite, session_id=self.session_id,
+                                server=self.server)
         now = loop.time()
         session.transport_attached(now, resume=True)
         first = session.payloads_to_send(now)
-        proto.write(raw + driver.sealer.seal(first[0], now, ad=raw))
+        proto.write(opening.start(driver.sealer, first[0], now))
         try:
-            status, body = await self._read_reply(proto, timeout)
+            answer = await self._reply(proto, opening, timeout)
         except TransportError:
-            proto.abort()
             session.transport_lost(loop.time())
             raise
-        if status is Status.UNKNOWN_SESSION:
+        if isinstance(answer, UnknownSession):
             proto.abort()
             log.warning("server %s no longer knows the session (%s); starting a new one: "
-                        "%d open connections are lost", self.server,
-                        body.decode(errors="replace"), len(driver.apps))
+                        "%d open connections are lost", self.server, answer.reason,
+                        len(driver.apps))
             self._need_handshake = True
             driver.close(reason="session unknown to the server")
             await self.handshake(max(timeout, 5.0), via)
             return False
-        if status is not Status.OK or session.state is not SessionState.RESUMING:
+        if session.state is not SessionState.RESUMING:
+            # The session left RESUMING (it closed) while the server answered.
             proto.abort()
             session.transport_lost(loop.time())
-            raise TransportError(f"resume refused by {self.server}: "
-                                 f"{body.decode(errors='replace') or status.name}")
+            raise TransportError(f"resume refused by {self.server}: {Status.OK.name}")
         self.attachment = via
         driver.attach(proto)
         await self._move_datagrams(proto, via)
@@ -584,20 +559,12 @@ class Client:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, STANDBY_KEEPIDLE)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, STANDBY_KEEPINTVL)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, STANDBY_KEEPCNT)
-        raw = Preamble(TransportKind.STANDBY, self.config.suite, self.session_id).encode()
         self._standby_stamp += 1
-        stamp = self._standby_stamp
-        tag = self._standby_key.encrypt_with_nonce(stamp, raw, b"")
-        proto.write(raw + STANDBY_PROOF.pack(stamp, tag))
-        try:
-            status, body = await self._read_reply(proto, timeout)
-        except TransportError:
-            proto.abort()
-            raise
-        if status is not Status.OK:
-            proto.abort()
-            raise TransportError(f"{self.server} refused the standby via {via.name}: "
-                                 f"{body.decode(errors='replace') or status.name}")
+        opening = StandbyOpening(suite=self.config.suite, session_id=self.session_id,
+                                 key=self._standby_key, stamp=self._standby_stamp,
+                                 server=self.server, via=via.name)
+        proto.write(opening.start())
+        await self._reply(proto, opening, timeout)
         self.drop_standby()
         self.standby = (via, proto)
         log.info("standby transport via %s parked at %s", via.name, self.server)
