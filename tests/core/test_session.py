@@ -146,7 +146,7 @@ def test_data_beyond_credit_is_a_flow_control_error() -> None:
     cid = p.open()
     p.run(3)
     # One record holding more DATA than the 1 MiB window the server granted.
-    seq = p.client._next_seq
+    seq = p.client.replay.next_seq
     record = b"".join(fr.encode_data(seq + i, cid, b"a" * fr.MAX_DATA_CHUNK) for i in range(20))
     with pytest.raises(ProtocolError) as info:
         p.server.receive_payload(record, p.now)
@@ -498,4 +498,6 @@ def test_the_slow_keepalive_is_never_faster_than_the_fast_one() -> None:
     s.transport_attached(0.0, resume=False)
     s.handle_timer(6.0)  # no reliable frame for idle_after: idle
     assert s.idle
-    assert s._ping_interval() == 30.0
+    s.payloads_to_send(6.0)
+    # The next PING is due a whole fast keepalive after the last (at 0).
+    assert s.get_timer() == 30.0

@@ -79,7 +79,7 @@ def test_compressed_data_without_negotiation_is_a_protocol_error() -> None:
     p.run(3)
     obj = zstandard.ZstdCompressor().compressobj()
     payload = obj.compress(b"hello" * 100) + obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-    frame = fr.encode_data(p.client._next_seq, cid, payload, fr.FLAG_COMPRESSED)
+    frame = fr.encode_data(p.client.replay.next_seq, cid, payload, fr.FLAG_COMPRESSED)
     with pytest.raises(ProtocolError, match="compressed DATA was not negotiated") as info:
         p.server.receive_payload(frame, p.now)
     assert info.value.code is CloseCode.PROTOCOL_ERROR
@@ -142,14 +142,14 @@ def test_resume_with_compression_resends_the_same_bytes() -> None:
     p.write(cid, data)
     p.in_flight()
     first_sent = {seq: bytes(head) + bytes(body)
-                  for seq, _, head, body in p.client._unacked or ()}
+                  for seq, _, head, body in p.client.replay.unacked or ()}
     p.break_transport(keep_to_server=3)
     p.reattach()
     (resume,) = p.client.payloads_to_send(p.now)
     p.server.receive_payload(resume, p.now)
     for payload in p.server.payloads_to_send(p.now):
         p.client.receive_payload(payload, p.now)
-    resent = list(p.client._pending or ())
+    resent = list(p.client.replay.pending or ())
     assert resent
     assert all(first_sent[seq] == bytes(head) + bytes(body)
                for seq, _, head, body in resent if seq in first_sent)
@@ -169,7 +169,7 @@ def test_compressed_data_beyond_the_frame_limit_is_refused() -> None:
     p = Pair(compression=ZSTD3)
     cid = p.open()
     p.run(3)
-    frame = fr.encode_data(p.client._next_seq, cid, _bomb(50_000_000), fr.FLAG_COMPRESSED)
+    frame = fr.encode_data(p.client.replay.next_seq, cid, _bomb(50_000_000), fr.FLAG_COMPRESSED)
     with pytest.raises(ProtocolError, match=f"expands beyond {fr.MAX_DATA_CHUNK} bytes") as info:
         p.server.receive_payload(frame, p.now)
     assert info.value.code is CloseCode.PROTOCOL_ERROR
@@ -179,7 +179,7 @@ def test_compressed_data_beyond_the_credit_is_a_flow_control_error() -> None:
     p = Pair(SessionConfig(channel_window=16 * 1024), compression=ZSTD3)
     cid = p.open()
     p.run(3)
-    frame = fr.encode_data(p.client._next_seq, cid, _bomb(20_000), fr.FLAG_COMPRESSED)
+    frame = fr.encode_data(p.client.replay.next_seq, cid, _bomb(20_000), fr.FLAG_COMPRESSED)
     with pytest.raises(ProtocolError, match="beyond its 16384 bytes of credit") as info:
         p.server.receive_payload(frame, p.now)
     assert info.value.code is CloseCode.FLOW_CONTROL
@@ -189,7 +189,7 @@ def test_corrupt_compressed_data_closes_with_a_protocol_error() -> None:
     p = Pair(compression=ZSTD3)
     cid = p.open()
     p.run(3)
-    frame = fr.encode_data(p.client._next_seq, cid, MAGIC + b"\xee" * 30, fr.FLAG_COMPRESSED)
+    frame = fr.encode_data(p.client.replay.next_seq, cid, MAGIC + b"\xee" * 30, fr.FLAG_COMPRESSED)
     with pytest.raises(ProtocolError, match=f"channel {cid}: compressed DATA does not"):
         p.server.receive_payload(frame, p.now)
 
@@ -350,6 +350,6 @@ def test_a_history_flag_that_was_not_negotiated_is_a_protocol_error() -> None:
     cid = p.open()
     p.run(3)
     frame = fr.encode_data(50, cid, b"x" * 100, fr.FLAG_HISTORY)
-    p.client._next_seq = 51  # as if the client had sent frames up to 50
+    p.client.replay.next_seq = 51  # as if the client had sent frames up to 50
     with pytest.raises(ProtocolError, match="history that was not negotiated"):
-        p.server._reliable(fr.decode_frames(frame)[0])  # type: ignore[arg-type]
+        p.server.channels.receive(fr.decode_frames(frame)[0])  # type: ignore[arg-type]

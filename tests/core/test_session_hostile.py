@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from roam.core import events as ev
 from roam.core import frames as fr
 from roam.core.compress import AUTO
-from roam.core.session import _MAX_PINGS, Session, SessionConfig
-from roam.core.states import SessionState
+from roam.core.liveness import MAX_PINGS as _MAX_PINGS
+from roam.core.session import Session, SessionConfig
+from roam.core.states import ChannelState, SessionState
 from roam.errors import CloseCode, ProtocolError
 
 U32 = 2**32 - 1
@@ -115,9 +116,9 @@ def held(session: Session) -> dict[str, int]:
     return {
         "channels": len(session.channel_ids()),
         "replay_bytes": session.statistics().replay_bytes,
-        "replay_frames": len(session._pending or ()) + len(session._unacked or ()),
+        "replay_frames": len(session.replay.pending or ()) + len(session.replay.unacked or ()),
         "control": len(session._control),
-        "round_robin": len(session._rr or ()),
+        "round_robin": len(session.channels.rr or ()),
         "events": len(session._events),
     }
 
@@ -323,7 +324,7 @@ def test_an_open_flood_acknowledged_holds_nothing() -> None:
             assert isinstance(e, ev.ChannelOpenRequested)
             session.refuse_channel(e.channel, CloseCode.NOT_ALLOWED, "this side opens nothing")
         session.payloads_to_send(1.0)
-        peer.send(fr.encode(fr.Ack(session._next_seq - 1)))
+        peer.send(fr.encode(fr.Ack(session.replay.next_seq - 1)))
     assert held(session) == {"channels": 0, "replay_bytes": 0, "replay_frames": 0,
                              "control": 0, "round_robin": 0, "events": 0}
 
@@ -441,7 +442,7 @@ class Scenario:
 
     def channel(self, mode: str) -> int:
         session, peer = self.session, self.peer
-        own = [c for c in session.channel_ids() if c % 2 == session._next_channel % 2]
+        own = [c for c in session.channel_ids() if c % 2 == session.channels.next_id % 2]
         if mode == "ours" and own:
             return own[-1]
         if mode == "theirs" and peer.opened:
@@ -449,7 +450,7 @@ class Scenario:
         if mode == "new":
             return peer.next_channel
         if mode == "unused-ours":
-            return session._next_channel + 2
+            return session.channels.next_id + 2
         return 0 if mode == "zero" else U32
 
     def frame(self, spec: Spec) -> bytes:
@@ -459,7 +460,7 @@ class Scenario:
             # An honest peer's first frame on a resumed transport.
             mark = self.peer.next_seq - 1
             cls = fr.Resumed if session.is_client else fr.Resume
-            return fr.encode(cls(min(mark, session._next_seq - 1) if n % 2 else 0))
+            return fr.encode(cls(min(mark, session.replay.next_seq - 1) if n % 2 else 0))
         if bad >= self.hostility:
             return self.honest(kind, n, data)
         return self.hostile(kind, seqmode, chanmode, n, data, flags)
@@ -467,10 +468,10 @@ class Scenario:
     def honest(self, kind: str, n: int, data: bytes) -> bytes:
         """The frame of this kind an honest peer could send now, else a PING."""
         session, peer = self.session, self.peer
-        channels = list(session._channels.values())
+        channels = list(session.channels.by_id.values())
         small = n & 0xFFFF
         if kind == "ack":
-            return fr.encode(fr.Ack(max(0, session._next_seq - 1 - n % 3)))
+            return fr.encode(fr.Ack(max(0, session.replay.next_seq - 1 - n % 3)))
         if kind == "pong":
             return fr.encode(fr.Pong(n & U64))
         if kind == "pings":  # legal, however many: the PONGs queue while nothing is sent
@@ -485,22 +486,26 @@ class Scenario:
             if kind == "open_ok":
                 return peer.reliable(fr.OpenOk, cid, small)
             return peer.reliable(fr.OpenFail, cid, CloseCode.CONNECT_FAILED, "no")
-        streams = [c for c in channels if c.opened and not c.fin_received
+        streams = [c for c in channels
+                   if c.state in (ChannelState.OPEN, ChannelState.HALF_CLOSED_LOCAL)
                    and c.kind is fr.ChannelKind.STREAM]
+        # WINDOW comes from a peer that has the channel open (credit for
+        # our direction): never for an OPEN it has not answered.
+        flowing = [c for c in channels if c.opened]
         if kind == "data" and streams:
             ch = streams[n % len(streams)]
             chunk = data[:ch.recv_left]
             if chunk:
-                flags = fr.FLAG_HISTORY if session._recv_history is not None else 0
+                flags = fr.FLAG_HISTORY if session.channels.recv_history is not None else 0
                 return peer.reliable(fr.Data, ch.id, flags, chunk)
         if kind == "fin" and streams:
             return peer.reliable(fr.Fin, streams[n % len(streams)].id)
-        if kind == "window" and channels:
-            ch = channels[n % len(channels)]
+        if kind == "window" and flowing:
+            ch = flowing[n % len(flowing)]
             increment = min(small, 2**32 - ch.credit)
             return peer.reliable(fr.Window, ch.id, increment)
-        if kind == "windows" and channels:  # legal too: grants of nothing
-            cid = channels[n % len(channels)].id
+        if kind == "windows" and flowing:  # legal too: grants of nothing
+            cid = flowing[n % len(flowing)].id
             return b"".join(peer.reliable(fr.Window, cid, 0)
                             for _ in range(1 + n % 100))
         if kind == "reset" and channels:

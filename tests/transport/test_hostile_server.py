@@ -29,9 +29,13 @@ import pytest
 
 from roam.core import frames as fr
 from roam.core.compress import OFF
+from roam.core.liveness import MAX_PINGS as _MAX_PINGS
 from roam.core.preamble import (
+    ACCEPTED,
     HANDSHAKE_LEN,
     PREAMBLE,
+    PROLOGUE,
+    REFUSED,
     REPLY,
     Preamble,
     Status,
@@ -39,7 +43,7 @@ from roam.core.preamble import (
     decode_preamble,
     encode_reply,
 )
-from roam.core.session import _MAX_PINGS, Session, SessionConfig
+from roam.core.session import Session, SessionConfig
 from roam.core.states import SessionState
 from roam.crypto.keys import generate_private_key, public_key
 from roam.crypto.noise import CipherState, HandshakeState
@@ -48,7 +52,6 @@ from roam.errors import CloseCode, HandshakeError, RoamError, ServerBusy, Transp
 from roam.interfaces.forward import ForwardSpec
 from roam.interfaces.reverse import ReverseForwards
 from roam.transport.client import Client, ClientConfig
-from roam.transport.server import ACCEPTED, PROLOGUE, REFUSED
 
 T = TypeVar("T")
 
@@ -361,9 +364,9 @@ def footprint(session: Session) -> dict[str, int]:
     return {
         "channels": len(session.channel_ids()),
         "replay_bytes": session.statistics().replay_bytes,
-        "replay_frames": len(session._pending or ()) + len(session._unacked or ()),
+        "replay_frames": len(session.replay.pending or ()) + len(session.replay.unacked or ()),
         "control": len(session._control),
-        "round_robin": len(session._rr or ()),
+        "round_robin": len(session.channels.rr or ()),
         "events": len(session._events),
     }
 
@@ -1148,7 +1151,7 @@ async def _stall_the_client(client: Client, peer: Peer) -> int:
     client.driver.schedule()
     await until(lambda: client.driver is not None and client.driver.proto is not None
                 and client.driver.proto.write_paused, "the client's writes stalled")
-    await until(lambda: session._channels[cid].credit == 0, "the credit spent")
+    await until(lambda: session.channels.by_id[cid].credit == 0, "the credit spent")
     return cid
 
 
@@ -1220,7 +1223,7 @@ def test_a_flood_of_window_frames_grants_credit_and_holds_nothing() -> None:
             await until(seen_all(client, peer), "every record opened")
             await until(lambda: footprint(core(client))["replay_frames"] == 0,
                         "everything acknowledged")
-            assert core(client)._channels[cid].credit == 25_000 - 1000
+            assert core(client).channels.by_id[cid].credit == 25_000 - 1000
             assert footprint(core(client))["round_robin"] == 0
             assert core(client).state is SessionState.ATTACHED
         finally:

@@ -1,10 +1,16 @@
-"""The session, sans-IO: channels, sequence numbers, replay buffer, resume.
+"""The session, sans-IO: its transport, records, resume and handover.
 
 The driver feeds it record plaintexts (`receive_payload`), the time
 (`handle_timer`) and application calls (`open_channel`, `send`, ...); it pulls
-record plaintexts to send (`payloads_to_send`), events (`next_event`) and the
+record plaintexts to send (`records_to_send`), events (`take_events`) and the
 next deadline (`get_timer`). It never touches a socket or reads a clock:
 every method that depends on time takes `now` (seconds, any monotonic origin).
+
+It is made of one idea per module:
+- roam.core.channels: the channels, their credit, DATA and compression;
+- roam.core.replay: the replay buffer of numbered reliable frames;
+- roam.core.liveness: PING, PONG, the RTT and the dead time;
+- roam.core.states: the session's and the channels' transition tables.
 
 Reliability: each reliable frame gets the next sequence number of this
 direction and stays in the replay buffer until the peer acknowledges it.
@@ -16,12 +22,6 @@ Backpressure: the replay buffer holds at most `replay_limit` bytes; past
 that, channel data waits in per-channel buffers of `channel_send_buffer`
 bytes, and `send_room()` tells the driver to stop reading the application.
 Per-channel credit (WINDOW) keeps one slow reader from stalling the others.
-
-Compression, when the handshake negotiated it: DATA payloads are compressed
-once, when the frame is built, and the encoded frame is what the replay
-buffer keeps and resends; a compressed payload is decompressed only when
-its frame first arrives in order (`roam.core.compress` says why that
-matters).
 """
 
 from __future__ import annotations
@@ -31,20 +31,15 @@ from dataclasses import dataclass
 
 from roam.core import events as ev
 from roam.core import frames as fr
-from roam.core.compress import (
-    AUTO_MIN_RTT,
-    ChannelCompressor,
-    ChannelDecompressor,
-    CompressionMode,
-    Compressor,
-    History,
-    OutputTooLarge,
-)
+from roam.core.channels import Channels
+from roam.core.compress import AUTO_MIN_RTT, CompressionMode, Compressor, History
+from roam.core.liveness import MAX_PINGS, Liveness
+from roam.core.replay import Buffer, ReplayBuffer
 from roam.core.rtt import RttEstimator
-from roam.core.sendbuffer import SendBuffer
 from roam.core.states import SessionInput, SessionState, next_state
 from roam.errors import CloseCode, ProtocolError
 
+__all__ = ["Buffer", "Session", "SessionConfig", "SessionStatistics"]
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
@@ -92,27 +87,13 @@ class SessionConfig:
     # (roam.core.compress.AUTO_MIN_RTT says why).
     auto_compress_min_rtt: float = AUTO_MIN_RTT
 
-
-# A piece of a record's plaintext: frames are built once and kept in the
-# replay buffer as they are; a DATA frame's payload is a view of the
-# application's read (roam.core.sendbuffer).
-Buffer = bytes | memoryview
-# A reliable frame in the replay buffer: (seq, size, head, body). `body` is a
-# DATA frame's payload (empty for every other frame) and `head` the rest.
-Entry = tuple[int, int, bytes, Buffer]
-
-# Pings outstanding at once; a silent path is declared dead long before more.
-_MAX_PINGS = 32
 # PINGs and PONGs waiting in the control queue at most. They leave with the
 # next records, so an honest peer never gets near this: only a transport
 # whose writes stall while the peer keeps pinging (a peer that sends and
 # never reads) would have us queue a PONG per PING it sends, without end.
-# The peer waits for at most _MAX_PINGS answers, so more queued ones answer
+# The peer waits for at most MAX_PINGS answers, so more queued ones answer
 # pings it has forgotten.
-_MAX_PROBES = _MAX_PINGS
-# Datagrams a channel holds while its OPEN is unanswered (a DNS client's
-# first query and a retry or two); later ones are dropped, as UDP may.
-_EARLY_DATAGRAMS = 8
+_MAX_PROBES = MAX_PINGS
 # Datagram bytes queued for the current transport at most; beyond, datagrams
 # are dropped rather than delay the stream data behind them.
 _DATAGRAM_QUEUE = 256 * 1024
@@ -122,8 +103,6 @@ _DATAGRAM_QUEUE = 256 * 1024
 # round trip, doubling after: records that grow the same way reach the
 # application a round trip at a time instead of all after the largest.
 _FIRST_RECORD = 4 * 1024
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,50 +129,14 @@ class SessionStatistics:
     payload_bytes_received: int
 
 
-class _Channel:
-    __slots__ = ("compressor", "consumed", "credit", "decompressor", "early", "fin_pending",
-                 "fin_received", "fin_sent", "id", "kind", "local", "opened", "recv_left",
-                 "send_buf")
-
-    def __init__(self, cid: int, kind: fr.ChannelKind, local: bool, window: int) -> None:
-        self.id = cid
-        self.kind = kind
-        self.local = local  # opened by this side
-        self.opened = False
-        self.credit = 0  # bytes the peer still accepts from us
-        self.recv_left = window  # bytes we still accept from the peer
-        self.consumed = 0  # bytes the application took, not yet granted back
-        self.send_buf = SendBuffer()
-        self.fin_pending = False
-        self.fin_sent = False
-        self.fin_received = False
-        self.early: list[bytes] = []  # datagrams waiting for OPEN_OK
-        # Streams of compressed DATA, made when first needed.
-        self.compressor: ChannelCompressor | None = None
-        self.decompressor: ChannelDecompressor | None = None
-
-
-def _release(ch: _Channel) -> None:
-    """A closed channel's compression context goes back to its session."""
-    if ch.compressor is not None:
-        ch.compressor.release()
-        ch.compressor = None
-    ch.decompressor = None
-
-
 class Session:
     # A server holds one per session for as long as it lives, idle or not:
-    # slots, where an instance dict of this many attributes (past the 30 that
-    # share keys) cost about 1.5 KiB.
-    __slots__ = ("_ack_due", "_ack_sent", "_active_since", "_channels", "_close_sent",
-                 "_compressor", "_control", "_control_alone", "_datagram_bytes",
-                 "_detached_since", "_drained", "_events", "_idle", "_last_activity",
-                 "_last_ping", "_last_received", "_next_channel", "_next_seq",
-                 "_peer_max_channel", "_pending", "_ping_token", "_pings", "_probes", "_received",
-                 "_record_limit", "_recv_history", "_replay_bytes", "_rr", "_rtt",
-                 "_send_history", "_unacked", "_unacked_bytes", "bytes_received", "bytes_sent",
-                 "config", "datagrams_received", "datagrams_sent", "frames_resent", "is_client",
-                 "payload_bytes_received", "payload_bytes_sent", "resumes", "state")
+    # slots, where an instance dict would cost about 1.5 KiB.
+    __slots__ = ("_ack_due", "_ack_sent", "_active_since", "_close_sent", "_control",
+                 "_control_alone", "_datagram_bytes", "_detached_since", "_drained", "_events",
+                 "_idle", "_last_activity", "_live", "_probes", "_received", "_record_limit",
+                 "_unacked_bytes", "channels", "config", "datagrams_received", "datagrams_sent",
+                 "frames_resent", "is_client", "replay", "resumes", "state")
 
     def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None,
                  compression: CompressionMode | None = None, history: bool = False) -> None:
@@ -202,42 +145,30 @@ class Session:
         from the peer is accepted. `history`: the handshake negotiated
         ZSTD_HISTORY (streams primed with each direction's recent data)."""
         self.is_client = is_client
-        self.config = config or SessionConfig()
-        self._compressor: Compressor | None = None
-        self._send_history: History | None = None
-        self._recv_history: History | None = None
+        self.config = config = config or SessionConfig()
+        compressor: Compressor | None = None
+        send_history = recv_history = None
         if compression is not None and compression.enabled:
             if history:
-                self._send_history, self._recv_history = History(), History()
-            self._compressor = Compressor(compression, history=self._send_history,
-                                          auto_min_rtt=self.config.auto_compress_min_rtt)
+                send_history, recv_history = History(), History()
+            compressor = Compressor(compression, history=send_history,
+                                    auto_min_rtt=config.auto_compress_min_rtt)
         self.state = SessionState.DETACHED
-        self._channels: dict[int, _Channel] = {}
-        # Client channels are odd, server channels even, so both may open.
-        self._next_channel = 1 if is_client else 2
-        self._peer_max_channel = 0
-        self._next_seq = 1
-        # Reliable frames not yet sent, and sent but not yet acknowledged. Made
-        # when first needed and dropped again when an idle session's keepalive
-        # finds both empty: an empty deque is 0.6 KiB, and a server holds
-        # thousands of idle sessions.
-        self._pending: deque[Entry] | None = None
-        self._unacked: deque[Entry] | None = None
-        self._replay_bytes = 0
+        # A list: an idle session holds it empty (an empty deque is 0.6 KiB),
+        # and the driver drains it after every read.
+        self._events: list[ev.Event] = []
+        self.replay = ReplayBuffer()
+        self.channels = Channels(config, self.replay, self._events, is_client=is_client,
+                                 compressor=compressor, send_history=send_history,
+                                 recv_history=recv_history)
+        self.channels.send_datagram = self.send_datagram
+        self._live = Liveness(now)
         self._control: list[bytes] = []  # unreliable frames for the current transport
         self._probes = 0  # PINGs and PONGs among them (_MAX_PROBES says why)
         self._received = 0  # highest reliable seq received in order
         self._ack_sent = 0
         self._unacked_bytes = 0  # reliable bytes received since our last ACK
         self._ack_due: float | None = None  # when a standalone ACK must go
-        # A list: an idle session holds it empty (an empty deque is 0.6 KiB),
-        # and the driver drains it after every read.
-        self._events: list[ev.Event] = []
-        self._rtt = RttEstimator()
-        self._pings: dict[int, float] = {}  # token -> when sent
-        self._ping_token = 0
-        self._last_received = now
-        self._last_ping = now
         # Reliable frames either way keep a session active (fast keepalive,
         # short dead time); the silence that counts as death is measured from
         # the later of the last arrival and the moment the session woke up.
@@ -245,8 +176,6 @@ class Session:
         self._active_since = now
         self._idle = False
         self._detached_since: float | None = now
-        # Channels with data waiting, round-robin; made when first needed.
-        self._rr: deque[int] | None = None
         self._close_sent = False
         # After a resume the control frames (RESUMED, ACK) leave in a record
         # of their own: a new TCP connection starts with a 10-segment window
@@ -255,15 +184,11 @@ class Session:
         self._control_alone = False
         self._record_limit = _FIRST_RECORD
         self._drained = False  # server: HANDOVER_READY is out; nothing more on this transport
-        self.bytes_sent = 0
-        self.bytes_received = 0
         self.frames_resent = 0
         self.resumes = 0
         self.datagrams_sent = 0
         self.datagrams_received = 0
         self._datagram_bytes = 0
-        self.payload_bytes_sent = 0
-        self.payload_bytes_received = 0
 
     # ---- transports ------------------------------------------------------
 
@@ -279,11 +204,9 @@ class Session:
         self._control.clear()
         self._probes = 0
         self._datagram_bytes = 0
-        self._pings.clear()
-        self._rtt.new_path()
+        self._live.new_transport(now)
         self._drained = False
         self._record_limit = _FIRST_RECORD
-        self._last_received = now
         self._detached_since = None
         if not resume:
             self.state = next_state(self.state, SessionInput.NEW_TRANSPORT)
@@ -304,7 +227,17 @@ class Session:
     @property
     def last_received(self) -> float:
         """When the last record arrived (the `now` of that call)."""
-        return self._last_received
+        return self._live.last_received
+
+    @property
+    def bytes_sent(self) -> int:
+        """Application bytes sent on every channel (before compression)."""
+        return self.channels.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        """Application bytes received on every channel (after decompression)."""
+        return self.channels.bytes_received
 
     @property
     def closed(self) -> bool:
@@ -312,7 +245,7 @@ class Session:
 
     @property
     def rtt(self) -> RttEstimator:
-        return self._rtt
+        return self._live.rtt
 
     def begin_handover(self, token: int) -> None:
         """Client: start a soft handover; HANDOVER_BEGIN leaves on the current transport.
@@ -334,45 +267,41 @@ class Session:
 
     def open_channel(self, host: str, port: int,
                      kind: fr.ChannelKind = fr.ChannelKind.STREAM) -> int:
-        cid = self._next_channel
-        self._next_channel += 2
-        ch = _Channel(cid, kind, True, self.config.channel_window)
-        self._channels[cid] = ch
-        self._queue(fr.Open(self._seq(), cid, kind, self.config.channel_window, host, port))
-        return cid
+        return self.channels.open(host, port, kind)
 
     def accept_channel(self, cid: int) -> None:
-        ch = self._channels.get(cid)
-        if ch is None or ch.local or ch.opened:
-            return  # the peer reset it meanwhile
-        ch.opened = True
-        self._queue(fr.OpenOk(self._seq(), cid, self.config.channel_window))
-        if ch.send_buf or ch.fin_pending:
-            self._wake(cid)
+        self.channels.accept(cid)
 
     def refuse_channel(self, cid: int, code: CloseCode, reason: str) -> None:
-        if self._channels.pop(cid, None) is not None:
-            self._queue(fr.OpenFail(self._seq(), cid, code, reason))
+        self.channels.refuse(cid, code, reason)
 
     def send(self, cid: int, data: bytes | memoryview) -> None:
         """Queue application bytes; a channel the peer already reset drops them."""
-        ch = self._channels.get(cid)
-        if ch is None or ch.fin_pending:
-            return
-        if not ch.send_buf and ch.opened:
-            self._wake(cid)
-        ch.send_buf.append(data)
+        self.channels.send(cid, data)
+
+    def send_room(self, cid: int) -> int:
+        """How many more bytes the driver may read from the application now."""
+        return self.channels.send_room(cid)
+
+    def end_channel(self, cid: int) -> None:
+        """The application half-closed: FIN after the buffered data."""
+        self.channels.end(cid)
+
+    def reset_channel(self, cid: int, code: CloseCode = CloseCode.RESET_BY_APPLICATION) -> None:
+        self.channels.reset(cid, code)
+
+    def consumed(self, cid: int, n: int) -> None:
+        """The application took n delivered bytes: grant the peer more credit."""
+        self.channels.consumed(cid, n)
+
+    def channel_ids(self) -> list[int]:
+        return self.channels.ids()
 
     def send_datagram(self, cid: int, data: bytes) -> bool:
         """Queue one datagram; False when it was dropped (unknown channel, no room)."""
-        ch = self._channels.get(cid)
-        if ch is None or ch.kind is not fr.ChannelKind.DATAGRAM or len(data) > fr.MAX_DATA_CHUNK:
-            return False
-        if not ch.opened:
-            if len(ch.early) >= _EARLY_DATAGRAMS:
-                return False
-            ch.early.append(data)
-            return True
+        ch = self.channels.datagram(cid, data)
+        if ch is None:
+            return self.channels.hold(cid, data)
         if self.state is not SessionState.ATTACHED or self._datagram_bytes > _DATAGRAM_QUEUE:
             return False  # no transport now: a datagram may be lost, never delayed for long
         frame = fr.encode(fr.Dgram(cid, data))
@@ -385,61 +314,21 @@ class Session:
         """The DGRAM frame for a datagram that may take the datagram transport;
         None when it must go through `send_datagram` (channel not open yet) or
         be dropped (not a datagram channel)."""
-        ch = self._channels.get(cid)
-        if (ch is None or ch.kind is not fr.ChannelKind.DATAGRAM or not ch.opened
-                or len(data) > fr.MAX_DATA_CHUNK or self.state is SessionState.CLOSED):
+        if self.state is SessionState.CLOSED or self.channels.datagram(cid, data) is None:
             return None
         return fr.encode(fr.Dgram(cid, data))
 
     def receive_datagram(self, frame: fr.Dgram) -> None:
         """A DGRAM frame from the datagram transport (already authenticated)."""
         if self.state is not SessionState.CLOSED:
-            self._datagram(frame)
-
-    def send_room(self, cid: int) -> int:
-        """How many more bytes the driver may read from the application now."""
-        ch = self._channels.get(cid)
-        if ch is None:
-            return 0
-        return max(0, self.config.channel_send_buffer - ch.send_buf.size)
-
-    def end_channel(self, cid: int) -> None:
-        """The application half-closed: FIN after the buffered data."""
-        ch = self._channels.get(cid)
-        if ch is None or ch.fin_pending:
-            return
-        ch.fin_pending = True
-        if ch.opened and not ch.send_buf:
-            self._wake(cid)
-
-    def reset_channel(self, cid: int, code: CloseCode = CloseCode.RESET_BY_APPLICATION) -> None:
-        ch = self._channels.pop(cid, None)
-        if ch is not None:
-            _release(ch)
-            self._queue(fr.Reset(self._seq(), cid, code))
-
-    def consumed(self, cid: int, n: int) -> None:
-        """The application took n delivered bytes: grant the peer more credit."""
-        ch = self._channels.get(cid)
-        if ch is None:
-            return
-        ch.consumed += n
-        # Granting at a quarter of the window keeps the pipe full without a
-        # WINDOW frame per read.
-        if ch.consumed >= self.config.channel_window // 4 and not ch.fin_received:
-            ch.recv_left += ch.consumed
-            self._queue(fr.Window(self._seq(), cid, ch.consumed))
-            ch.consumed = 0
-
-    def channel_ids(self) -> list[int]:
-        return list(self._channels)
+            self.channels.receive_datagram(frame)
 
     def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         """End the session: CLOSE goes out with the next payloads."""
         if self.state is SessionState.CLOSED or self._close_sent:
             return
         self._close_sent = True
-        self._queue(fr.Close(self._seq(), code, reason))
+        self.replay.queue(fr.Close(self.replay.seq(), code, reason))
         self._closed(code, reason, SessionInput.CLOSE)
 
     # ---- output ----------------------------------------------------------
@@ -459,25 +348,29 @@ class Session:
         `budget` bytes of reliable frames: the rest stays in the replay
         buffer, not in a transport's write buffer as a second copy.
         """
-        if self.state is SessionState.DETACHED:
+        state = self.state
+        if state is SessionState.DETACHED:
             return []
-        if self.state is SessionState.RESUMING:
+        if state is SessionState.RESUMING:
             out: list[list[Buffer]] = [list(self._control)] if self._control else []
             self._control = []
             self._probes = 0
             return out
-        if self.state is SessionState.DRAINING:
+        if state is SessionState.DRAINING:
             return self._drain_payload()
-        if not (self._rr or self._pending or self._control or self._ack_wanted(now)):
+        replay = self.replay
+        channels = self.channels
+        if not (channels.rr or replay.pending or self._control or self._ack_wanted(now)):
             return []  # the usual answer to a flush after a read: nothing
-        if self.state is SessionState.ATTACHED:
-            self._fill_data()
+        if state is SessionState.ATTACHED:
+            channels.fill(self._record_limit, self._live.rtt.min_rtt)
         elif not self._close_sent:
             return []
         records: list[list[Buffer]] = []
         parts: list[Buffer] = []
         size = 0
-        if ((self._received > self._ack_sent and (self._pending or self._control))
+        pending = replay.pending
+        if ((self._received > self._ack_sent and (pending or self._control))
                 or self._ack_wanted(now)):
             # An ACK rides on what goes anyway, or goes alone when due.
             ack = fr.encode_ack(self._received)
@@ -498,13 +391,12 @@ class Session:
             self._control_alone = False
         max_record = self.config.max_record_payload
         limit = min(self._record_limit, max_record)
-        pending = self._pending
         if pending:
             self._note_activity(now)
-            unacked = self._unacked
+            unacked = replay.unacked
             if unacked is None:
-                unacked = self._unacked = deque()
-            room = budget if budget is not None else self._replay_bytes
+                unacked = replay.unacked = deque()
+            room = budget if budget is not None else replay.bytes
             while pending and room > 0:
                 item = pending.popleft()
                 unacked.append(item)
@@ -548,81 +440,12 @@ class Session:
             self._drained = True
         return [parts] if parts else []
 
-    def _fill_data(self) -> None:
-        """Turn buffered channel bytes into DATA frames while the replay buffer has room."""
-        rr = self._rr
-        if rr is None:
-            return
-        limit = self.config.replay_limit
-        compressor = self._compressor
-        if compressor is not None and not compressor.wanted(self._rtt.min_rtt):
-            compressor = None  # auto, on a path faster than zstd
-        history = self._send_history
-        while rr and self._replay_bytes < limit:
-            cid = rr.popleft()
-            ch = self._channels.get(cid)
-            if ch is None or not ch.opened or ch.fin_sent:
-                continue
-            buf = ch.send_buf
-            if buf:
-                # Frames no larger than the record limit: right after an
-                # attach, a backlog must not become one 60 KiB frame that
-                # no small first record can hold.
-                n = min(len(buf), ch.credit, fr.MAX_DATA_CHUNK, self._record_limit)
-                if n == 0:
-                    continue  # re-queued when WINDOW arrives
-                chunk = buf.take(n)
-                ch.credit -= n
-                self.bytes_sent += n
-                flags = 0
-                if compressor is not None:
-                    # Credit counts the application's bytes, compressed or not.
-                    if ch.compressor is None:
-                        ch.compressor = compressor.channel()
-                    raw = chunk
-                    chunk, compressed = ch.compressor.compress(raw)
-                    flags = fr.FLAG_COMPRESSED if compressed else 0
-                    if history is not None:
-                        # After compressing: a frame's own stream starts from
-                        # the history before it, as its receiver's will.
-                        history.add(raw)
-                        flags |= fr.FLAG_HISTORY
-                self.payload_bytes_sent += len(chunk)
-                seq = self._seq()
-                head = fr.encode_data_header(seq, cid, len(chunk), flags)
-                entry = (seq, len(head) + len(chunk), head, chunk)
-                self._pend().append(entry)
-                self._replay_bytes += entry[1]
-            if buf:
-                rr.append(cid)
-            elif ch.fin_pending:
-                ch.fin_sent = True
-                self._queue(fr.Fin(self._seq(), cid))
-                self._maybe_finished(ch)
-
-    def _pend(self) -> deque[Entry]:
-        if self._pending is None:
-            self._pending = deque()
-        return self._pending
-
-    def _wake(self, cid: int) -> None:
-        """Channel `cid` has data (or a FIN) to send: queue it for _fill_data."""
-        if self._rr is None:
-            self._rr = deque()
-        self._rr.append(cid)
-
-    def _seq(self) -> int:
-        seq = self._next_seq
-        self._next_seq += 1
-        return seq
-
-    def _queue(self, frame: fr.ReliableFrame) -> None:
-        self._queue_raw(fr.encode(frame))
-
-    def _queue_raw(self, encoded: bytes) -> None:
-        # Called right after _seq() numbered the frame.
-        self._pend().append((self._next_seq - 1, len(encoded), encoded, b""))
-        self._replay_bytes += len(encoded)
+    @property
+    def has_pending(self) -> bool:
+        """Reliable frames are queued and not yet in a record: after a call to
+        records_to_send that gave records, another may give more (it stopped
+        at its budget); while draining or detached none may go."""
+        return bool(self.replay.pending)
 
     # ---- input -----------------------------------------------------------
 
@@ -632,7 +455,7 @@ class Session:
             return
         if self.state is SessionState.DETACHED:
             raise ProtocolError("record on a transport the session is not attached to")
-        self._last_received = now
+        self._live.last_received = now
         frames = fr.decode_frames(payload)
         self._unacked_bytes += len(payload)
         if self.state is SessionState.RESUMING:
@@ -641,6 +464,7 @@ class Session:
             if not isinstance(first, expected):
                 raise ProtocolError(f"expected {expected.__name__.upper()} first on a resumed "
                                     f"transport, got {type(first).__name__.upper()}")
+        channels = self.channels
         for frame in frames:
             if isinstance(frame, fr.RELIABLE_CLASSES):
                 if frame.seq <= self._received:
@@ -652,174 +476,27 @@ class Session:
                 if self._ack_due is None:
                     self._ack_due = now + self.config.ack_delay
                     self._note_activity(now)
-                self._reliable(frame)
+                if isinstance(frame, fr.Close):
+                    self._closed(frame.code, frame.reason, SessionInput.CLOSE_RECEIVED)
+                else:
+                    channels.receive(frame)
             else:
                 self._unreliable(frame, now)
             if self.closed:
                 return
 
-    def _reliable(self, frame: fr.ReliableFrame) -> None:
-        if isinstance(frame, fr.Data):
-            ch = self._peer_channel(frame.channel)
-            if ch is None:
-                return
-            if not ch.opened:
-                raise ProtocolError(f"DATA on channel {ch.id} before it was opened")
-            if ch.fin_received:
-                raise ProtocolError(f"DATA on channel {ch.id} after its FIN")
-            data = frame.payload
-            if frame.flags & fr.FLAG_COMPRESSED:
-                data = self._decompress(ch, data)
-            if frame.flags & fr.FLAG_HISTORY:
-                if self._recv_history is None:
-                    raise ProtocolError("DATA joins a compression history that was not "
-                                        "negotiated")
-                self._recv_history.add(data)
-            n = len(data)
-            if n > ch.recv_left:
-                raise ProtocolError(f"channel {ch.id} sent {n} bytes with {ch.recv_left} of "
-                                    "credit", CloseCode.FLOW_CONTROL)
-            ch.recv_left -= n
-            self.bytes_received += n
-            self.payload_bytes_received += len(frame.payload)
-            self._events.append(ev.DataReceived(ch.id, data))
-        elif isinstance(frame, fr.Window):
-            ch = self._peer_channel(frame.channel)
-            if ch is None:
-                return
-            if ch.credit + frame.increment > 2**32:
-                raise ProtocolError(f"channel {ch.id} credit overflow", CloseCode.FLOW_CONTROL)
-            # Not for an increment of 0: the credit stays 0, and each such
-            # WINDOW would queue the channel again (a peer's flood of them,
-            # while our writes stall, grew the round-robin queue without end).
-            if frame.increment and ch.credit == 0 and ch.send_buf:
-                self._wake(ch.id)
-            ch.credit += frame.increment
-        elif isinstance(frame, fr.Open):
-            self._peer_open(frame)
-        elif isinstance(frame, fr.OpenOk):
-            ch = self._peer_channel(frame.channel)
-            if ch is None:
-                return
-            if not ch.local or ch.opened:
-                raise ProtocolError(f"OPEN_OK for channel {ch.id} that was not awaiting one")
-            ch.opened = True
-            ch.credit = frame.window
-            if ch.send_buf or ch.fin_pending:
-                self._wake(ch.id)
-            self._events.append(ev.ChannelOpened(ch.id))
-            early, ch.early = ch.early, []
-            for datagram in early:
-                self.send_datagram(ch.id, datagram)
-        elif isinstance(frame, fr.OpenFail):
-            ch = self._peer_channel(frame.channel)
-            if ch is None:
-                return
-            if not ch.local or ch.opened:
-                raise ProtocolError(f"OPEN_FAIL for channel {ch.id} that was not awaiting one")
-            del self._channels[ch.id]
-            self._events.append(ev.ChannelOpenFailed(ch.id, frame.code, frame.reason))
-        elif isinstance(frame, fr.Fin):
-            ch = self._peer_channel(frame.channel)
-            if ch is None:
-                return
-            if ch.fin_received or not ch.opened:
-                raise ProtocolError(f"unexpected FIN on channel {ch.id}")
-            ch.fin_received = True
-            self._events.append(ev.EndOfStream(ch.id))
-            self._maybe_finished(ch)
-        elif isinstance(frame, fr.Reset):
-            ch = self._peer_channel(frame.channel)
-            if ch is not None:
-                del self._channels[ch.id]
-                _release(ch)
-                self._events.append(ev.ChannelReset(ch.id, frame.code))
-        else:  # Close
-            self._closed(frame.code, frame.reason, SessionInput.CLOSE_RECEIVED)
-
-    def _decompress(self, ch: _Channel, payload: bytes | memoryview) -> bytes:
-        """One compressed DATA payload, expanded within the channel's credit.
-
-        Only reached for a frame seen for the first time and in order (the
-        caller dropped duplicates by sequence number): the channel's zstd
-        stream must see each frame exactly once, as the sender's did.
-        """
-        if self._compressor is None:
-            raise ProtocolError("compressed DATA was not negotiated")
-        if ch.decompressor is None:
-            ch.decompressor = ChannelDecompressor()
-        try:
-            return ch.decompressor.decompress(payload, ch.recv_left, self._recv_history)
-        except OutputTooLarge:
-            if ch.recv_left < fr.MAX_DATA_CHUNK:
-                raise ProtocolError(f"channel {ch.id} sent compressed DATA expanding beyond "
-                                    f"its {ch.recv_left} bytes of credit",
-                                    CloseCode.FLOW_CONTROL) from None
-            raise ProtocolError(f"compressed DATA on channel {ch.id} expands beyond "
-                                f"{fr.MAX_DATA_CHUNK} bytes") from None
-        except ProtocolError as exc:
-            raise ProtocolError(f"channel {ch.id}: {exc}") from None
-
-    def _peer_open(self, frame: fr.Open) -> None:
-        cid = frame.channel
-        if cid % 2 == self._next_channel % 2:
-            raise ProtocolError(f"peer opened channel {cid}, which is ours to number")
-        if cid <= self._peer_max_channel:
-            raise ProtocolError(f"peer reused channel number {cid}")
-        ceiling = 2 * self.config.replay_limit
-        if self._replay_bytes >= ceiling:
-            # Every OPEN gets an answer (OPEN_OK or OPEN_FAIL), queued past
-            # the replay limit and held until the peer acknowledges it. Data
-            # stops at the limit, so twice the limit is reached only by a
-            # peer that keeps opening and does not acknowledge the answers:
-            # it would have us hold them without end.
-            raise ProtocolError(f"peer opened channel {cid} with {self._replay_bytes} bytes of "
-                                f"our frames unacknowledged (at most {ceiling} before it may "
-                                "open more)", CloseCode.FLOW_CONTROL)
-        if len(self._channels) >= self.config.max_channels:
-            self._peer_max_channel = cid
-            reason = f"too many channels (this session carries {self.config.max_channels} at most)"
-            self._queue(fr.OpenFail(self._seq(), cid, CloseCode.FLOW_CONTROL, reason))
-            self._events.append(ev.ChannelRefused(cid, CloseCode.FLOW_CONTROL, reason))
-            return
-        self._peer_max_channel = cid
-        ch = _Channel(cid, frame.kind, False, self.config.channel_window)
-        ch.credit = frame.window
-        self._channels[cid] = ch
-        self._events.append(ev.ChannelOpenRequested(cid, frame.kind, frame.host, frame.port))
-
-    def _peer_channel(self, cid: int) -> _Channel | None:
-        """The channel a peer frame names; None if it closed recently (frames cross)."""
-        ch = self._channels.get(cid)
-        if ch is not None:
-            return ch
-        ours = cid % 2 == self._next_channel % 2
-        known = cid < self._next_channel if ours else cid <= self._peer_max_channel
-        if cid == 0 or not known:
-            raise ProtocolError(f"frame for channel {cid}, which was never opened")
-        return None
-
-    def _maybe_finished(self, ch: _Channel) -> None:
-        if ch.fin_sent and ch.fin_received and self._channels.pop(ch.id, None) is not None:
-            _release(ch)
-            self._events.append(ev.ChannelClosed(ch.id))
-
     def _unreliable(self, frame: fr.Frame, now: float) -> None:
         if isinstance(frame, fr.Dgram):
             self.datagrams_received += 1  # on the stream transport
-            self._datagram(frame)
+            self.channels.receive_datagram(frame)
         elif isinstance(frame, fr.Ack):
-            self._acked(frame.received)
+            self.replay.acked(frame.received)
         elif isinstance(frame, fr.Ping):
             if self._probes < _MAX_PROBES:
                 self._probes += 1
                 self._control.append(fr.encode(fr.Pong(frame.token)))
         elif isinstance(frame, fr.Pong):
-            sent = self._pings.pop(frame.token, None)
-            if sent is not None:
-                self._rtt.sample(now - sent)
-                # Older pings were lost or overtaken; they will never count.
-                self._pings = {t: s for t, s in self._pings.items() if s > sent}
+            self._live.pong(frame.token, now)
         elif isinstance(frame, fr.HandoverBegin):
             if self.is_client:
                 raise ProtocolError("HANDOVER_BEGIN from the server")
@@ -835,8 +512,11 @@ class Session:
             self._events.append(ev.HandoverReady(frame.token))
         elif isinstance(frame, fr.Resume | fr.Resumed):
             attached = next_state(self.state, SessionInput.RESUME)
-            self._acked(frame.received)
-            self._resend_all()
+            self.replay.acked(frame.received)
+            frames, size = self.replay.resend_all()
+            self.frames_resent += frames
+            self.resumes += 1
+            self._events.append(ev.SessionResumed(frames, size))
             self._control_alone = True
             if not self.is_client:
                 self._control.insert(0, fr.encode(fr.Resumed(self._received)))
@@ -846,51 +526,14 @@ class Session:
         else:
             raise ProtocolError(f"{type(frame).__name__.upper()} frames are not handled yet")
 
-    def _datagram(self, frame: fr.Dgram) -> None:
-        ch = self._peer_channel(frame.channel)
-        if ch is None:
-            return
-        if ch.kind is not fr.ChannelKind.DATAGRAM or not ch.opened:
-            raise ProtocolError(f"DGRAM on channel {ch.id}, which is not an open datagram "
-                                "channel")
-        self._events.append(ev.DatagramReceived(ch.id, frame.payload))
-
-    def _acked(self, received: int) -> None:
-        if received >= self._next_seq:
-            raise ProtocolError(f"peer acknowledged {received}, beyond {self._next_seq - 1} sent")
-        unacked = self._unacked
-        while unacked and unacked[0][0] <= received:
-            self._replay_bytes -= unacked.popleft()[1]
-        if not unacked:
-            pending = self._pending
-            # After a resume the peer may acknowledge frames still queued to resend.
-            while pending and pending[0][0] <= received:
-                self._replay_bytes -= pending.popleft()[1]
-
-    def _resend_all(self) -> None:
-        resent = list(self._unacked or ())
-        self._unacked = None
-        if resent:
-            self._pend().extendleft(reversed(resent))
-        self.frames_resent += len(resent)
-        self.resumes += 1
-        self._events.append(ev.SessionResumed(len(resent), sum(entry[1] for entry in resent)))
-
     def _closed(self, code: CloseCode, reason: str, event: SessionInput) -> None:
         self.state = next_state(self.state, event)
         self._events.append(ev.SessionClosed(code, reason, event.from_peer))
 
     # ---- time ------------------------------------------------------------
 
-    def _dead_after(self) -> float:
-        dead = max(self.config.dead_floor, self.config.dead_rtos * self._rtt.rto)
-        return dead + self._idle_interval() if self._idle else dead
-
-    def _idle_interval(self) -> float:
-        return max(self.config.keepalive_interval, self.config.idle_keepalive_interval)
-
     def _silent_since(self) -> float:
-        return max(self._last_received, self._active_since)
+        return max(self._live.last_received, self._active_since)
 
     def _note_activity(self, now: float) -> None:
         if self._idle:
@@ -908,9 +551,11 @@ class Session:
     def get_timer(self) -> float | None:
         # Called after every read and write: plain comparisons, no min().
         state = self.state
+        live = self._live
         if state is SessionState.ATTACHED:
-            deadline = self._silent_since() + self._dead_after()
-            ping = self._last_ping + self._ping_interval()
+            deadline = self._silent_since() + live.dead_after(self.config, self._idle)
+            ping = live.last_ping + live.ping_interval(self.config, self._idle,
+                                                       bool(self.replay.unacked))
             if ping < deadline:
                 deadline = ping
             ack = self._ack_due
@@ -924,17 +569,10 @@ class Session:
             if limit is None or self._detached_since is None:
                 return None
             return self._detached_since + limit
-        deadline = self._silent_since() + self._dead_after()
+        deadline = self._silent_since() + live.dead_after(self.config, self._idle)
         if self._ack_due is not None and state is SessionState.DRAINING:
             deadline = min(deadline, self._ack_due)
         return deadline
-
-    def _ping_interval(self) -> float:
-        # While something is unanswered and the peer is quiet, probe every RTO
-        # so a dead path shows quickly; otherwise a keepalive now and then.
-        if (self._unacked or self._pings) and self._last_received < self._last_ping:
-            return self._rtt.rto
-        return self._idle_interval() if self._idle else self.config.keepalive_interval
 
     def handle_timer(self, now: float) -> None:
         if self.state is SessionState.DETACHED:
@@ -948,26 +586,24 @@ class Session:
             return
         if not self._idle and now - self._last_activity >= self.config.idle_after:
             self._idle = True
+        live = self._live
         silence = now - self._silent_since()
-        if silence >= self._dead_after():
+        if silence >= live.dead_after(self.config, self._idle):
             self.transport_lost(now)
             self._events.append(ev.TransportDead(silence))
             return
-        if self.state is SessionState.ATTACHED and now - self._last_ping >= self._ping_interval():
-            self._last_ping = now
+        if (self.state is SessionState.ATTACHED and now - live.last_ping
+                >= live.ping_interval(self.config, self._idle, bool(self.replay.unacked))):
             if self._probes < _MAX_PROBES:  # else our writes stall: it could not leave
-                self._ping_token += 1
-                if len(self._pings) >= _MAX_PINGS:
-                    self._pings.pop(next(iter(self._pings)))
-                self._pings[self._ping_token] = now
                 self._probes += 1
-                self._control.append(fr.encode(fr.Ping(self._ping_token)))
-            if not self._pending and not self._unacked:
-                # Nothing in flight at a keepalive: an idle session gives
-                # back its deques until it carries data again.
-                self._pending = self._unacked = None
-                if not self._rr:
-                    self._rr = None
+                self._control.append(fr.encode(fr.Ping(live.ping(now))))
+            else:
+                live.last_ping = now
+            # Nothing in flight at a keepalive: an idle session gives back
+            # its deques until it carries data again.
+            self.replay.release_if_empty()
+            if not self.replay.pending and not self.replay.unacked:
+                self.channels.release_rr_if_empty()
 
     # ---- events and statistics ---------------------------------------------
 
@@ -978,25 +614,22 @@ class Session:
         """Every event so far, in order, at once (what next_event would give one
         by one); events that handling them causes come with the next call."""
         events = self._events
-        if events:
-            self._events = []
-        return events
-
-    @property
-    def has_pending(self) -> bool:
-        """Reliable frames are queued and not yet in a record: after a call to
-        records_to_send that gave records, another may give more (it stopped
-        at its budget); while draining or detached none may go."""
-        return bool(self._pending)
+        if not events:
+            return []
+        taken = events.copy()
+        events.clear()  # the same list: the channels append to it too
+        return taken
 
     def statistics(self) -> SessionStatistics:
+        channels = self.channels
+        compressor = channels.compressor
         return SessionStatistics(
-            state=self.state.value, srtt=self._rtt.srtt, rto=self._rtt.rto,
-            channels=len(self._channels), replay_bytes=self._replay_bytes,
-            bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
+            state=self.state.value, srtt=self._live.rtt.srtt, rto=self._live.rtt.rto,
+            channels=len(channels), replay_bytes=self.replay.bytes,
+            bytes_sent=channels.bytes_sent, bytes_received=channels.bytes_received,
             frames_resent=self.frames_resent, resumes=self.resumes,
             datagrams_sent=self.datagrams_sent, datagrams_received=self.datagrams_received,
-            compression=str(self._compressor.mode) if self._compressor else "off",
-            payload_bytes_sent=self.payload_bytes_sent,
-            payload_bytes_received=self.payload_bytes_received,
+            compression=str(compressor.mode) if compressor else "off",
+            payload_bytes_sent=channels.payload_bytes_sent,
+            payload_bytes_received=channels.payload_bytes_received,
         )

@@ -1,11 +1,12 @@
-"""The session's states and every transition between them, in one table.
+"""Every state machine of roam's protocol, each as one transition table.
 
-h11's `_state.py` is the model: a state changes only through `next_state`,
-which looks the pair (state, input) up in `SESSION`; a pair that is not
-there is an error, a `ProtocolError` with its wire code when the input came
-from the peer, a `LocalError` when it was this side's own call. The table
-is the specification: docs/protocol.md's session table is generated from it
-(`python -m roam.core.states`), and a test walks every (state, input) pair.
+h11's `_state.py` and h2's stream table are the model: a state changes only
+through `Table.next`, which looks the pair (state, input) up; a pair that is
+not there is an error, a `ProtocolError` with its wire code when the input
+came from the peer, a `LocalError` when it was this side's own call. The
+tables are the specification: docs/protocol.md's state tables and diagrams
+are generated from them (`python -m roam.core.states`), and a test walks
+every (state, input) pair of each.
 
 Inputs a state ignores map to that same state (listed, so that "ignored"
 is a decision and not an omission).
@@ -14,9 +15,87 @@ is a decision and not an omission).
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 from roam.errors import CloseCode, LocalError, ProtocolError
+
+
+class Input(Enum):
+    """An input of a table; its value starts with "peer:" when it is a peer's frame."""
+
+    @property
+    def from_peer(self) -> bool:
+        return str(self.value).startswith("peer:")
+
+
+StateT = TypeVar("StateT", bound=Enum)
+InputT = TypeVar("InputT", bound=Input)
+
+
+@dataclass(frozen=True)
+class Table(Generic[StateT, InputT]):
+    """One state machine: its states, its inputs, and what each pair leads to."""
+
+    name: str
+    states: type[StateT]
+    inputs: type[InputT]
+    transitions: Mapping[tuple[StateT, InputT], StateT]
+    # What a peer input out of place is, for the error (the input's own
+    # description otherwise).
+    errors: Mapping[InputT, str]
+    # The wire code of a peer input out of place.
+    code: CloseCode = CloseCode.PROTOCOL_ERROR
+
+    def next(self, state: StateT, event: InputT, what: str = "") -> StateT:
+        """The state after `event` in `state`, or the error the table says it is.
+        `what` names the machine's instance in the error ("channel 3")."""
+        after = self.transitions.get((state, event))
+        if after is not None:
+            return after
+        subject = what or self.name
+        if event.from_peer:
+            raise ProtocolError(f"{self.errors.get(event, event.value)} ({subject} "
+                                f"{state.value})", self.code)
+        raise LocalError(f"{event.value}: not possible while the {subject} is {state.value}")
+
+    def markdown(self) -> str:
+        """The table as docs/protocol.md shows it: a row per state, a column per input."""
+        inputs = list(self.inputs)
+        rows = ["| state | " + " | ".join(i.name for i in inputs) + " |",
+                "|---" * (len(inputs) + 1) + "|"]
+        for state in self.states:
+            cells = []
+            for event in inputs:
+                after = self.transitions.get((state, event))
+                if after is None:
+                    cells.append("protocol error" if event.from_peer else "error")
+                else:
+                    cells.append("-" if after is state else after.name)
+            rows.append(f"| `{state.name}` | " + " | ".join(cells) + " |")
+        legend = "\n".join(f"- `{i.name}`: {i.value}" for i in inputs)
+        return "\n".join(rows) + "\n\n" + legend + "\n"
+
+    def mermaid(self) -> str:
+        """The table as a state diagram: every change of state, inputs grouped per arrow."""
+        arrows: dict[tuple[StateT, StateT], list[str]] = {}
+        for (state, event), after in self.transitions.items():
+            if after is not state:
+                arrows.setdefault((state, after), []).append(event.name)
+        lines = ["```mermaid", "stateDiagram-v2"]
+        for (state, after), names in arrows.items():
+            lines.append(f"    {state.name} --> {after.name}: {', '.join(names)}")
+        lines.append("```")
+        return "\n".join(lines) + "\n"
+
+    def document(self) -> str:
+        """What docs/protocol.md holds between this table's markers."""
+        return self.markdown() + "\n" + self.mermaid()
+
+
+# ---- the session ------------------------------------------------------------
 
 
 class SessionState(Enum):
@@ -30,7 +109,7 @@ class SessionState(Enum):
     CLOSED = "closed"
 
 
-class SessionInput(Enum):
+class SessionInput(Input):
     """What moves a session. `peer` inputs are frames from the other side."""
 
     NEW_TRANSPORT = "the handshake's transport attached"
@@ -44,15 +123,11 @@ class SessionInput(Enum):
     CLOSE_RECEIVED = "peer: CLOSE"
     DETACHED_TIMEOUT = "no transport for the linger time"
 
-    @property
-    def from_peer(self) -> bool:
-        return self.value.startswith("peer:")
-
 
 S, In = SessionState, SessionInput
 _LIVE = (S.ATTACHED, S.DRAINING, S.RESUMING, S.DETACHED)
 
-SESSION: dict[tuple[SessionState, SessionInput], SessionState] = {
+SESSION: Table[SessionState, SessionInput] = Table("session", SessionState, SessionInput, {
     # A new transport: the handshake's (ATTACHED at once) or a resume's
     # (RESUME and RESUMED first); a closed session stays closed.
     **{(s, In.NEW_TRANSPORT): S.ATTACHED for s in _LIVE},
@@ -74,49 +149,124 @@ SESSION: dict[tuple[SessionState, SessionInput], SessionState] = {
     **{(s, In.CLOSE_RECEIVED): S.CLOSED for s in _LIVE},
     (S.DETACHED, In.DETACHED_TIMEOUT): S.CLOSED,
     **{(s, In.DETACHED_TIMEOUT): s for s in (S.ATTACHED, S.DRAINING, S.RESUMING, S.CLOSED)},
-}
-
-# What an input not in the table is, for the peer's inputs: a frame out of
-# place breaks the protocol.
-_WHAT = {
+}, {
+    # What an input not in the table is, for the peer's inputs: a frame out
+    # of place breaks the protocol.
     In.HANDOVER_BEGIN: "HANDOVER_BEGIN outside an attached session",
     In.HANDOVER_READY: "HANDOVER_READY without a HANDOVER_BEGIN",
     In.RESUME: "RESUME or RESUMED outside a resume",
     In.CLOSE_RECEIVED: "CLOSE on a closed session",
-}
+})
 
 
 def next_state(state: SessionState, event: SessionInput) -> SessionState:
-    """The state after `event` in `state`, or the error the table says it is."""
-    after = SESSION.get((state, event))
-    if after is not None:
-        return after
-    if event.from_peer:
-        raise ProtocolError(f"{_WHAT.get(event, event.value)} (session {state.value})",
-                            CloseCode.PROTOCOL_ERROR)
-    raise LocalError(f"{event.value}: not possible while the session is {state.value}")
+    """The session's state after `event` (SESSION.next)."""
+    return SESSION.next(state, event)
 
 
-def markdown_table() -> str:
-    """The table as docs/protocol.md shows it: a row per state, a column per input."""
-    inputs = list(SessionInput)
-    head = "| state | " + " | ".join(f"{i.name}" for i in inputs) + " |"
-    rule = "|---" * (len(inputs) + 1) + "|"
-    rows = [head, rule]
-    for state in SessionState:
-        cells = []
-        for event in inputs:
-            after = SESSION.get((state, event))
-            if after is None:
-                cells.append("protocol error" if event.from_peer else "error")
-            elif after is state:
-                cells.append("-")
-            else:
-                cells.append(after.name)
-        rows.append(f"| `{state.name}` | " + " | ".join(cells) + " |")
-    legend = "\n".join(f"- `{i.name}`: {i.value}" for i in inputs)
-    return "\n".join(rows) + "\n\n" + legend + "\n"
+# ---- channels ---------------------------------------------------------------
+
+
+class ChannelState(Enum):
+    """A channel's life, as h2's streams (RFC 9113 5.1) with OPEN answered.
+
+    A channel exists from OPEN to its end; IDLE is a number not used yet, and
+    CLOSED one used up (frames for it may still cross on the wire).
+    """
+
+    IDLE = "idle"
+    OPENING = "opening"  # we sent OPEN; OPEN_OK or OPEN_FAIL is awaited
+    REQUESTED = "requested"  # the peer sent OPEN; we accept or refuse
+    OPEN = "open"
+    HALF_CLOSED_LOCAL = "half-closed (local)"  # our FIN is sequenced
+    HALF_CLOSED_REMOTE = "half-closed (remote)"  # the peer's FIN arrived
+    CLOSED = "closed"
+
+
+class ChannelInput(Input):
+    OPEN = "this side opens the channel"
+    OPEN_RECEIVED = "peer: OPEN"
+    ACCEPT = "this side accepts the peer's OPEN (OPEN_OK)"
+    REFUSE = "this side refuses the peer's OPEN (OPEN_FAIL)"
+    OPEN_OK = "peer: OPEN_OK"
+    OPEN_FAIL = "peer: OPEN_FAIL"
+    DATA = "peer: DATA"
+    DGRAM = "peer: DGRAM"
+    WINDOW = "peer: WINDOW"
+    SEND_FIN = "this side's FIN is sequenced (after its data)"
+    FIN = "peer: FIN"
+    RESET = "this side resets the channel"
+    RESET_RECEIVED = "peer: RESET"
+
+
+C, CI = ChannelState, ChannelInput
+_FLOWING = (C.OPEN, C.HALF_CLOSED_LOCAL, C.HALF_CLOSED_REMOTE)
+
+CHANNEL: Table[ChannelState, ChannelInput] = Table("channel", ChannelState, ChannelInput, {
+    (C.IDLE, CI.OPEN): C.OPENING,
+    (C.IDLE, CI.OPEN_RECEIVED): C.REQUESTED,
+    (C.OPENING, CI.OPEN_OK): C.OPEN,
+    (C.OPENING, CI.OPEN_FAIL): C.CLOSED,
+    (C.REQUESTED, CI.ACCEPT): C.OPEN,
+    (C.REQUESTED, CI.REFUSE): C.CLOSED,
+    # Data and credit flow both ways until each side's FIN. A datagram
+    # channel carries DGRAM instead of DATA; a DGRAM that took UDP may
+    # overtake the FIN sent after it on the stream, so it is taken after.
+    **{(s, CI.DATA): s for s in (C.OPEN, C.HALF_CLOSED_LOCAL)},
+    **{(s, CI.DGRAM): s for s in _FLOWING},
+    **{(s, CI.WINDOW): s for s in _FLOWING},
+    (C.OPEN, CI.SEND_FIN): C.HALF_CLOSED_LOCAL,
+    (C.HALF_CLOSED_REMOTE, CI.SEND_FIN): C.CLOSED,
+    (C.OPEN, CI.FIN): C.HALF_CLOSED_REMOTE,
+    (C.HALF_CLOSED_LOCAL, CI.FIN): C.CLOSED,
+    # Either side may reset a channel at any time after it was opened.
+    **{(s, CI.RESET): C.CLOSED for s in (C.OPENING, C.REQUESTED, *_FLOWING)},
+    **{(s, CI.RESET_RECEIVED): C.CLOSED for s in (C.OPENING, C.REQUESTED, *_FLOWING)},
+    # A closed channel's number is used up: the peer's frames for it crossed
+    # our RESET or OPEN_FAIL on the wire and are dropped; this side's calls
+    # for it come from applications that have not heard yet, and do nothing.
+    **{(C.CLOSED, i): C.CLOSED for i in ChannelInput
+       if i not in (CI.OPEN, CI.OPEN_RECEIVED)},
+}, {
+    CI.OPEN_RECEIVED: "OPEN for a channel number in use",
+    CI.OPEN_OK: "OPEN_OK for a channel that was not awaiting one",
+    CI.OPEN_FAIL: "OPEN_FAIL for a channel that was not awaiting one",
+    CI.DATA: "DATA on a channel not open for it",
+    CI.DGRAM: "DGRAM on a channel not open for it",
+    CI.WINDOW: "WINDOW on a channel not open",
+    CI.FIN: "FIN on a channel not open for it",
+    CI.RESET_RECEIVED: "RESET for a channel never opened",
+})
+
+TABLES: dict[str, Table[SessionState, SessionInput] | Table[ChannelState, ChannelInput]] = {
+    "session": SESSION, "channel": CHANNEL}
+
+
+def document(name: str) -> str:
+    return TABLES[name].document()
+
+
+def write_docs(text: str) -> str:
+    """`text` (docs/protocol.md) with every table between its markers made anew."""
+    for name, table in TABLES.items():
+        start = f"<!-- {name}-states: generated by `python -m roam.core.states`; do not edit -->\n"
+        end = f"<!-- /{name}-states -->"
+        if start not in text or end not in text:
+            raise LocalError(f"no {name}-states markers in the document")
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + start + table.document() + end + after
+    return text
 
 
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table())
+    # python -m roam.core.states [--write docs/protocol.md]
+    if sys.argv[1:2] == ["--write"] and len(sys.argv) == 3:
+        with open(sys.argv[2], encoding="utf-8") as f:
+            old = f.read()
+        new = write_docs(old)
+        with open(sys.argv[2], "w", encoding="utf-8") as f:
+            f.write(new)
+    else:
+        for name in TABLES:
+            sys.stdout.write(f"{name}:\n{document(name)}\n")
