@@ -199,15 +199,16 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
               help="The server's public key (base64), pinned.")
 @click.option("--key", required=True, type=_FilePath(),
               help="This client's private key file.")
-@click.option("--forward", multiple=True, metavar="LHOST:LPORT=RHOST:RPORT",
+@click.option("--forward", multiple=True, metavar="[udp:]LHOST:LPORT=RHOST:RPORT[,redundant]",
               help="Carry connections to LHOST:LPORT to RHOST:RPORT beside the server "
-                   "(repeatable).")
+                   "(repeatable); udp: carries datagrams, and ,redundant sends each of them "
+                   "on the active and the backup path at once.")
 @click.option("--cipher", type=click.Choice(["auto", "aesgcm", "chachapoly"]), default="auto",
               show_default=True, help="AEAD: auto picks AES-GCM where the CPU has AES "
                                       "instructions.")
 @click.option("--path", "paths", multiple=True,
               metavar="NAME:dev=IFACE[,priority=N][,kind=K][,billing=B][,idle-switch=S]"
-                      "[,min-signal=N]",
+                      "[,min-signal=N][,redundant=no]",
               help="A local attachment the session may use (repeatable); lower priority "
                    "is preferred.")
 @click.option("--links", type=click.Choice(["linux", "static", "emulated"]), default="linux",

@@ -31,7 +31,7 @@ from roam.interfaces.forward import Forward, ForwardSpec
 from roam.interfaces.reverse import ReverseForwards
 from roam.interfaces.socksproxy import SocksProxy, load_credentials
 from roam.interfaces.transparent import Transparent, need_tools
-from roam.interfaces.udpforward import UdpForward
+from roam.interfaces.udpforward import RedundantUdpForward, UdpForward
 from roam.links.driver import make_driver
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy
@@ -207,7 +207,8 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
             attempt += 1
             await asyncio.sleep(delay)
     started: list[Forward | UdpForward] = [
-        (UdpForward if spec.udp else Forward)(spec, lambda: client.driver) for spec in specs]
+        (RedundantUdpForward if spec.redundant else UdpForward if spec.udp else Forward)(
+            spec, lambda: client.driver) for spec in specs]
     proxy = (SocksProxy(socks_at[0], socks_at[1], lambda: client.driver, credentials)
              if socks_at else None)
     try:

@@ -137,3 +137,53 @@ def test_reverse_hosts_are_checked_and_named_by_their_own_flag() -> None:
         ForwardSpec.parse_reverse("a_b-:2222=127.0.0.1:22")
     with pytest.raises(ConfigError, match=re.escape("local address: ")):
         ForwardSpec.parse_reverse("127.0.0.1:2222=loc\0alhost:22")
+
+
+# Options after the destination: `,redundant` for UDP
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("udp:127.0.0.1:5004=10.1.0.9:5004,redundant",
+         ForwardSpec("127.0.0.1", 5004, "10.1.0.9", 5004, udp=True, redundant=True)),
+        ("udp:[::1]:0=[2001:db8::9]:5004, redundant ",
+         ForwardSpec("::1", 0, "2001:db8::9", 5004, udp=True, redundant=True)),
+        ("udp:127.0.0.1:5004=voice.corp.example:5004",
+         ForwardSpec("127.0.0.1", 5004, "voice.corp.example", 5004, udp=True)),
+    ],
+)
+def test_parse_redundant(text: str, expected: ForwardSpec) -> None:
+    spec = ForwardSpec.parse(text)
+    assert spec == expected
+    assert ForwardSpec.parse("udp:" + str(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("udp:127.0.0.1:5004=10.1.0.9:5004,redundnat",
+         "--forward 'udp:127.0.0.1:5004=10.1.0.9:5004,redundnat': unknown option "
+         "'redundnat' (known: redundant)"),
+        ("udp:127.0.0.1:5004=10.1.0.9:5004,",
+         "--forward 'udp:127.0.0.1:5004=10.1.0.9:5004,': empty option (a stray ',')"),
+        ("udp:127.0.0.1:5004=10.1.0.9:5004,redundant,,", "empty option (a stray ',')"),
+        ("udp:127.0.0.1:5004=10.1.0.9:5004,redundant,redundant",
+         "'redundant' is given twice"),
+        ("127.0.0.1:8080=example.com:80,redundant",
+         "--forward '127.0.0.1:8080=example.com:80,redundant': 'redundant' is for UDP "
+         "forwards (udp:LHOST:LPORT=RHOST:RPORT,redundant)"),
+        ("tcp:127.0.0.1:8080=example.com:80,redundant", "'redundant' is for UDP forwards"),
+        ("udp:127.0.0.1:5004,redundant=10.1.0.9:5004",
+         "--forward 'udp:127.0.0.1:5004,redundant=10.1.0.9:5004': expected "
+         "LHOST:LPORT=RHOST:RPORT"),
+    ],
+)
+def test_parse_option_errors_name_the_option(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        ForwardSpec.parse(text)
+
+
+def test_a_reverse_forward_takes_no_option() -> None:
+    with pytest.raises(ConfigError, match="--reverse"):
+        ForwardSpec.parse_reverse("127.0.0.1:2222=127.0.0.1:22,redundant")

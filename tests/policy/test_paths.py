@@ -51,7 +51,8 @@ def test_fractional_idle_switch() -> None:
     ("wifi:dev", "setting 'dev' needs a value (dev=...)"),
     ("wifi:dev=", "'dev' needs a value"),
     ("wifi:dev=wlan0,speed=3",
-     "unknown setting 'speed' (known: billing, dev, idle-switch, kind, min-signal, priority)"),
+     "unknown setting 'speed' (known: billing, dev, idle-switch, kind, min-signal, priority, "
+     "redundant)"),
     ("wifi:dev=wlan0,dev=wlan1", "'dev' is given twice"),
     ("wifi:dev=wlan0,priority=ten", "priority 'ten' is not a whole number"),
     ("wifi:dev=wlan0,priority=1.5", "priority '1.5' is not a whole number"),
@@ -65,6 +66,7 @@ def test_fractional_idle_switch() -> None:
     ("c:dev=wwan0,idle-switch=30", "idle-switch only applies to a path with billing=time"),
     ("wifi:dev=wlan0,min-signal=strong", "min-signal 'strong' is not a whole number"),
     ("wifi:dev=wlan0,min-signal=2.5", "min-signal '2.5' is not a whole number"),
+    ("cell:dev=wwan0,redundant=off", "redundant 'off' is not yes or no"),
 ])
 def test_refusals_name_the_flag_and_the_problem(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -77,7 +79,8 @@ def test_unknown_setting_message_in_full() -> None:
     with pytest.raises(ConfigError) as info:
         PathConfig.parse("wifi:dev=wlan0,speed=3")
     assert str(info.value) == ("--path 'wifi:dev=wlan0,speed=3': unknown setting 'speed' "
-                               "(known: billing, dev, idle-switch, kind, min-signal, priority)")
+                               "(known: billing, dev, idle-switch, kind, min-signal, priority, "
+                               "redundant)")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -92,6 +95,7 @@ def test_unknown_setting_message_in_full() -> None:
     ({"billing": Billing.TIME, "idle_switch": float("nan")}, "idle-switch nan is not a positive"),
     ({"idle_switch": 30.0}, "idle-switch only applies to a path with billing=time"),
     ({"min_signal": 2.5}, "min-signal 2.5 is not a whole number"),
+    ({"redundant": "no"}, "redundant 'no' is not yes or no"),
 ])
 def test_direct_construction_is_checked_too(kwargs: dict[str, object], message: str) -> None:
     # Settings from a TOML file reach the dataclass without going through parse.
@@ -114,6 +118,12 @@ def test_parse_paths_refuses_a_name_twice() -> None:
                                "configured")
 
 
+def test_a_path_may_refuse_redundant_copies() -> None:
+    assert PathConfig.parse("wifi:dev=wlan0").redundant
+    assert PathConfig.parse("wifi:dev=wlan0,redundant=yes").redundant
+    assert not PathConfig.parse("cell:dev=wwan0,billing=byte,redundant=No").redundant
+
+
 def test_two_paths_may_share_a_device() -> None:
     # Two names on one device differ in what they are for (priority, thresholds).
     paths = parse_paths(["a:dev=eth0,priority=1", "b:dev=eth0,priority=2"])
@@ -132,6 +142,7 @@ def _configs(draw: st.DrawFn) -> PathConfig:
         idle_switch=(draw(st.none() | st.integers(1, 3600).map(float))
                      if billing is Billing.TIME else None),
         min_signal=draw(st.none() | st.integers(-120, 100)),
+        redundant=draw(st.booleans()),
     )
 
 
@@ -143,6 +154,8 @@ def test_round_trip(path: PathConfig, rnd: random.Random) -> None:
         items.append(f"idle-switch={path.idle_switch}")
     if path.min_signal is not None:
         items.append(f"min-signal={path.min_signal}")
+    if not path.redundant or rnd.random() < 0.5:
+        items.append(f"redundant={'yes' if path.redundant else 'no'}")
     rnd.shuffle(items)
     assert PathConfig.parse(f"{path.name}:{','.join(items)}") == path
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,11 +17,13 @@ from roam.connector.connector import Connector
 from roam.core.datagrams import DatagramState
 from roam.core.session import SessionConfig
 from roam.crypto.keys import public_key
+from roam.daemons import RedundantUdpForward
 from roam.interfaces.forward import ForwardSpec
 from roam.interfaces.udpforward import UdpForward
 from roam.transport.datagrams import ClientDatagrams, SessionDatagrams
 from roam.transport.server import Server, ServerConfig
 
+from .natrelay import NatRelay
 from .stack import Stack
 from .udprelay import UdpRelay
 
@@ -206,3 +209,155 @@ def test_without_udp_datagrams_take_the_stream() -> None:
         assert driver.session.datagrams_sent == 1
         assert s.relay.upstream_packets == []
     _run(body, udp=False)
+
+
+# ---- redundant channels: a second socket on the backup path ---------------------
+
+BACKUP = "127.0.0.2"  # the backup path's source address (all of 127/8 is local)
+
+
+@dataclass
+class TwoPathStack(UdpStack):
+    """UdpStack with a NAT in front of the server's UDP port, so the server
+    sees the client's two sockets as two addresses, a redundant forward, and
+    the backup path leaving from `backup` (None: there is none)."""
+
+    backup: str | None = BACKUP
+
+    async def start(self) -> TwoPathStack:
+        await super().start()
+        self.nat = NatRelay(self.server_port)
+        nat_port = await self.nat.start()
+        await self.client_datagrams.rebind(("127.0.0.1", nat_port), None, None)
+        self.client_datagrams.set_backup(None if self.backup is None else "backup", None,
+                                         self.backup)
+        self.app_transport.close()
+        self.udp_forward.close()
+        self.udp_forward = RedundantUdpForward(
+            ForwardSpec.parse(f"udp:127.0.0.1:0=127.0.0.1:{self.udp_echo_port},redundant"),
+            lambda: self.client.driver)
+        _, port = await self.udp_forward.start()
+        self.app = _App()
+        self.app_transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: self.app, remote_addr=("127.0.0.1", port))
+        return self
+
+    def redundant(self, side: SessionDatagrams) -> dict[str, Any]:
+        status: dict[str, Any] = side.status()
+        return status.get("redundant") or {}
+
+    async def close(self) -> None:
+        await super().close()
+        self.nat.close()
+
+
+def _run_two(body: Callable[[TwoPathStack], Awaitable[None]],
+             backup: str | None = BACKUP) -> None:
+    async def main() -> None:
+        stack = await TwoPathStack(backup=backup).start()
+        try:
+            await body(stack)
+        finally:
+            await stack.close()
+    asyncio.run(main())
+
+
+async def _two_paths(s: TwoPathStack) -> None:
+    # The flow's first datagram opens its channel on the stream, and marks it.
+    assert await s.ask(b"first") == b"first"
+    await _until(lambda: s.redundant(s.client_datagrams).get("mode") == "two paths")
+    await _until(lambda: s.client_datagrams.path.state is DatagramState.UP)
+
+
+def test_a_redundant_forward_sends_each_datagram_on_both_paths() -> None:
+    async def body(s: TwoPathStack) -> None:
+        await _two_paths(s)
+        for i in range(30):
+            msg = f"voice {i}".encode()
+            assert await s.ask(msg) == msg
+        await asyncio.sleep(0.1)
+        assert s.app.answers.empty()  # each answer reached the application once
+        assert s.udp_echo.received.count(b"voice 7") == 1
+        assert s.nat.upstream[BACKUP] >= 30
+        client = s.redundant(s.client_datagrams)
+        server = s.redundant(s.server_datagrams)
+        assert client["copies_sent"] >= 30
+        assert client["second_path"] == "backup"
+        assert client["second_state"] == "up"
+        assert server["mode"] == "two paths"
+        assert server["channels"] == 1
+        assert server["copies_sent"] >= 30
+        # Every datagram came twice each way; the later copy was dropped.
+        assert server["duplicates"] >= 25
+        assert client["duplicates"] >= 25
+        assert s.server_datagrams.path.rejected == 0
+        # The backup's copies and probes never moved the server's peer.
+        primary = s.nat.mapping(next(a for a in s.nat._mappings if a[0] == "127.0.0.1"))
+        assert s.server_datagrams.peer == primary
+        assert server["second_address"] == "{}:{}".format(
+            *s.nat.mapping(next(a for a in s.nat._mappings if a[0] == BACKUP)))
+    _run_two(body)
+
+
+def test_a_path_that_stops_carrying_udp_loses_no_redundant_datagram() -> None:
+    async def body(s: TwoPathStack) -> None:
+        await _two_paths(s)
+        s.nat.dropping = {"127.0.0.1"}  # the active path goes silent, both ways
+        # A talk of 2.5 s, long enough for the active path's checks to find
+        # it dead (CHECK_INTERVAL, then PROBE_FLOOR): not one answer is lost.
+        for i in range(50):
+            assert await s.ask(f"during {i}".encode(), timeout=0.5) == f"during {i}".encode()
+            await asyncio.sleep(0.05)
+        assert s.client_datagrams.path.state is DatagramState.DOWN
+        assert s.redundant(s.client_datagrams)["mode"] == "two paths"
+    _run_two(body)
+
+
+def test_without_a_backup_path_a_redundant_channel_uses_one_and_says_so_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def body(s: TwoPathStack) -> None:
+        assert await s.ask(b"first") == b"first"
+        await _until(lambda: s.client_datagrams.path.state is DatagramState.UP)
+        for i in range(10):
+            assert await s.ask(f"alone {i}".encode()) == f"alone {i}".encode()
+        client = s.redundant(s.client_datagrams)
+        assert client["mode"] == "one path: no backup path"
+        assert client["second_path"] is None
+        assert client["copies_sent"] == 0
+        assert caplog.text.count("redundant datagrams take one path: there is no backup "
+                                 "path") == 1
+    caplog.set_level(logging.INFO, logger="roam.datagrams")
+    _run_two(body, backup=None)
+
+
+def test_a_backup_path_without_udp_is_said_once_and_the_channel_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def body(s: TwoPathStack) -> None:
+        s.nat.dropping = {BACKUP}
+        assert await s.ask(b"first") == b"first"
+        await _until(lambda: s.redundant(s.client_datagrams).get("mode") ==
+                     "one path: UDP does not get through on the backup path")
+        for i in range(5):
+            assert await s.ask(f"on wifi {i}".encode()) == f"on wifi {i}".encode()
+        assert caplog.text.count("UDP does not get through on backup path backup") == 1
+    caplog.set_level(logging.INFO, logger="roam.datagrams")
+    _run_two(body)
+
+
+def test_the_second_socket_follows_the_backup_path_and_goes_with_it() -> None:
+    async def body(s: TwoPathStack) -> None:
+        await _two_paths(s)
+        s.client_datagrams.set_backup("other", None, "127.0.0.3")
+        await _until(lambda: s.redundant(s.client_datagrams).get("second_path") == "other"
+                     and s.redundant(s.client_datagrams).get("mode") == "two paths")
+        assert await s.ask(b"moved") == b"moved"
+        await _until(lambda: s.nat.upstream["127.0.0.3"] >= 2)
+        assert s.redundant(s.server_datagrams)["second_address"] == "{}:{}".format(
+            *s.nat.mapping(next(a for a in s.nat._mappings if a[0] == "127.0.0.3")))
+        s.client_datagrams.set_backup(None)
+        client = s.redundant(s.client_datagrams)
+        assert (client["second_path"], client["mode"]) == (None, "one path: no backup path")
+        before = s.nat.upstream["127.0.0.3"]
+        assert await s.ask(b"one path") == b"one path"
+        assert s.nat.upstream["127.0.0.3"] == before
+    _run_two(body)

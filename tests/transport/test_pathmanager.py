@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
+from roam.core.frames import ChannelKind
 from roam.core.states import SessionState
 from roam.links.emulated import EmulatedDriver
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy
 from roam.transport.client import HandoverRecord
+from roam.transport.datagrams import ClientDatagrams
 from roam.transport.pathmanager import SUSPECT_FIRST, PathManager
+from tests.conftest import require
 
 from .stack import Stack
 
@@ -24,10 +28,12 @@ async def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def _manager(stack: Stack) -> tuple[PathManager, EmulatedDriver]:
-    links = EmulatedDriver({"wifi": "lo", "cell": "lo"})
-    policy = Policy(parse_paths(["wifi:dev=lo,priority=10", "cell:dev=lo,priority=50"]),
-                    dwell=0.3)
+async def _manager(stack: Stack, *more: str, cell: str = "cell:dev=lo,priority=50"
+                   ) -> tuple[PathManager, EmulatedDriver]:
+    """wifi and cell (and `more` paths, all on lo), the session on wifi."""
+    texts = ["wifi:dev=lo,priority=10", cell, *more]
+    links = EmulatedDriver(dict.fromkeys((text.partition(":")[0] for text in texts), "lo"))
+    policy = Policy(parse_paths(texts), dwell=0.3)
     manager = PathManager(stack.client, policy, links)
     await manager.start()
     await manager.switch("wifi", soft=False, reason="start on wifi")
@@ -134,6 +140,74 @@ def test_switching_to_the_active_path_moves_nothing_but_pins_it() -> None:
             assert len(manager.history) == before
             assert stack.client.transports == transports
             assert manager.status()["pinned"] == "wifi"
+        finally:
+            await manager.close()
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_the_datagram_side_is_told_the_backup_path_and_follows_it() -> None:
+    # Paths are bound by device as root; without root by address, and the
+    # emulated links have none.
+    require(os.geteuid() == 0, "binding a socket to a device needs root")
+
+    async def main() -> None:
+        stack = await Stack().start()
+        manager, links = await _manager(stack)
+        try:
+            driver = stack.client.driver
+            assert driver is not None
+            datagrams = driver.datagrams
+            assert isinstance(datagrams, ClientDatagrams)
+            # An open datagram channel, marked redundant: it wants a backup.
+            cid = driver.session.open_channel("127.0.0.1", stack.echo_port,
+                                              ChannelKind.DATAGRAM)
+            datagrams.mark_redundant(cid)
+
+            def second() -> object:
+                return (datagrams.status().get("redundant") or {}).get("second_path")
+
+            await _until(lambda: second() == "cell")
+            assert manager.status()["active_path"] == "wifi"
+            links.set_up("cell", False)
+            await _until(lambda: second() is None)
+            redundant = datagrams.status()["redundant"]
+            assert isinstance(redundant, dict)
+            assert (redundant["mode"], redundant["second_state"]) == (
+                "one path: no backup path", None)
+            links.set_up("cell", True)
+            await _until(lambda: second() == "cell")
+        finally:
+            await manager.close()
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_path_refusing_copies_is_passed_over_for_them_not_for_the_standby() -> None:
+    require(os.geteuid() == 0, "binding a socket to a device needs root")
+
+    async def main() -> None:
+        stack = await Stack().start()
+        # cell is billed by the byte: no copies there.
+        manager, links = await _manager(stack, "lte:dev=lo,priority=60",
+                                        cell="cell:dev=lo,priority=50,redundant=no")
+        try:
+            driver = stack.client.driver
+            assert driver is not None
+            datagrams = driver.datagrams
+            assert isinstance(datagrams, ClientDatagrams)
+            datagrams.mark_redundant(driver.session.open_channel(
+                "127.0.0.1", stack.echo_port, ChannelKind.DATAGRAM))
+
+            def second() -> object:
+                return (datagrams.status().get("redundant") or {}).get("second_path")
+
+            await _until(lambda: second() == "lte" and manager.status()["standby"] == "cell")
+            links.set_up("lte", False)
+            await _until(lambda: second() is None)
+            assert manager.status()["standby"] == "cell"
         finally:
             await manager.close()
             await stack.close()

@@ -4,11 +4,17 @@ Each connection accepted on LHOST:LPORT becomes one channel to RHOST:RPORT,
 opened by the server (claim 1: one application socket, one twin). Both hosts
 are validated when the argument is parsed (`roam.names.Host`) and kept in
 normal form, so the server is asked for exactly the name its rules will see.
+
+Options follow the destination after a comma. `udp:...,redundant` sends
+every datagram of the forward's channels on two paths at once, the active
+one and the backup (docs/protocol.md 12.5): for voice and the like
+over two lossy links, where a late or lost datagram is worse than a copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -31,14 +37,28 @@ class ForwardSpec:
     dest_host: str
     dest_port: int
     udp: bool = False
+    # Each datagram on two paths (UDP only).
+    redundant: bool = False
 
     @classmethod
     def parse(cls, text: str) -> ForwardSpec:
-        """`[tcp:|udp:]LHOST:LPORT=RHOST:RPORT` (TCP when no protocol is named)."""
-        udp = text.startswith("udp:")
-        if udp or text.startswith("tcp:"):
-            return cls._parse(text[4:], text, udp)
-        return cls._parse(text, text, False)
+        """`[tcp:|udp:]LHOST:LPORT=RHOST:RPORT[,OPTION...]` (TCP when no protocol
+        is named); the one option is `redundant`, for UDP."""
+        # No host, port or IPv6 literal holds a comma: the first one ends the address part.
+        spec, comma, rest = text.partition(",")
+        udp = spec.startswith("udp:")
+        if udp or spec.startswith("tcp:"):
+            parsed = cls._parse(spec[4:], text, udp)
+        else:
+            parsed = cls._parse(spec, text, False)
+        options = _options(rest, text) if comma else set()
+        if "redundant" in options:
+            if not udp:
+                raise ConfigError(f"--forward {text!r}: 'redundant' is for UDP forwards "
+                                  "(udp:LHOST:LPORT=RHOST:RPORT,redundant): a stream is "
+                                  "already delivered whole, sending it twice adds nothing")
+            parsed = dataclasses.replace(parsed, redundant=True)
+        return parsed
 
     @classmethod
     def parse_reverse(cls, text: str) -> ForwardSpec:
@@ -68,7 +88,28 @@ class ForwardSpec:
 
     def __str__(self) -> str:
         return (f"{format_host_port(self.listen_host, self.listen_port)}="
-                f"{format_host_port(self.dest_host, self.dest_port)}")
+                f"{format_host_port(self.dest_host, self.dest_port)}"
+                f"{',redundant' if self.redundant else ''}")
+
+
+# What may follow the destination, after commas.
+OPTIONS = ("redundant",)
+
+
+def _options(text: str, spec: str) -> set[str]:
+    """The options after the first comma of `spec`, each known and given once."""
+    found: set[str] = set()
+    for item in text.split(","):
+        option = item.strip()
+        if not option:
+            raise ConfigError(f"--forward {spec!r}: empty option (a stray ',')")
+        if option not in OPTIONS:
+            raise ConfigError(f"--forward {spec!r}: unknown option {option!r} "
+                              f"(known: {', '.join(OPTIONS)})")
+        if option in found:
+            raise ConfigError(f"--forward {spec!r}: {option!r} is given twice")
+        found.add(option)
+    return found
 
 
 def _host(side: str, host: str, spec: str, flag: str, what: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from roam.core.frames import ChannelKind
 from roam.errors import ConfigError
 from roam.interfaces.forward import ForwardSpec
+from roam.transport.datagrams import ClientDatagrams
 from roam.transport.driver import SessionDriver
 
 log = logging.getLogger("roam.forward")
@@ -109,3 +110,16 @@ class UdpForward(asyncio.DatagramProtocol):
             self._sweeper.cancel()
         if self.transport is not None:
             self.transport.close()
+
+
+class RedundantUdpForward(UdpForward):
+    """`--forward udp:...,redundant`: every flow's channel sends each datagram on
+    two paths. A flow's first datagram waits for OPEN_OK on the stream anyway,
+    so marking the channel once that datagram is handed over is in time."""
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        flow = self.flows.get(addr)
+        if flow is not None and flow.cid is not None and isinstance(flow.driver.datagrams,
+                                                                     ClientDatagrams):
+            flow.driver.datagrams.mark_redundant(flow.cid)

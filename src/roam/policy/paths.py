@@ -8,6 +8,7 @@ session and is configured elsewhere.
 
     --path 'wifi:dev=wlan0,priority=10,kind=wifi,min-signal=20'
     --path 'cell:dev=wwan0,priority=50,kind=cellular,billing=time,idle-switch=30'
+    --path 'lte:dev=wwan1,priority=60,kind=cellular,redundant=no'
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _INT = re.compile(r"-?[0-9]+")
 _SECONDS = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
 
-_KEYS = ("dev", "priority", "kind", "billing", "idle-switch", "min-signal")
+_KEYS = ("dev", "priority", "kind", "billing", "idle-switch", "min-signal", "redundant")
+_YES_NO = {"yes": True, "no": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,10 @@ class PathConfig:
     moved no application bytes for this long, leave this path for a usable
     per-byte one. `min_signal`: below it the path is not usable (its units
     are whatever the link driver reports; drivers without a signal ignore it).
+    `redundant` (default yes): redundant datagram channels (`--forward
+    udp:...,redundant`) may send their copies on this path when it is the
+    backup; no keeps the doubled traffic off it (a path billed by the byte),
+    and the copies go to the next usable path that allows them, if any.
     """
 
     name: str
@@ -51,6 +57,7 @@ class PathConfig:
     billing: Billing = Billing.BYTE
     idle_switch: float | None = None
     min_signal: int | None = None
+    redundant: bool = True
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -62,7 +69,7 @@ class PathConfig:
         """Parse the command-line form; a ConfigError names the problem.
 
         `NAME:dev=IFACE[,priority=N][,kind=wifi|cellular|ethernet|circuit]
-        [,billing=byte|time][,idle-switch=SECONDS][,min-signal=N]`
+        [,billing=byte|time][,idle-switch=SECONDS][,min-signal=N][,redundant=yes|no]`
         """
 
         def fail(problem: str) -> ConfigError:
@@ -72,7 +79,7 @@ class PathConfig:
         name = name.strip()
         if not sep:
             raise fail("expected NAME:dev=IFACE[,priority=N][,kind=K][,billing=B]"
-                       "[,idle-switch=SECONDS][,min-signal=N]")
+                       "[,idle-switch=SECONDS][,min-signal=N][,redundant=yes|no]")
         if not name:
             raise fail("the path needs a name before ':'")
         settings: dict[str, str] = {}
@@ -128,10 +135,17 @@ class PathConfig:
             if not _INT.fullmatch(value):
                 raise fail(f"min-signal {value!r} is not a whole number")
             min_signal = int(value)
+        redundant = True
+        if "redundant" in settings:
+            value = settings["redundant"]
+            if value.lower() not in _YES_NO:
+                raise fail(f"redundant {value!r} is not yes or no")
+            redundant = _YES_NO[value.lower()]
 
         try:
             return cls(name=name, device=settings["dev"], priority=priority, kind=kind,
-                       billing=billing, idle_switch=idle_switch, min_signal=min_signal)
+                       billing=billing, idle_switch=idle_switch, min_signal=min_signal,
+                       redundant=redundant)
         except ConfigError as exc:
             # The checks shared with direct construction name the path; on the
             # command line the whole flag is the better pointer.
@@ -164,6 +178,7 @@ def _problem(path: PathConfig) -> str | None:
     billing: object = path.billing
     idle_switch: object = path.idle_switch
     min_signal: object = path.min_signal
+    redundant: object = path.redundant
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         return ("a path name is letters, digits, '.', '_' and '-', starting with a letter "
                 "or digit")
@@ -190,4 +205,6 @@ def _problem(path: PathConfig) -> str | None:
     if min_signal is not None and (isinstance(min_signal, bool)
                                    or not isinstance(min_signal, int)):
         return f"min-signal {min_signal!r} is not a whole number"
+    if not isinstance(redundant, bool):
+        return f"redundant {redundant!r} is not yes or no"
     return None

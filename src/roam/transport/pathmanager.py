@@ -34,6 +34,7 @@ from roam.links.emulated import EmulatedDriver
 from roam.links.state import LinkState
 from roam.policy.policy import Decision, HandoverKind, NoUsablePath, Policy
 from roam.transport.client import Attachment, Client, HandoverRecord
+from roam.transport.datagrams import ClientDatagrams
 
 log = logging.getLogger("roam.paths")
 
@@ -76,6 +77,8 @@ class PathManager:
         self._last_bytes = (0, 0)
         self._counters = {p.name: _PathCounters() for p in policy.paths}
         self._mark = (0, 0)  # session byte counters when the current path began
+        # Paths set redundant=no: redundant datagrams send no copies there.
+        self._no_copies = {p.name for p in policy.paths if not p.redundant}
         # Binding to a device needs CAP_NET_RAW; without it, the path's address.
         self._by_device = os.geteuid() == 0
         client.choose_attachment = self._choose
@@ -265,19 +268,23 @@ class PathManager:
 
     # ---- the standby transport ------------------------------------------------
 
-    def _backup(self, links: Mapping[str, LinkState]) -> str | None:
-        """The path a hard handover would go to now: the best other usable one."""
+    def _backup(self, links: Mapping[str, LinkState], *, copies: bool = False) -> str | None:
+        """The path a hard handover would go to now: the best other usable one
+        (copies: of those that take redundant datagrams' copies)."""
         current = self._current()
         for name in self._ranked():
-            if name != current and self.policy.works(name, links):
+            if (name != current and not (copies and name in self._no_copies)
+                    and self.policy.works(name, links)):
                 return name
         return None
 
     def _keep_standby(self, links: Mapping[str, LinkState]) -> None:
         """Keep a standby transport parked on the backup path, and only there."""
+        want = self._backup(links)
+        self._tell_datagrams(self._backup(links, copies=True)
+                             if want in self._no_copies else want)
         if self._standby_task is not None and not self._standby_task.done():
             return
-        want = self._backup(links)
         have = self.client.standby
         if have is not None and (have[1].lost or have[0].name != want):
             self.client.drop_standby()
@@ -286,6 +293,20 @@ class PathManager:
             return
         self._standby_task = asyncio.get_running_loop().create_task(
             self._open_standby(want), name=f"standby-{want}")
+
+    def _tell_datagrams(self, backup: str | None) -> None:
+        """Redundant datagram channels send a copy on the backup path too: the
+        datagram side binds its second socket there, as this path's transports
+        are bound (the device, or the address without root)."""
+        driver = self.client.driver
+        datagrams = driver.datagrams if driver is not None else None
+        if not isinstance(datagrams, ClientDatagrams):
+            return
+        if backup is None:
+            datagrams.set_backup(None)
+            return
+        where = self.attachment(backup)
+        datagrams.set_backup(where.name, where.device, where.source)
 
     async def _open_standby(self, name: str) -> None:
         driver = self.client.driver
