@@ -25,7 +25,27 @@ class Stream:
     eof: bool = False
 
 
-class Pair:
+class Applications:
+    """The applications at both ends: what each channel's writer sent."""
+
+    client: Session
+    server: Session
+    up: dict[int, Stream]  # channel id -> what the client's side wrote and the server got
+    down: dict[int, Stream]
+
+    def open(self) -> int:
+        cid = self.client.open_channel("echo.example", 7)
+        self.up[cid] = Stream()
+        self.down[cid] = Stream()
+        return cid
+
+    def write(self, cid: int, data: bytes, *, from_client: bool = True) -> None:
+        side, streams = (self.client, self.up) if from_client else (self.server, self.down)
+        side.send(cid, data)
+        streams[cid].sent += data
+
+
+class Pair(Applications):
     def __init__(self, config: SessionConfig | None = None,
                  compression: CompressionMode | None = None,
                  server_compression: CompressionMode | None = None,
@@ -49,16 +69,6 @@ class Pair:
         self.auto_accept = True
         self.not_reading: set[int] = set()  # channels whose application stopped reading
 
-    def open(self) -> int:
-        cid = self.client.open_channel("echo.example", 7)
-        self.up[cid] = Stream()
-        self.down[cid] = Stream()
-        return cid
-
-    def write(self, cid: int, data: bytes, *, from_client: bool = True) -> None:
-        side, streams = (self.client, self.up) if from_client else (self.server, self.down)
-        side.send(cid, data)
-        streams[cid].sent += data
 
     def step(self, dt: float = 0.001) -> None:
         self.now += dt

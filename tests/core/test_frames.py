@@ -17,6 +17,7 @@ from roam.core.frames import (
     MAX_FRAME_BODY,
     MAX_HOST,
     MAX_REASON,
+    SWITCH_REINJECT,
     Ack,
     ChannelKind,
     Close,
@@ -27,6 +28,8 @@ from roam.core.frames import (
     FrameType,
     HandoverBegin,
     HandoverReady,
+    Join,
+    Joined,
     Open,
     OpenFail,
     OpenOk,
@@ -35,6 +38,7 @@ from roam.core.frames import (
     Reset,
     Resume,
     Resumed,
+    Switch,
     Window,
     decode_frames,
     encode,
@@ -49,7 +53,7 @@ U64 = 2**64 - 1
 
 FRAME_CLASSES = (
     Open, OpenOk, OpenFail, Data, Fin, Reset, Window, Close, Dgram, Ack, Ping, Pong, Resume,
-    Resumed, HandoverBegin, HandoverReady,
+    Resumed, HandoverBegin, HandoverReady, Join, Joined, Switch,
 )
 
 # One instance of every frame type, with values at the edges of their fields.
@@ -80,6 +84,10 @@ EXAMPLES: list[Frame] = [
     Resumed(21),
     HandoverBegin(22),
     HandoverReady(23),
+    Join(0),
+    Joined(U64),
+    Switch(24),
+    Switch(U64, SWITCH_REINJECT),
 ]
 
 
@@ -133,6 +141,9 @@ frames_st: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Pong, u64),
     st.builds(Resume, u64),
     st.builds(Resumed, u64),
+    st.builds(Join, u64),
+    st.builds(Joined, u64),
+    st.builds(Switch, u64, st.sampled_from([0, SWITCH_REINJECT])),
 )
 
 # Records made of frame-shaped pieces with arbitrary type and body, so the
@@ -318,7 +329,7 @@ def test_oversized_declared_length(length: int) -> None:
     refused(HEADER.pack(FrameType.DATA, length) + b"x" * 100, "exceeds")
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x10, 0x12, 0x7F, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x10, 0x15, 0x7F, 0xFF])
 def test_unknown_frame_type(ftype: int) -> None:
     refused(raw(ftype, b""), f"unknown frame type {ftype:#04x}")
     refused(encode(Ack(1)) + raw(ftype, b"abc"), "unknown frame type")
@@ -397,6 +408,9 @@ FIXED_SIZES = [
     (FrameType.PONG, 8),
     (FrameType.RESUME, 8),
     (FrameType.RESUMED, 8),
+    (FrameType.JOIN, 8),
+    (FrameType.JOINED, 8),
+    (FrameType.SWITCH, 9),
     (FrameType.WINDOW, 16),
     (FrameType.OPEN_OK, 16),
     (FrameType.FIN, 12),
@@ -496,3 +510,8 @@ def test_truncation_at_every_offset(frames: list[Frame]) -> None:
             assert decode_frames(prefix) == frames[:count]
         else:
             refused(prefix, "truncated frame")
+
+
+def test_switch_with_unknown_flags_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="SWITCH frame has unknown flags 0x2"):
+        decode_frames(raw(FrameType.SWITCH, bytes(8) + b"\x02"))

@@ -16,10 +16,12 @@ from roam.crypto.records import (
     HEADER,
     MAX_EPOCH_SKIP,
     MAX_RECORD,
+    RECORD_WINDOW,
     REKEY_BYTES,
     REKEY_SECONDS,
     TAG,
     DatagramOpener,
+    Lane,
     RecordFramer,
     RecordOpener,
     RecordSealer,
@@ -576,3 +578,54 @@ def test_forged_packets_from_far_epochs_derive_each_key_once() -> None:
     counter, body = _split(sealer.seal(b"after", 0.0))
     assert opener.open(counter, body) == (b"after", True)
     assert opener.rekeys == 2
+
+
+# ---- several transports: lanes and the window -----------------------------------
+
+
+def sealed(sealer: RecordSealer, n: int) -> list[Record]:
+    out = []
+    for i in range(n):
+        length, counter = HEADER.unpack_from(raw := sealer.seal(bytes([i % 256]) * 10, 0.0))
+        out.append((counter, bytes(raw[HEADER.size:HEADER.size + length - 8])))
+    return out
+
+
+def test_records_interleaved_over_two_transports_are_each_taken_once() -> None:
+    sealer, opener = make_pair(CIPHERS[0])
+    records = sealed(sealer, 6)
+    a, b = Lane(), Lane()
+    # Odd counters on one transport, even on the other; the second one is faster.
+    for counter, ct in (records[1], records[3], records[0], records[5], records[2]):
+        opener.open(counter, ct, lane=b if counter % 2 else a)
+    assert opener.last == 5
+    with pytest.raises(CryptoError, match="replayed record"):
+        opener.open(*records[0], lane=b)  # recorded on one, played on the other
+    with pytest.raises(CryptoError, match="on this transport"):
+        opener.open(*records[2], lane=a)  # not above that transport's last
+    opener.open(*records[4], lane=a)
+
+
+def test_a_transport_lagging_past_the_window_is_refused() -> None:
+    sealer, opener = make_pair(CIPHERS[0])
+    first = sealed(sealer, 1)[0]
+    late = Lane()
+    rest = sealed(sealer, RECORD_WINDOW + 1)
+    fast = Lane()
+    for counter, ct in rest:
+        opener.open(counter, ct, lane=fast)
+    with pytest.raises(CryptoError, match="older than the replay window"):
+        opener.open(*first, lane=late)
+
+
+def test_one_transport_keeps_the_strict_rule_and_costs_no_bitmap() -> None:
+    sealer, opener = make_pair(CIPHERS[0])
+    records = sealed(sealer, 3)
+    opener.open(*records[0])
+    opener.open(*records[2])  # a record lost on the way is no reason to refuse
+    with pytest.raises(CryptoError, match="already accepted up to 2"):
+        opener.open(*records[1])
+    # Every counter up to the highest counts as seen: another transport
+    # joining later cannot bring the skipped one either.
+    with pytest.raises(CryptoError, match="replayed record"):
+        opener.open(*records[1], lane=Lane())

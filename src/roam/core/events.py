@@ -83,9 +83,30 @@ class ChannelClosed:
 
 @dataclass(slots=True, frozen=True)
 class TransportDead:
-    """Nothing arrived for `silence` seconds: the driver drops the transport."""
+    """Nothing arrived on transport `transport` for `silence` seconds: the
+    driver drops it (the core has already let go of it)."""
 
     silence: float
+    transport: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class TransportJoined:
+    """A transport joined the attached session as a standby (JOIN, JOINED)."""
+
+    transport: int
+
+
+@dataclass(slots=True, frozen=True)
+class TransportSwitched:
+    """This side's new reliable frames go on `transport` now (was `previous`):
+    the peer asked (SWITCH), a transport was lost, or the active one stalled.
+    `frames_resent` frames were sent again on it (0 for a soft switch)."""
+
+    transport: int
+    previous: int | None
+    reason: str
+    frames_resent: int
 
 
 @dataclass(slots=True, frozen=True)
@@ -114,5 +135,5 @@ Event = (
     ChannelOpenRequested | ChannelOpened | ChannelOpenFailed | ChannelRefused | DataReceived
     | DatagramReceived | EndOfStream
     | ChannelReset | ChannelClosed | TransportDead | SessionResumed | SessionClosed
-    | HandoverReady
+    | HandoverReady | TransportJoined | TransportSwitched
 )

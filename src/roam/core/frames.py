@@ -36,6 +36,10 @@ class FrameType(IntEnum):
     RESUME = 0x0E
     RESUMED = 0x0F
     CLOSE = 0x11
+    # Several transports at once (docs/protocol.md 5.2).
+    JOIN = 0x12
+    JOINED = 0x13
+    SWITCH = 0x14
 
 
 class ChannelKind(IntEnum):
@@ -67,6 +71,10 @@ _WINDOW = struct.Struct("!QII")
 _CH = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _CLOSE = struct.Struct("!QH")
+_SWITCH = struct.Struct("!QB")
+# SWITCH flags: the sender resent here every frame the receiver has not
+# acknowledged, and asks the receiver to do the same after `received`.
+SWITCH_REINJECT = 0x01
 
 RELIABLE = frozenset(
     {
@@ -197,9 +205,34 @@ class Resumed:
     received: int
 
 
+@dataclass(slots=True, frozen=True)
+class Join:
+    """Client, first on a new transport: it joins the attached session as a
+    standby; nothing is resent."""
+
+    received: int
+
+
+@dataclass(slots=True, frozen=True)
+class Joined:
+    """Server, first on a joined transport: it is the session's now."""
+
+    received: int
+
+
+@dataclass(slots=True, frozen=True)
+class Switch:
+    """The sender's new reliable frames travel on this transport from here on;
+    the receiver's should too. With SWITCH_REINJECT, both resend here every
+    frame the other has not acknowledged."""
+
+    received: int
+    flags: int = 0
+
+
 Frame = (
     Open | OpenOk | OpenFail | Data | Fin | Reset | Window | Close | Dgram | Ack | Ping | Pong
-    | Resume | Resumed | HandoverBegin | HandoverReady
+    | Resume | Resumed | HandoverBegin | HandoverReady | Join | Joined | Switch
 )
 ReliableFrame = Open | OpenOk | OpenFail | Data | Fin | Reset | Window | Close
 RELIABLE_CLASSES = (Open, OpenOk, OpenFail, Data, Fin, Reset, Window, Close)
@@ -293,6 +326,12 @@ def _encode(frame: Frame) -> bytes:
             return _frame(FrameType.HANDOVER_BEGIN, _CH.pack(token))
         case HandoverReady(token):
             return _frame(FrameType.HANDOVER_READY, _CH.pack(token))
+        case Join(n):
+            return _frame(FrameType.JOIN, _U64.pack(n))
+        case Joined(n):
+            return _frame(FrameType.JOINED, _U64.pack(n))
+        case Switch(n, flags):
+            return _frame(FrameType.SWITCH, _SWITCH.pack(n, flags))
     raise ValueError(f"cannot encode {frame!r}")
 
 
@@ -328,11 +367,15 @@ def _decode_one(ftype: FrameType, body: memoryview) -> Frame:
             raise ProtocolError(f"DATA frame has unknown flags {flags:#x}")
         return Data(seq, channel, flags, body[_DATA.size:])
     if ftype in (FrameType.ACK, FrameType.PING, FrameType.PONG, FrameType.RESUME,
-                 FrameType.RESUMED):
+                 FrameType.RESUMED, FrameType.JOIN, FrameType.JOINED):
         _fixed(ftype, body, _U64.size)
         (n,) = _U64.unpack_from(body)
         if ftype is FrameType.ACK:
             return Ack(n)
+        if ftype is FrameType.JOIN:
+            return Join(n)
+        if ftype is FrameType.JOINED:
+            return Joined(n)
         if ftype is FrameType.PING:
             return Ping(n)
         if ftype is FrameType.PONG:
@@ -379,6 +422,12 @@ def _decode_one(ftype: FrameType, body: memoryview) -> Frame:
         if ftype is FrameType.HANDOVER_BEGIN:
             return HandoverBegin(token)
         return HandoverReady(token)
+    if ftype is FrameType.SWITCH:
+        _fixed(ftype, body, _SWITCH.size)
+        received, flags = _SWITCH.unpack_from(body)
+        if flags & ~SWITCH_REINJECT:
+            raise ProtocolError(f"SWITCH frame has unknown flags {flags:#x}")
+        return Switch(received, flags)
     if ftype is FrameType.DGRAM:
         _at_least(ftype, body, _CH.size)
         (channel,) = _CH.unpack_from(body)

@@ -18,6 +18,14 @@ When a transport breaks, the session is *detached*; on the next transport the
 client sends RESUME(received up to N), the server answers RESUMED(received up
 to M), and each resends every frame after the other's mark (claim 6).
 
+Several transports (docs/protocol.md 5.2): a session may have more than one
+at once, each named by the driver's number for it (`tid`). Each side sends
+its new reliable frames on its active one; a standby joins with JOIN and
+JOINED and takes over with SWITCH, at once and resending nothing when both
+work (a soft handover), or resending every unacknowledged frame when the
+active one was lost or stalled (a hard one). Reliable frames may then arrive
+out of order; they are held until the gap fills, and each is delivered once.
+
 Backpressure: the replay buffer holds at most `replay_limit` bytes; past
 that, channel data waits in per-channel buffers of `channel_send_buffer`
 bytes, and `send_room()` tells the driver to stop reading the application.
@@ -33,13 +41,21 @@ from roam.core import events as ev
 from roam.core import frames as fr
 from roam.core.channels import Channels
 from roam.core.compress import AUTO_MIN_RTT, CompressionMode, Compressor, History
-from roam.core.liveness import MAX_PINGS, Liveness
+from roam.core.liveness import MAX_PINGS, idle_interval
 from roam.core.replay import Buffer, ReplayBuffer
 from roam.core.rtt import RttEstimator
-from roam.core.states import SessionInput, SessionState, next_state
-from roam.errors import CloseCode, ProtocolError
+from roam.core.states import (
+    SessionInput,
+    SessionState,
+    TransportInput,
+    TransportState,
+    next_state,
+)
+from roam.core.transports import Transport
+from roam.errors import CloseCode, LocalError, ProtocolError
 
 __all__ = ["Buffer", "Session", "SessionConfig", "SessionStatistics"]
+
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
@@ -86,7 +102,20 @@ class SessionConfig:
     # --compress auto leaves paths with a least RTT under this uncompressed
     # (roam.core.compress.AUTO_MIN_RTT says why).
     auto_compress_min_rtt: float = AUTO_MIN_RTT
+    # With a standby transport, the active one is stalled when data is
+    # outstanding and nothing was acknowledged for this many smoothed RTTs of
+    # it, and at least `stall_floor` seconds: its unacknowledged frames are
+    # then sent again on the standby, which becomes the active one.
+    stall_rtts: float = 4.0
+    # A loaded Python peer acknowledges late now and then (a GC pause, a long
+    # write); docs/performance.md has the measurement behind this floor.
+    stall_floor: float = 0.15
 
+# Reliable frames held ahead of a gap at most (the sender's replay buffer
+# holds at most about replay_limit bytes of them; this bounds their count).
+_MAX_AHEAD = 1 << 16
+# What a held frame costs beyond its bytes (the frame object and its entry).
+_AHEAD_OVERHEAD = 128
 # PINGs and PONGs waiting in the control queue at most. They leave with the
 # next records, so an honest peer never gets near this: only a transport
 # whose writes stall while the peer keeps pinging (a peer that sends and
@@ -97,14 +126,6 @@ _MAX_PROBES = MAX_PINGS
 # Datagram bytes queued for the current transport at most; beyond, datagrams
 # are dropped rather than delay the stream data behind them.
 _DATAGRAM_QUEUE = 256 * 1024
-# The first record on a new transport holds at most this much, and each next
-# one twice as much, up to max_record_payload. A record is usable only whole,
-# and a new TCP connection sends 10 segments (~14 KB, RFC 6928) in its first
-# round trip, doubling after: records that grow the same way reach the
-# application a round trip at a time instead of all after the largest.
-_FIRST_RECORD = 4 * 1024
-
-
 @dataclass(frozen=True, slots=True)
 class SessionStatistics:
     state: str
@@ -132,11 +153,11 @@ class SessionStatistics:
 class Session:
     # A server holds one per session for as long as it lives, idle or not:
     # slots, where an instance dict would cost about 1.5 KiB.
-    __slots__ = ("_ack_due", "_ack_sent", "_active_since", "_close_sent", "_control",
-                 "_control_alone", "_datagram_bytes", "_detached_since", "_drained", "_events",
-                 "_idle", "_last_activity", "_live", "_probes", "_received", "_record_limit",
-                 "_unacked_bytes", "channels", "config", "datagrams_received", "datagrams_sent",
-                 "frames_resent", "is_client", "replay", "resumes", "state")
+    __slots__ = ("_ack_due", "_ack_progress", "_ack_sent", "_active", "_active_since", "_ahead",
+                 "_ahead_bytes", "_close_sent", "_detached_since", "_drained", "_events",
+                 "_idle", "_last_activity", "_last_received", "_received", "_rtt", "_stall_retry",
+                 "_transports", "_unacked_bytes", "channels", "config", "datagrams_received",
+                 "datagrams_sent", "frames_resent", "is_client", "replay", "resumes", "state")
 
     def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None,
                  compression: CompressionMode | None = None, history: bool = False) -> None:
@@ -162,72 +183,211 @@ class Session:
                                  compressor=compressor, send_history=send_history,
                                  recv_history=recv_history)
         self.channels.send_datagram = self.send_datagram
-        self._live = Liveness(now)
-        self._control: list[bytes] = []  # unreliable frames for the current transport
-        self._probes = 0  # PINGs and PONGs among them (_MAX_PROBES says why)
+        self._transports: dict[int, Transport] = {}
+        self._active: Transport | None = None
+        # The RTT the session knows before its first transport (the client
+        # samples the handshake's); a new transport starts from the last one's.
+        self._rtt = RttEstimator()
         self._received = 0  # highest reliable seq received in order
+        # Reliable frames received beyond a gap (several transports), by seq.
+        self._ahead: dict[int, fr.ReliableFrame] | None = None
+        self._ahead_bytes = 0
         self._ack_sent = 0
         self._unacked_bytes = 0  # reliable bytes received since our last ACK
         self._ack_due: float | None = None  # when a standalone ACK must go
+        # When the peer last acknowledged something new, or when something
+        # was sent with nothing outstanding: a stall counts from here.
+        self._ack_progress = now
+        # A stall found no standby to move to: look again from then on.
+        self._stall_retry = now
         # Reliable frames either way keep a session active (fast keepalive,
         # short dead time); the silence that counts as death is measured from
         # the later of the last arrival and the moment the session woke up.
         self._last_activity = now
+        self._last_received = now
         self._active_since = now
         self._idle = False
         self._detached_since: float | None = now
         self._close_sent = False
-        # After a resume the control frames (RESUMED, ACK) leave in a record
-        # of their own: a new TCP connection starts with a 10-segment window
-        # (RFC 6928), and a 128 KiB first record would hold RESUMED back for
-        # three or four round trips of slow start.
-        self._control_alone = False
-        self._record_limit = _FIRST_RECORD
         self._drained = False  # server: HANDOVER_READY is out; nothing more on this transport
         self.frames_resent = 0
         self.resumes = 0
         self.datagrams_sent = 0
         self.datagrams_received = 0
-        self._datagram_bytes = 0
 
     # ---- transports ------------------------------------------------------
 
-    def transport_attached(self, now: float, *, resume: bool) -> None:
-        """A new transport carries the session from now on.
+    def transport_attached(self, now: float, *, resume: bool, tid: int = 0) -> None:
+        """Transport `tid` carries the session from now on (a transport with
+        the same number is let go first).
 
         `resume=False` only for the transport of the handshake. For a resume,
-        the client speaks first (RESUME); the server waits for it. A closed
+        the client speaks first (RESUME): it had lost every other transport.
+        The server waits for the first frame, RESUME or JOIN, which says
+        whether the transport replaces the others or joins them. A closed
         session stays closed.
         """
         if self.state is SessionState.CLOSED:
             return
-        self._control.clear()
-        self._probes = 0
-        self._datagram_bytes = 0
-        self._live.new_transport(now)
-        self._drained = False
-        self._record_limit = _FIRST_RECORD
-        self._detached_since = None
+        if tid in self._transports:
+            self._forget(self._transports[tid], now)
+        t = self._add(tid, now)
         if not resume:
+            t.move(TransportInput.NEW)
+            self._active = t
             self.state = next_state(self.state, SessionInput.NEW_TRANSPORT)
             return
-        self.state = next_state(self.state, SessionInput.RESUME_TRANSPORT)
         if self.is_client:
-            self._control.append(fr.encode(fr.Resume(self._received)))
+            for other in list(self._transports.values()):
+                if other is not t:
+                    self._forget(other, now)
+            self.state = next_state(self.state, SessionInput.RESUME_TRANSPORT)
+            t.control.append(fr.encode(fr.Resume(self._received)))
+        else:
+            self.state = next_state(self.state, SessionInput.OPENING_TRANSPORT)
 
-    def transport_lost(self, now: float) -> None:
-        """The driver saw the transport fail; wait for (or make) another."""
-        if self.state is not SessionState.CLOSED:
+    def join_transport(self, tid: int, now: float) -> None:
+        """Client: transport `tid` joins the attached session as a standby (JOIN)."""
+        if not self.is_client:
+            raise LocalError("only the client joins a transport; the server answers JOIN")
+        if self._active is None or tid in self._transports:
+            raise LocalError(f"transport {tid} cannot join: the session is {self.state.value}"
+                             f"{' and it has that transport' if tid in self._transports else ''}")
+        t = self._add(tid, now)
+        t.joining = True
+        t.control.append(fr.encode(fr.Join(self._received)))
+        self.state = next_state(self.state, SessionInput.OPENING_TRANSPORT)
+
+    def switch(self, tid: int, now: float, *, reinject: bool = False,
+               reason: str = "asked") -> None:
+        """This side's new reliable frames go on transport `tid` from now on,
+        and SWITCH asks the peer's to follow. `reinject`: the active one is
+        lost or stalled, so every unacknowledged frame goes again on `tid`
+        (and the peer resends what it has not had acknowledged)."""
+        t = self._transports.get(tid)
+        if t is None:
+            raise LocalError(f"no transport {tid} to switch to")
+        previous = self._active
+        if previous is t and not reinject:
+            return
+        self._activate(t, now, TransportInput.SWITCH, reason, reinject=reinject)
+        flags = fr.SWITCH_REINJECT if reinject else 0
+        # First on the transport, before the frames it carries from now on.
+        t.control.insert(0, fr.encode(fr.Switch(self._received, flags)))
+
+    def _activate(self, t: Transport, now: float, event: TransportInput, reason: str, *,
+                  reinject: bool) -> None:
+        previous = self._active
+        t.move(event)
+        if previous is not None and previous is not t:
+            previous.move(TransportInput.SUPERSEDED)
+        self._active = t
+        self._rtt = t.live.rtt
+        # Our last ACK may have gone on the transport left behind.
+        self._ack_sent = min(self._ack_sent, self._received - 1)
+        resent = 0
+        if reinject:
+            resent, _ = self.replay.resend_all()
+            self.frames_resent += resent
+        self._ack_progress = now
+        self._events.append(ev.TransportSwitched(t.id, previous.id if previous else None,
+                                                 reason, resent))
+
+    def _add(self, tid: int, now: float) -> Transport:
+        t = Transport(tid, now)
+        if not self._transports:
+            # The only transport carries the session's RTT on (the smoothed
+            # RTT and the RTO adapt within a few samples; the least RTT is
+            # learnt again). One joining others learns its own.
+            t.live.rtt = self._rtt
+            self._rtt.new_path()
+        self._transports[tid] = t
+        self._last_received = now
+        self._detached_since = None
+        self._drained = False
+        return t
+
+    def _forget(self, t: Transport, now: float) -> None:
+        """Let go of `t` (no event: the caller knows)."""
+        if self._transports.pop(t.id, None) is None:
+            return
+        t.move(TransportInput.LOST)
+        if t is self._active:
+            self._active = None
+        if (not any(o.usable for o in self._transports.values())
+                and self.state is not SessionState.CLOSED):
+            # What is left (if anything) has not resumed or joined yet.
             self.state = next_state(self.state, SessionInput.TRANSPORT_LOST)
             self._detached_since = now
-            self._control.clear()
-            self._probes = 0
-            self._datagram_bytes = 0
+            if self._transports:
+                self.state = next_state(self.state, SessionInput.OPENING_TRANSPORT)
+
+    def transport_lost(self, now: float, tid: int | None = None) -> None:
+        """The driver saw transport `tid` fail (None: every transport).
+
+        With another transport left, the session goes on there at once: if
+        the lost one was the active one, the best standby takes over and
+        every unacknowledged frame is sent again on it (a hard handover
+        without a connect); frames still in flight on a lost standby are
+        sent again too."""
+        if self.state is SessionState.CLOSED:
+            return
+        if tid is None:
+            for t in list(self._transports.values()):
+                self._forget(t, now)
+            if self.state is not SessionState.DETACHED:
+                self.state = next_state(self.state, SessionInput.TRANSPORT_LOST)
+                self._detached_since = now
+            return
+        lost = self._transports.get(tid)
+        if lost is None:
+            return
+        was_active = lost is self._active
+        self._forget(lost, now)
+        standbys = [t for t in self._transports.values() if t.usable]
+        if not standbys:
+            return
+        if was_active:
+            best = max(standbys, key=lambda t: t.live.last_received)
+            self._activate(best, now, TransportInput.SWITCH, f"transport {tid} lost",
+                           reinject=True)
+            best.control.insert(0, fr.encode(fr.Switch(self._received, fr.SWITCH_REINJECT)))
+        elif self.replay.unacked and lost.last_seq >= self.replay.unacked[0][0]:
+            resent, _ = self.replay.resend_all()
+            self.frames_resent += resent
+
+    def transport_ids(self) -> dict[int, TransportState]:
+        """Every transport the session has, and its role."""
+        return {tid: t.state for tid, t in self._transports.items()}
+
+    def control_frames(self) -> list[bytes]:
+        """Control frames (PING, PONG, DGRAM ...) waiting on every transport."""
+        return [c for t in self._transports.values() for c in t.control]
+
+    @property
+    def active_transport(self) -> int | None:
+        return self._active.id if self._active is not None else None
+
+    def drained(self, tid: int) -> bool:
+        """Every frame sent on transport `tid` is acknowledged: closing it
+        loses nothing (the soft handover's old transport may go)."""
+        t = self._transports.get(tid)
+        unacked = self.replay.unacked
+        return t is None or not unacked or t.last_seq < unacked[0][0]
+
+    def _pick(self, tid: int | None) -> Transport | None:
+        if tid is not None:
+            return self._transports.get(tid)
+        if self._active is not None:
+            return self._active
+        if len(self._transports) == 1:
+            return next(iter(self._transports.values()))
+        return None
 
     @property
     def last_received(self) -> float:
-        """When the last record arrived (the `now` of that call)."""
-        return self._live.last_received
+        """When the last record arrived (the `now` of that call), on any transport."""
+        return self._last_received
 
     @property
     def bytes_sent(self) -> int:
@@ -245,7 +405,8 @@ class Session:
 
     @property
     def rtt(self) -> RttEstimator:
-        return self._live.rtt
+        """The active transport's RTT (the last one's while there is none)."""
+        return self._rtt
 
     def begin_handover(self, token: int) -> None:
         """Client: start a soft handover; HANDOVER_BEGIN leaves on the current transport.
@@ -258,10 +419,10 @@ class Session:
         if not self.is_client:
             raise ValueError("only the client begins a handover")
         after = next_state(self.state, SessionInput.BEGIN_HANDOVER)
-        if after is self.state:
+        if after is self.state or self._active is None:
             return  # not attached: the resume that follows is a hard handover
         self.state = after
-        self._control.append(fr.encode(fr.HandoverBegin(token)))
+        self._active.control.append(fr.encode(fr.HandoverBegin(token)))
 
     # ---- channels: the application side ----------------------------------
 
@@ -298,15 +459,18 @@ class Session:
         return self.channels.ids()
 
     def send_datagram(self, cid: int, data: bytes) -> bool:
-        """Queue one datagram; False when it was dropped (unknown channel, no room)."""
+        """Queue one datagram on the active transport; False when it was
+        dropped (unknown channel, no transport, no room)."""
         ch = self.channels.datagram(cid, data)
         if ch is None:
             return self.channels.hold(cid, data)
-        if self.state is not SessionState.ATTACHED or self._datagram_bytes > _DATAGRAM_QUEUE:
+        t = self._active
+        if (self.state is not SessionState.ATTACHED or t is None
+                or t.datagram_bytes > _DATAGRAM_QUEUE):
             return False  # no transport now: a datagram may be lost, never delayed for long
         frame = fr.encode(fr.Dgram(cid, data))
-        self._datagram_bytes += len(frame)
-        self._control.append(frame)
+        t.datagram_bytes += len(frame)
+        t.control.append(frame)
         self.datagrams_sent += 1
         return True
 
@@ -333,69 +497,82 @@ class Session:
 
     # ---- output ----------------------------------------------------------
 
-    def payloads_to_send(self, now: float, budget: int | None = None) -> list[bytes]:
-        """Record plaintexts to send on the current transport, in order (as
-        `records_to_send`, each record joined into one bytes object)."""
-        return [b"".join(parts) for parts in self.records_to_send(now, budget)]
+    def payloads_to_send(self, now: float, budget: int | None = None,
+                         tid: int | None = None) -> list[bytes]:
+        """Record plaintexts to send on transport `tid` (None: the active
+        one), in order (as `records_to_send`, each record joined)."""
+        return [b"".join(parts) for parts in self.records_to_send(now, budget, tid)]
 
-    def records_to_send(self, now: float, budget: int | None = None) -> list[list[Buffer]]:
-        """Records to send on the current transport, in order, each the list
-        of pieces whose concatenation is its plaintext.
+    def records_to_send(self, now: float, budget: int | None = None,
+                        tid: int | None = None) -> list[list[Buffer]]:
+        """Records to send on transport `tid` (None: the active one), in
+        order, each the list of pieces whose concatenation is its plaintext.
 
         The pieces are the replay buffer's own (a DATA frame's payload is a
         view of the application's read), so the sealer's gathering of them
         is the only copy of the data before encryption. At most about
         `budget` bytes of reliable frames: the rest stays in the replay
-        buffer, not in a transport's write buffer as a second copy.
+        buffer, not in a transport's write buffer as a second copy. Only the
+        active transport carries reliable frames; a standby carries its
+        control frames and an ACK that is owed.
         """
         state = self.state
         if state is SessionState.DETACHED:
             return []
-        if state is SessionState.RESUMING:
-            out: list[list[Buffer]] = [list(self._control)] if self._control else []
-            self._control = []
-            self._probes = 0
+        t = self._pick(tid)
+        if t is None:
+            return []
+        if t.state is TransportState.OPENING:
+            out: list[list[Buffer]] = [list(t.control)] if t.control else []
+            t.control = []
+            t.probes = 0
             return out
         if state is SessionState.DRAINING:
-            return self._drain_payload()
+            return self._drain_payload(t)
         replay = self.replay
         channels = self.channels
-        if not (channels.rr or replay.pending or self._control or self._ack_wanted(now)):
+        active = t is self._active
+        if not (t.control or (active and (channels.rr or replay.pending
+                                          or self._ack_wanted(now)))):
             return []  # the usual answer to a flush after a read: nothing
         if state is SessionState.ATTACHED:
-            channels.fill(self._record_limit, self._live.rtt.min_rtt)
+            if active:
+                channels.fill(t.record_limit, t.live.rtt.min_rtt)
         elif not self._close_sent:
             return []
         records: list[list[Buffer]] = []
         parts: list[Buffer] = []
         size = 0
-        pending = replay.pending
-        if ((self._received > self._ack_sent and (pending or self._control))
-                or self._ack_wanted(now)):
-            # An ACK rides on what goes anyway, or goes alone when due.
+        pending = replay.pending if active else None
+        # An ACK rides on what goes anyway; alone it goes only on the active
+        # transport (a standby may be the black hole that lost the last one).
+        if ((self._received > self._ack_sent and (pending or t.control))
+                or (active and self._ack_wanted(now))):
             ack = fr.encode_ack(self._received)
             parts.append(ack)
             self._ack_sent = self._received
             self._unacked_bytes = 0
             self._ack_due = None
             size += len(ack)
-        if self._control:
-            parts.extend(self._control)
-            size += sum(len(c) for c in self._control)
-            self._control = []
-            self._probes = 0
-            self._datagram_bytes = 0
-        if self._control_alone and parts:
+        if t.control:
+            parts.extend(t.control)
+            size += sum(len(c) for c in t.control)
+            t.control = []
+            t.probes = 0
+            t.datagram_bytes = 0
+        if t.control_alone and parts:
             records.append(parts)
             parts, size = [], 0
-            self._control_alone = False
+            t.control_alone = False
         max_record = self.config.max_record_payload
-        limit = min(self._record_limit, max_record)
+        limit = min(t.record_limit, max_record)
         if pending:
             self._note_activity(now)
             unacked = replay.unacked
             if unacked is None:
                 unacked = replay.unacked = deque()
+            if not unacked:
+                self._ack_progress = now  # a stall counts from the first frame out
             room = budget if budget is not None else replay.bytes
             while pending and room > 0:
                 item = pending.popleft()
@@ -406,15 +583,16 @@ class Session:
                     records.append(parts)
                     parts, size = [], 0
                     if limit < max_record:
-                        limit = self._record_limit = limit * 2
+                        limit = t.record_limit = limit * 2
                 parts.append(item[2])
                 if item[3]:
                     parts.append(item[3])
                 size += frame_size
+            t.last_seq = unacked[-1][0]
         if parts:
             records.append(parts)
             if limit < max_record:
-                self._record_limit = limit * 2
+                t.record_limit = limit * 2
         return records
 
     def _ack_wanted(self, now: float) -> bool:
@@ -423,7 +601,7 @@ class Session:
             self._unacked_bytes >= self.config.ack_bytes
             or (self._ack_due is not None and now >= self._ack_due))
 
-    def _drain_payload(self) -> list[list[Buffer]]:
+    def _drain_payload(self, t: Transport) -> list[list[Buffer]]:
         """While draining only the ACK and control frames (BEGIN, READY) go out."""
         if self._drained:
             return []
@@ -433,9 +611,9 @@ class Session:
             self._ack_sent = self._received
             self._unacked_bytes = 0
             self._ack_due = None
-        parts.extend(self._control)
-        self._control = []
-        self._probes = 0
+        parts.extend(t.control)
+        t.control = []
+        t.probes = 0
         if not self.is_client and parts:
             self._drained = True
         return [parts] if parts else []
@@ -449,91 +627,183 @@ class Session:
 
     # ---- input -----------------------------------------------------------
 
-    def receive_payload(self, payload: bytes | memoryview, now: float) -> None:
-        """Process one record plaintext. Raises ProtocolError on a broken peer."""
+    def receive_payload(self, payload: bytes | memoryview, now: float,
+                        tid: int | None = None) -> None:
+        """Process one record plaintext that came on transport `tid` (None:
+        the active one). Raises ProtocolError on a broken peer."""
         if self.state is SessionState.CLOSED:
             return
-        if self.state is SessionState.DETACHED:
+        t = self._pick(tid)
+        if self.state is SessionState.DETACHED or t is None:
             raise ProtocolError("record on a transport the session is not attached to")
-        self._live.last_received = now
+        if t.state is TransportState.GONE:
+            return
+        t.live.last_received = now
+        self._last_received = now
         frames = fr.decode_frames(payload)
         self._unacked_bytes += len(payload)
-        if self.state is SessionState.RESUMING:
+        if t.state is TransportState.OPENING:
             first = frames[0]
-            expected = fr.Resumed if self.is_client else fr.Resume
+            expected: tuple[type[fr.Frame], ...] = (
+                (fr.Joined,) if t.joining else (fr.Resumed,)) if self.is_client else (
+                fr.Resume, fr.Join)
             if not isinstance(first, expected):
-                raise ProtocolError(f"expected {expected.__name__.upper()} first on a resumed "
-                                    f"transport, got {type(first).__name__.upper()}")
-        channels = self.channels
+                names = " or ".join(e.__name__.upper() for e in expected)
+                raise ProtocolError(f"expected {names} first on a new transport, got "
+                                    f"{type(first).__name__.upper()}")
         for frame in frames:
             if isinstance(frame, fr.RELIABLE_CLASSES):
-                if frame.seq <= self._received:
-                    continue  # already had it before the transport changed
-                if frame.seq != self._received + 1:
-                    raise ProtocolError(f"sequence gap: got {frame.seq}, "
-                                        f"expected {self._received + 1}")
-                self._received = frame.seq
-                if self._ack_due is None:
+                seq = frame.seq
+                if seq == self._received + 1:
+                    self._deliver(frame, now)
+                    ahead = self._ahead
+                    while ahead and not self.closed and self._received + 1 in ahead:
+                        held = ahead.pop(self._received + 1)
+                        self._ahead_bytes -= _held_size(held)
+                        self._deliver(held, now)
+                    if ahead is not None and not ahead:
+                        self._ahead = None
+                elif seq > self._received:
+                    self._hold(frame)
+                elif self._ack_due is None:
+                    # Had it already: the peer resent it, so it may have
+                    # missed our ACK (lost with a transport): ACK again.
+                    self._ack_sent = min(self._ack_sent, seq - 1)
                     self._ack_due = now + self.config.ack_delay
-                    self._note_activity(now)
-                if isinstance(frame, fr.Close):
-                    self._closed(frame.code, frame.reason, SessionInput.CLOSE_RECEIVED)
-                else:
-                    channels.receive(frame)
             else:
-                self._unreliable(frame, now)
+                self._unreliable(frame, t, now)
             if self.closed:
                 return
 
-    def _unreliable(self, frame: fr.Frame, now: float) -> None:
+    def _deliver(self, frame: fr.ReliableFrame, now: float) -> None:
+        self._received = frame.seq
+        if self._ack_due is None:
+            self._ack_due = now + self.config.ack_delay
+            self._note_activity(now)
+        if isinstance(frame, fr.Close):
+            self._closed(frame.code, frame.reason, SessionInput.CLOSE_RECEIVED)
+        else:
+            self.channels.receive(frame)
+
+    def _hold(self, frame: fr.ReliableFrame) -> None:
+        """A frame beyond a gap: kept until the frames before it arrive (on
+        another transport, or resent)."""
+        ahead = self._ahead
+        if ahead is None:
+            ahead = self._ahead = {}
+        if frame.seq in ahead:
+            return
+        if isinstance(frame, fr.Data):
+            # The payload is a view of the whole record: keep only its bytes.
+            frame = fr.Data(frame.seq, frame.channel, frame.flags, bytes(frame.payload))
+        size = _held_size(frame)
+        limit = 2 * self.config.replay_limit
+        if len(ahead) >= _MAX_AHEAD or self._ahead_bytes + size > limit:
+            raise ProtocolError(f"{len(ahead)} frames ({self._ahead_bytes} bytes) held beyond "
+                                f"the gap after {self._received}, the most a peer's replay "
+                                "buffer can have in flight", CloseCode.FLOW_CONTROL)
+        ahead[frame.seq] = frame
+        self._ahead_bytes += size
+
+    def _unreliable(self, frame: fr.Frame, t: Transport, now: float) -> None:
         if isinstance(frame, fr.Dgram):
             self.datagrams_received += 1  # on the stream transport
             self.channels.receive_datagram(frame)
         elif isinstance(frame, fr.Ack):
-            self.replay.acked(frame.received)
+            self._acked(frame.received, now)
         elif isinstance(frame, fr.Ping):
-            if self._probes < _MAX_PROBES:
-                self._probes += 1
-                self._control.append(fr.encode(fr.Pong(frame.token)))
+            if t.probes < _MAX_PROBES:
+                t.probes += 1
+                t.control.append(fr.encode(fr.Pong(frame.token)))
         elif isinstance(frame, fr.Pong):
-            self._live.pong(frame.token, now)
+            t.live.pong(frame.token, now)
         elif isinstance(frame, fr.HandoverBegin):
             if self.is_client:
                 raise ProtocolError("HANDOVER_BEGIN from the server")
             # Claim 5 step 2: stop sending here; READY is the last frame, after
             # everything already sent, so the client's mark will be exact.
             self.state = next_state(self.state, SessionInput.HANDOVER_BEGIN)
-            self._control = [fr.encode(fr.HandoverReady(frame.token))]
-            self._probes = 0
+            t.control = [fr.encode(fr.HandoverReady(frame.token))]
+            t.probes = 0
         elif isinstance(frame, fr.HandoverReady):
             if not self.is_client:
                 raise ProtocolError("HANDOVER_READY to the server")
             next_state(self.state, SessionInput.HANDOVER_READY)
             self._events.append(ev.HandoverReady(frame.token))
         elif isinstance(frame, fr.Resume | fr.Resumed):
-            attached = next_state(self.state, SessionInput.RESUME)
-            self.replay.acked(frame.received)
-            frames, size = self.replay.resend_all()
-            self.frames_resent += frames
-            self.resumes += 1
-            self._events.append(ev.SessionResumed(frames, size))
-            self._control_alone = True
-            if not self.is_client:
-                self._control.insert(0, fr.encode(fr.Resumed(self._received)))
-                self._ack_sent = self._received
-                self._ack_due = None
-            self.state = attached
+            self._resumed(frame, t, now)
+        elif isinstance(frame, fr.Join | fr.Joined):
+            self._joined(frame, t, now)
+        elif isinstance(frame, fr.Switch):
+            self._acked(frame.received, now)
+            reinject = bool(frame.flags & fr.SWITCH_REINJECT)
+            if t is not self._active or reinject:
+                self._activate(t, now, TransportInput.SWITCH_RECEIVED, "the peer switched",
+                               reinject=reinject)
+            else:
+                t.move(TransportInput.SWITCH_RECEIVED)
         else:
             raise ProtocolError(f"{type(frame).__name__.upper()} frames are not handled yet")
+
+    def _resumed(self, frame: fr.Resume | fr.Resumed, t: Transport, now: float) -> None:
+        """RESUME (server) or RESUMED (client), first on a new transport: the
+        session moves onto it, whatever carried it before, and each side
+        resends every frame after the other's mark (claim 6)."""
+        t.move(TransportInput.RESUMED)
+        attached = next_state(self.state, SessionInput.RESUME)
+        for other in list(self._transports.values()):
+            if other is not t:
+                self._forget(other, now)
+        self._acked(frame.received, now)
+        frames, size = self.replay.resend_all()
+        self.frames_resent += frames
+        self.resumes += 1
+        self._events.append(ev.SessionResumed(frames, size))
+        t.control_alone = True
+        if not self.is_client:
+            t.control.insert(0, fr.encode(fr.Resumed(self._received)))
+            self._ack_sent = self._received
+            self._ack_due = None
+        self._active = t
+        self._rtt = t.live.rtt
+        self._ack_progress = now
+        self.state = attached
+
+    def _joined(self, frame: fr.Join | fr.Joined, t: Transport, now: float) -> None:
+        """JOIN (server) or JOINED (client), first on a new transport: a
+        standby now, nothing resent; on a session with no other transport
+        left it takes over at once, resending what is unacknowledged."""
+        t.move(TransportInput.JOINED)
+        self.state = next_state(self.state, SessionInput.JOIN)
+        self._acked(frame.received, now)
+        if not self.is_client:
+            t.control.insert(0, fr.encode(fr.Joined(self._received)))
+        self._events.append(ev.TransportJoined(t.id))
+        # Its RTT at once: a standby is trusted to take over only once measured.
+        t.probes += 1
+        t.control.append(fr.encode(fr.Ping(t.live.ping(now))))
+        if self._active is None:
+            self._activate(t, now, TransportInput.SWITCH, "the only transport left",
+                           reinject=True)
+            t.control.append(fr.encode(fr.Switch(self._received, fr.SWITCH_REINJECT)))
+        if not self.is_client:
+            # JOINED carries the mark and must come first: no ACK before it.
+            self._ack_sent = self._received
+            self._ack_due = None
+
+    def _acked(self, received: int, now: float) -> None:
+        unacked = self.replay.unacked
+        before = unacked[0][0] if unacked else None
+        self.replay.acked(received)
+        unacked = self.replay.unacked
+        if before is not None and (not unacked or unacked[0][0] != before):
+            self._ack_progress = now
 
     def _closed(self, code: CloseCode, reason: str, event: SessionInput) -> None:
         self.state = next_state(self.state, event)
         self._events.append(ev.SessionClosed(code, reason, event.from_peer))
 
     # ---- time ------------------------------------------------------------
-
-    def _silent_since(self) -> float:
-        return max(self._live.last_received, self._active_since)
 
     def _note_activity(self, now: float) -> None:
         if self._idle:
@@ -548,20 +818,27 @@ class Session:
         """No reliable frame either way for `idle_after`: slow keepalive."""
         return self._idle
 
+    def _stall_after(self, t: Transport) -> float:
+        srtt = t.live.rtt.srtt
+        floor = self.config.stall_floor
+        return floor if srtt is None else max(floor, self.config.stall_rtts * srtt)
+
+    def _standby(self, now: float) -> Transport | None:
+        """The standby to move to if the active transport stalls: one that
+        answered recently (within a keepalive and two of its RTOs)."""
+        best: Transport | None = None
+        for t in self._transports.values():
+            if t.state is not TransportState.STANDBY or t.live.rtt.srtt is None:
+                continue
+            fresh = idle_interval(self.config) if self._idle else self.config.keepalive_interval
+            if now - t.live.last_received <= fresh + 2 * t.live.rtt.rto and (
+                    best is None or t.live.last_received > best.live.last_received):
+                best = t
+        return best
+
     def get_timer(self) -> float | None:
         # Called after every read and write: plain comparisons, no min().
         state = self.state
-        live = self._live
-        if state is SessionState.ATTACHED:
-            deadline = self._silent_since() + live.dead_after(self.config, self._idle)
-            ping = live.last_ping + live.ping_interval(self.config, self._idle,
-                                                       bool(self.replay.unacked))
-            if ping < deadline:
-                deadline = ping
-            ack = self._ack_due
-            if ack is not None and ack < deadline:
-                deadline = ack
-            return deadline
         if state is SessionState.CLOSED:
             return None
         if state is SessionState.DETACHED:
@@ -569,9 +846,29 @@ class Session:
             if limit is None or self._detached_since is None:
                 return None
             return self._detached_since + limit
-        deadline = self._silent_since() + live.dead_after(self.config, self._idle)
-        if self._ack_due is not None and state is SessionState.DRAINING:
-            deadline = min(deadline, self._ack_due)
+        config, idle = self.config, self._idle
+        unacked = bool(self.replay.unacked)
+        deadline: float | None = None
+        for t in self._transports.values():
+            live = t.live
+            at = max(live.last_received, self._active_since) + live.dead_after(config, idle)
+            if state is SessionState.ATTACHED and t.usable:
+                ping = live.last_ping + live.ping_interval(config, idle,
+                                                           unacked and t is self._active)
+                if ping < at:
+                    at = ping
+            if deadline is None or at < deadline:
+                deadline = at
+        ack = self._ack_due
+        if ack is not None and state in (SessionState.ATTACHED, SessionState.DRAINING) and (
+                deadline is None or ack < deadline):
+            deadline = ack
+        active = self._active
+        if (unacked and active is not None and state is SessionState.ATTACHED
+                and len(self._transports) > 1):
+            stall = max(self._ack_progress + self._stall_after(active), self._stall_retry)
+            if deadline is None or stall < deadline:
+                deadline = stall
         return deadline
 
     def handle_timer(self, now: float) -> None:
@@ -584,26 +881,46 @@ class Session:
             return
         if self.state is SessionState.CLOSED:
             return
-        if not self._idle and now - self._last_activity >= self.config.idle_after:
+        config = self.config
+        if not self._idle and now - self._last_activity >= config.idle_after:
             self._idle = True
-        live = self._live
-        silence = now - self._silent_since()
-        if silence >= live.dead_after(self.config, self._idle):
-            self.transport_lost(now)
-            self._events.append(ev.TransportDead(silence))
-            return
-        if (self.state is SessionState.ATTACHED and now - live.last_ping
-                >= live.ping_interval(self.config, self._idle, bool(self.replay.unacked))):
-            if self._probes < _MAX_PROBES:  # else our writes stall: it could not leave
-                self._probes += 1
-                self._control.append(fr.encode(fr.Ping(live.ping(now))))
+        for t in list(self._transports.values()):
+            if self._transports.get(t.id) is not t:
+                continue  # let go of by an earlier one's loss
+            live = t.live
+            silence = now - max(live.last_received, self._active_since)
+            if silence >= live.dead_after(config, self._idle):
+                self.transport_lost(now, t.id)
+                self._events.append(ev.TransportDead(silence, t.id))
+                continue
+            if self.state is SessionState.ATTACHED and t.usable and now - live.last_ping >= \
+                    live.ping_interval(config, self._idle,
+                                       bool(self.replay.unacked) and t is self._active):
+                if t.probes < _MAX_PROBES:  # else our writes stall: it could not leave
+                    t.probes += 1
+                    t.control.append(fr.encode(fr.Ping(live.ping(now))))
+                else:
+                    live.last_ping = now
+        active = self._active
+        if (active is not None and self.replay.unacked and self.state is SessionState.ATTACHED
+                and now - self._ack_progress >= self._stall_after(active)
+                and now >= self._stall_retry and len(self._transports) > 1):
+            standby = self._standby(now)
+            if standby is None:
+                # No standby answers now; one may at its next PONG.
+                self._stall_retry = now + self.config.stall_floor
             else:
-                live.last_ping = now
-            # Nothing in flight at a keepalive: an idle session gives back
-            # its deques until it carries data again.
+                # Nothing acknowledged for several RTTs while the standby
+                # answers: a black hole on the active path. Its frames go
+                # again on the standby, which carries the session from now.
+                self.switch(standby.id, now, reinject=True,
+                            reason=f"transport {active.id} stalled "
+                                   f"{(now - self._ack_progress) * 1000:.0f} ms")
+        if not self.replay.pending and not self.replay.unacked:
+            # Nothing in flight: an idle session gives back its deques
+            # until it carries data again.
             self.replay.release_if_empty()
-            if not self.replay.pending and not self.replay.unacked:
-                self.channels.release_rr_if_empty()
+            self.channels.release_rr_if_empty()
 
     # ---- events and statistics ---------------------------------------------
 
@@ -624,7 +941,7 @@ class Session:
         channels = self.channels
         compressor = channels.compressor
         return SessionStatistics(
-            state=self.state.value, srtt=self._live.rtt.srtt, rto=self._live.rtt.rto,
+            state=self.state.value, srtt=self._rtt.srtt, rto=self._rtt.rto,
             channels=len(channels), replay_bytes=self.replay.bytes,
             bytes_sent=channels.bytes_sent, bytes_received=channels.bytes_received,
             frames_resent=self.frames_resent, resumes=self.resumes,
@@ -633,3 +950,10 @@ class Session:
             payload_bytes_sent=channels.payload_bytes_sent,
             payload_bytes_received=channels.payload_bytes_received,
         )
+
+
+def _held_size(frame: fr.ReliableFrame) -> int:
+    """What a frame held beyond a gap costs."""
+    if isinstance(frame, fr.Data):
+        return len(frame.payload) + _AHEAD_OVERHEAD
+    return _AHEAD_OVERHEAD

@@ -114,11 +114,13 @@ class SessionInput(Input):
 
     NEW_TRANSPORT = "the handshake's transport attached"
     RESUME_TRANSPORT = "a transport attached to resume on"
+    OPENING_TRANSPORT = "a transport attached that will resume or join (its first frame says)"
     TRANSPORT_LOST = "the transport failed or went silent"
     BEGIN_HANDOVER = "this client begins a soft handover"
     HANDOVER_BEGIN = "peer: HANDOVER_BEGIN (to the server)"
     HANDOVER_READY = "peer: HANDOVER_READY (to the client)"
     RESUME = "peer: RESUME or RESUMED"
+    JOIN = "peer: JOIN or JOINED"
     CLOSE = "this side closes"
     CLOSE_RECEIVED = "peer: CLOSE"
     DETACHED_TIMEOUT = "no transport for the linger time"
@@ -134,6 +136,10 @@ SESSION: Table[SessionState, SessionInput] = Table("session", SessionState, Sess
     **{(s, In.RESUME_TRANSPORT): S.RESUMING for s in _LIVE},
     (S.CLOSED, In.NEW_TRANSPORT): S.CLOSED,
     (S.CLOSED, In.RESUME_TRANSPORT): S.CLOSED,
+    # One more transport (docs/protocol.md 5.2): the session stays as it
+    # is until the transport's first frame, RESUME or JOIN, says more.
+    **{(s, In.OPENING_TRANSPORT): s for s in (S.ATTACHED, S.DRAINING, S.RESUMING, S.CLOSED)},
+    (S.DETACHED, In.OPENING_TRANSPORT): S.RESUMING,
     **{(s, In.TRANSPORT_LOST): S.DETACHED for s in _LIVE},
     (S.CLOSED, In.TRANSPORT_LOST): S.CLOSED,
     # Claim 5: only an attached session begins or is asked to drain; a
@@ -142,7 +148,13 @@ SESSION: Table[SessionState, SessionInput] = Table("session", SessionState, Sess
     **{(s, In.BEGIN_HANDOVER): s for s in (S.DRAINING, S.RESUMING, S.DETACHED, S.CLOSED)},
     (S.ATTACHED, In.HANDOVER_BEGIN): S.DRAINING,
     (S.DRAINING, In.HANDOVER_READY): S.DRAINING,
-    (S.RESUMING, In.RESUME): S.ATTACHED,
+    # RESUME moves the session onto its transport, whatever carried it
+    # before (each transport's own table says whether RESUME may come).
+    **{(s, In.RESUME): S.ATTACHED for s in (S.ATTACHED, S.DRAINING, S.RESUMING)},
+    # JOIN adds a standby; on a session that lost its other transports the
+    # joined one carries it at once.
+    **{(s, In.JOIN): s for s in (S.ATTACHED, S.DRAINING)},
+    (S.RESUMING, In.JOIN): S.ATTACHED,
     # Closing: from anywhere, once.
     **{(s, In.CLOSE): S.CLOSED for s in _LIVE},
     (S.CLOSED, In.CLOSE): S.CLOSED,
@@ -154,7 +166,8 @@ SESSION: Table[SessionState, SessionInput] = Table("session", SessionState, Sess
     # of place breaks the protocol.
     In.HANDOVER_BEGIN: "HANDOVER_BEGIN outside an attached session",
     In.HANDOVER_READY: "HANDOVER_READY without a HANDOVER_BEGIN",
-    In.RESUME: "RESUME or RESUMED outside a resume",
+    In.RESUME: "RESUME or RESUMED on a session with no transport",
+    In.JOIN: "JOIN or JOINED on a session with no transport",
     In.CLOSE_RECEIVED: "CLOSE on a closed session",
 })
 
@@ -238,8 +251,55 @@ CHANNEL: Table[ChannelState, ChannelInput] = Table("channel", ChannelState, Chan
     CI.RESET_RECEIVED: "RESET for a channel never opened",
 })
 
-TABLES: dict[str, Table[SessionState, SessionInput] | Table[ChannelState, ChannelInput]] = {
-    "session": SESSION, "channel": CHANNEL}
+# ---- a session's transports (handover) -----------------------------------------
+
+
+class TransportState(Enum):
+    """One transport of a session with several (docs/protocol.md 5.2)."""
+
+    OPENING = "opening"  # attached; its first frame (RESUME or JOIN, and the answer) awaited
+    ACTIVE = "active"  # carries this side's new reliable frames
+    STANDBY = "standby"  # attached and alive (PING, ACK), carries no new reliable frame
+    GONE = "gone"  # lost, closed or superseded by a RESUME elsewhere
+
+
+class TransportInput(Input):
+    NEW = "this side made it the handshake's transport"
+    RESUMED = "peer: RESUME or RESUMED, its first frame"
+    JOINED = "peer: JOIN or JOINED, its first frame"
+    SWITCH = "this side sends its new reliable frames here (SWITCH)"
+    SWITCH_RECEIVED = "peer: SWITCH"
+    SUPERSEDED = "another transport became this side's active one"
+    FRAME = "peer: any other frame"
+    LOST = "failed, went silent, or replaced by a resume"
+
+
+T, TI = TransportState, TransportInput
+
+TRANSPORT: Table[TransportState, TransportInput] = Table("transport", TransportState,
+                                                         TransportInput, {
+    (T.OPENING, TI.NEW): T.ACTIVE,
+    (T.OPENING, TI.RESUMED): T.ACTIVE,
+    (T.OPENING, TI.JOINED): T.STANDBY,
+    # Only a transport proven by its first frame may carry data.
+    **{(s, TI.SWITCH): T.ACTIVE for s in (T.ACTIVE, T.STANDBY)},
+    **{(s, TI.SWITCH_RECEIVED): T.ACTIVE for s in (T.ACTIVE, T.STANDBY)},
+    **{(s, TI.SUPERSEDED): T.STANDBY for s in (T.ACTIVE, T.STANDBY)},
+    (T.OPENING, TI.SUPERSEDED): T.OPENING,
+    **{(s, TI.FRAME): s for s in (T.ACTIVE, T.STANDBY)},
+    **{(s, TI.LOST): T.GONE for s in TransportState},
+    # What a transport let go of brings is never read: nothing changes.
+    **{(T.GONE, i): T.GONE for i in TransportInput if i is not TI.NEW},
+}, {
+    TI.RESUMED: "RESUME or RESUMED on a transport that is not new",
+    TI.JOINED: "JOIN or JOINED on a transport that is not new",
+    TI.SWITCH_RECEIVED: "SWITCH on a transport that has not resumed or joined",
+    TI.FRAME: "a frame before RESUME, RESUMED, JOIN or JOINED on a new transport",
+})
+
+TABLES: dict[str, Table[SessionState, SessionInput] | Table[ChannelState, ChannelInput]
+             | Table[TransportState, TransportInput]] = {
+    "session": SESSION, "channel": CHANNEL, "transport": TRANSPORT}
 
 
 def document(name: str) -> str:

@@ -18,6 +18,7 @@ on a new transport before that transport replaces the old one.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 
@@ -190,24 +191,77 @@ class RecordSealer:
         self.rekeys += 1
 
 
+class Lane:
+    """One transport's share of a direction's records: on one transport the
+    counters rise (TCP keeps order), while the transports interleave."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+
+# Record counters a receiver remembers below the highest it accepted, when a
+# session has several transports: a record is taken once, from whichever
+# transport brings it, if it is no older than this. A transport lagging
+# further behind the others (4096 records is 4 s of a 1 KiB-per-ms stream,
+# 512 MiB of full records) is dropped as a replay would be, and what it
+# carried is resent on the others.
+RECORD_WINDOW = 4096
+
+
 class RecordOpener:
-    """Opens incoming records for one direction of a session."""
+    """Opens incoming records for one direction of a session.
+
+    With one transport (`lane` None) a record's counter must be above every
+    one accepted. With several, each brings its `Lane`: the counter must be
+    above that transport's last, and new within the window over all of them
+    (docs/protocol.md 3.3), so a record recorded on one transport and
+    replayed on another is refused as surely as one replayed on its own.
+    """
 
     def __init__(self, cipher: CipherState) -> None:
         self._keys = EpochKeys(cipher)
-        self.last: int | None = None
+        self.window = ReplayWindow(RECORD_WINDOW, "record")
         self.rekeys = 0
 
-    def open(self, counter: int, ciphertext: bytes | memoryview, ad: bytes = b"") -> bytes:
+    @property
+    def last(self) -> int | None:
+        """The highest counter accepted so far."""
+        return self.window.highest
+
+    @last.setter
+    def last(self, counter: int | None) -> None:
+        """As if every record up to `counter` had been accepted (None: none)."""
+        if counter is None:
+            self.window = ReplayWindow(RECORD_WINDOW, "record")
+        else:
+            self.window.accept_up_to(counter)
+
+    def open(self, counter: int, ciphertext: bytes | memoryview, ad: bytes = b"",
+             lane: Lane | None = None) -> bytes:
         """Authenticate and decrypt; the state changes only when it succeeds."""
-        if self.last is not None and counter <= self.last:
-            raise CryptoError(f"replayed record: counter {counter}, "
-                              f"already accepted up to {self.last}")
-        cipher, steps = self._keys.key(self.last, counter, "record")
+        highest = self.window.highest
+        if lane is None:
+            if highest is not None and counter <= highest:
+                raise CryptoError(f"replayed record: counter {counter}, "
+                                  f"already accepted up to {highest}")
+        else:
+            if lane.last is not None and counter <= lane.last:
+                raise CryptoError(f"replayed record: counter {counter}, already accepted up "
+                                  f"to {lane.last} on this transport")
+            self.window.check(counter)
+        # A record of an epoch before the newest accepted one (a transport
+        # that lagged across a rekey) is refused: its key is forgotten.
+        cipher, steps = self._keys.key(highest, counter, "record")
         plaintext = cipher.decrypt_with_nonce(counter, ad, ciphertext)
         self._keys.advance(steps)
         self.rekeys += steps
-        self.last = counter
+        if lane is None:
+            self.window.accept_up_to(counter)
+        else:
+            self.window.accept(counter)
+            lane.last = counter
         return plaintext
 
 
@@ -282,6 +336,11 @@ class RecordFramer:
 REPLAY_WINDOW = 2048
 
 
+@functools.cache
+def _full(size: int) -> int:
+    return (1 << size) - 1
+
+
 class ReplayWindow:
     """A sliding window of accepted counters (RFC 6479's idea, as a Python int).
 
@@ -289,8 +348,9 @@ class ReplayWindow:
     authenticated, so a forged packet never moves the window.
     """
 
-    def __init__(self, size: int = REPLAY_WINDOW) -> None:
+    def __init__(self, size: int = REPLAY_WINDOW, what: str = "datagram") -> None:
         self.size = size
+        self._what = what
         self.highest: int | None = None
         self._seen = 0  # bit i: highest - i was accepted
 
@@ -299,10 +359,16 @@ class ReplayWindow:
             return
         back = self.highest - counter
         if back >= self.size:
-            raise CryptoError(f"datagram counter {counter} is older than the replay window "
+            raise CryptoError(f"{self._what} counter {counter} is older than the replay window "
                               f"({self.size} below {self.highest})")
         if self._seen >> back & 1:
-            raise CryptoError(f"replayed datagram: counter {counter}")
+            raise CryptoError(f"replayed {self._what}: counter {counter}")
+
+    def accept_up_to(self, counter: int) -> None:
+        """Every counter up to `counter` counts as seen (one transport, in
+        order). The full bitmap is one shared int: no allocation per record."""
+        self.highest = counter
+        self._seen = _full(self.size)
 
     def accept(self, counter: int) -> bool:
         """Record `counter`; True when it is the newest so far."""

@@ -1,0 +1,240 @@
+"""Several transports per session, in memory on a virtual clock: join, soft
+and hard switches, black holes found in a few RTTs, and every byte once, in
+order, whichever transport brought it."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from roam.core import events as ev
+from roam.core import frames as fr
+from roam.core.session import Session, SessionConfig
+from roam.core.states import SessionState, TransportInput, TransportState
+from roam.core.transports import Transport
+from roam.errors import CloseCode, LocalError, ProtocolError
+from tests.core.multisim import MultiPair
+
+WIFI, CELL = 0, 1
+
+
+def streaming(p: MultiPair, cid: int, ms: int, size: int = 1024) -> None:
+    """The server sends `size` bytes every ms for `ms` ms (bench/paced.py's stream)."""
+    for i in range(ms):
+        p.write(cid, bytes([i % 251]) * size, from_client=False)
+        p.step()
+
+
+def joined() -> tuple[MultiPair, int]:
+    p = MultiPair(delay=0.003)  # wifi: 6 ms RTT
+    cid = p.open()
+    p.run(50)
+    p.join(CELL, delay=0.030)  # cell: 60 ms RTT
+    p.run(100)
+    return p, cid
+
+
+def test_a_joined_transport_is_a_standby_on_both_sides() -> None:
+    p, _ = joined()
+    for side in (p.client, p.server):
+        assert side.transport_ids() == {WIFI: TransportState.ACTIVE, CELL: TransportState.STANDBY}
+        assert side.state is SessionState.ATTACHED
+    assert [e.transport for n, e in p.events if isinstance(e, ev.TransportJoined)] == [CELL, CELL]
+    assert p.client.frames_resent == p.server.frames_resent == 0
+
+
+def test_a_soft_switch_resends_nothing_and_the_application_sees_no_pause() -> None:
+    p, cid = joined()
+    streaming(p, cid, 200)
+    p.longest_gap["client"] = 0.0
+    p.client.switch(CELL, p.now, reason="planned")
+    streaming(p, cid, 300)
+    p.run(200)
+    assert p.exact()
+    assert p.client.active_transport == p.server.active_transport == CELL
+    assert p.client.frames_resent == p.server.frames_resent == 0
+    # A frame every ms before, during and after: the stream never waited
+    # for the new path's longer RTT (its first frames there arrive 27 ms
+    # after the old path's last, which were still in flight).
+    assert p.longest_gap["client"] <= 0.030
+    assert p.client.drained(WIFI)
+    assert p.server.drained(WIFI)
+
+
+def test_frames_arriving_ahead_on_the_faster_transport_wait_for_the_gap() -> None:
+    # The client switches to the faster transport while its frames are in
+    # flight on the slow one: the new ones arrive first and are held.
+    p = MultiPair(delay=0.030)
+    cid = p.open()
+    p.run(100)
+    p.join(1, delay=0.002)
+    p.run(100)
+    for i in range(20):
+        p.write(cid, bytes([i]) * 100)
+        p.step()
+    p.client.switch(1, p.now)
+    for i in range(20, 40):
+        p.write(cid, bytes([i]) * 100)
+        p.step()
+    p.run(100)
+    assert p.exact()
+    assert p.server.frames_resent == p.client.frames_resent == 0
+
+
+def test_a_black_hole_on_the_active_transport_moves_the_session_in_a_few_rtts() -> None:
+    p, cid = joined()
+    streaming(p, cid, 300)
+    p.longest_gap["client"] = 0.0
+    p.black_hole(WIFI)
+    streaming(p, cid, 1000)
+    p.run(500)
+    assert p.exact()
+    assert p.server.active_transport == CELL
+    assert p.client.active_transport == CELL
+    switched = p.switches("server")
+    assert len(switched) == 1
+    assert "stalled" in switched[0].reason
+    assert switched[0].frames_resent > 0
+    # Stall floor, then a cell RTT for the resent frames to come.
+    cfg = SessionConfig()
+    assert p.longest_gap["client"] < cfg.stall_floor + 0.1
+    assert p.longest_gap["client"] < 2 * cfg.dead_floor / 8
+
+
+def test_losing_the_active_transport_moves_to_the_standby_without_a_connect() -> None:
+    p, cid = joined()
+    streaming(p, cid, 200)
+    p.cut(WIFI)
+    streaming(p, cid, 300)
+    p.run(300)
+    assert p.exact()
+    for side in (p.client, p.server):
+        assert side.transport_ids() == {CELL: TransportState.ACTIVE}
+        assert side.state is SessionState.ATTACHED
+    assert p.client.resumes == p.server.resumes == 0
+
+
+def test_losing_a_standby_resends_what_it_still_carried() -> None:
+    p, cid = joined()
+    p.client.switch(CELL, p.now)
+    for i in range(10):
+        p.write(cid, bytes([i]) * 500)
+        p.step()
+    p.cut(CELL)  # the frames on it are lost with it; the session is on wifi again
+    p.run(300)
+    assert p.exact()
+    assert p.client.active_transport == WIFI
+
+
+def test_a_paused_peer_moves_the_session_at_most_once_and_loses_nothing() -> None:
+    p, cid = joined()
+    streaming(p, cid, 200)
+    p.pause("client", 0.5)
+    streaming(p, cid, 1500)
+    p.run(500)
+    assert p.exact()
+    assert len(p.switches("server")) + len(p.switches("client")) <= 2  # one move, both sides
+    assert {p.client.active_transport, p.server.active_transport} <= {WIFI, CELL}
+    assert p.client.active_transport == p.server.active_transport
+
+
+def test_a_frame_held_beyond_a_gap_is_bounded() -> None:
+    cfg = SessionConfig(replay_limit=64 * 1024)
+    s = Session(is_client=False, now=0.0, config=cfg)
+    s.transport_attached(0.0, resume=False)
+    s.receive_payload(fr.encode(fr.Open(1, 1, fr.ChannelKind.STREAM, 1 << 20, "h", 1)), 0.0)
+    record = b"".join(fr.encode_data(seq, 1, b"x" * 4000) for seq in range(3, 100))
+    with pytest.raises(ProtocolError) as caught:
+        s.receive_payload(record, 0.0)
+    assert caught.value.code is CloseCode.FLOW_CONTROL
+
+
+def test_a_frame_held_twice_counts_once() -> None:
+    s = Session(is_client=False, now=0.0)
+    s.transport_attached(0.0, resume=False)
+    s.receive_payload(fr.encode(fr.Open(1, 1, fr.ChannelKind.STREAM, 1 << 20, "h", 1)), 0.0)
+    s.accept_channel(1)
+    for _ in range(3):
+        s.receive_payload(fr.encode_data(3, 1, b"later"), 0.0)
+    s.receive_payload(fr.encode_data(2, 1, b"first "), 0.0)
+    got = [e.data for e in s.take_events() if isinstance(e, ev.DataReceived)]
+    assert b"".join(bytes(d) for d in got) == b"first later"
+
+
+def test_switch_is_refused_before_a_transport_joined() -> None:
+    p = MultiPair()
+    p.run(10)
+    p.client.join_transport(1, p.now)
+    with pytest.raises(LocalError):
+        p.client.switch(1, p.now)
+    with pytest.raises(LocalError):
+        p.client.join_transport(1, p.now)
+
+
+def test_a_switch_on_a_transport_that_has_not_joined_is_a_protocol_error() -> None:
+    s = Session(is_client=False, now=0.0)
+    s.transport_attached(0.0, resume=False, tid=0)
+    s.transport_attached(0.0, resume=True, tid=1)
+    with pytest.raises(ProtocolError, match="expected RESUME or JOIN first"):
+        s.receive_payload(fr.encode(fr.Switch(0)), 0.0, tid=1)
+
+
+def test_a_transport_starts_opening_and_moves_by_its_table() -> None:
+    t = Transport(3, 0.0)
+    assert t.state is TransportState.OPENING
+    assert not t.usable
+    with pytest.raises(ProtocolError, match="transport 3"):
+        t.move(TransportInput.FRAME)
+
+
+EVENTS = st.lists(st.tuples(st.sampled_from(["write", "up", "switch", "hole", "cut", "pause",
+                                             "join", "wait"]),
+                            st.integers(0, 3), st.integers(1, 3000)), max_size=25)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(EVENTS, st.sampled_from([0.001, 0.004, 0.025]), st.sampled_from([0.002, 0.03]))
+def test_every_byte_once_in_order_whatever_the_transports_do(
+        events: list[tuple[str, int, int]], wifi: float, cell: float) -> None:
+    p = MultiPair(delay=wifi)
+    cid = p.open()
+    p.run(30)
+    p.join(1, cell)
+    p.run(30)
+    next_tid = 2
+    for kind, which, n in events:
+        tids = sorted(p.links)
+        tid = tids[which % len(tids)] if tids else None
+        if kind == "write":
+            p.write(cid, bytes([n % 256]) * n, from_client=False)
+        elif kind == "up":
+            p.write(cid, bytes([n % 256]) * n)
+        elif kind == "switch" and tid is not None and p.client.transport_ids().get(tid) in (
+                TransportState.ACTIVE, TransportState.STANDBY):
+            p.client.switch(tid, p.now, reinject=bool(n % 2))
+        elif kind == "hole" and tid is not None and len(p.links) > 1:
+            p.black_hole(tid)
+        elif kind == "cut" and tid is not None and len(p.links) > 1:
+            p.cut(tid)
+        elif kind == "pause":
+            p.pause("client" if n % 2 else "server", (n % 600) / 1000)
+        elif kind == "join" and p.client.active_transport is not None and len(p.links) < 4:
+            p.join(next_tid, (wifi, cell)[n % 2])
+            next_tid += 1
+        p.run(1 + n % 50)
+    # Whatever happened, the session delivers everything once, in order,
+    # and holds nothing for long: on what is left, or after a resume on a
+    # new transport when nothing is left.
+    def settled() -> bool:
+        return (p.exact() and p.client.statistics().replay_bytes == 0
+                and p.server.statistics().replay_bytes == 0)
+
+    for _ in range(100):
+        p.run(100)
+        if settled():
+            break
+        if p.client.state is SessionState.DETACHED or not p.links:
+            p.resume(100 + next_tid, wifi)
+            next_tid += 1
+    assert settled(), (p.client.transport_ids(), p.server.transport_ids())
