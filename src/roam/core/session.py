@@ -108,7 +108,12 @@ class SessionConfig:
     # then sent again on the standby, which becomes the active one.
     stall_rtts: float = 4.0
     # A loaded Python peer acknowledges late now and then (a GC pause, a long
-    # write); docs/performance.md has the measurement behind this floor.
+    # write): on loopback under bulk load, with the server's CPU shared with
+    # a busy loop, the longest gap between ACK advances was 24 ms and the
+    # p99.9 13 ms (bench/stall.py, docs/performance.md "Stall floor"), while
+    # 4 RTTs of such a path are 3-24 ms. 150 ms is six times the worst gap:
+    # a pause is not taken for a black hole, and a black hole is found in a
+    # fraction of the 2 s dead time.
     stall_floor: float = 0.15
 
 # Reliable frames held ahead of a gap at most (the sender's replay buffer
