@@ -319,7 +319,10 @@ class RoamSystem(System):
                 raise BenchError(f"roam client exited: {tail(self.tmp / f'{name}.log')}")
             with contextlib.suppress(RoamError, OSError, ValueError):
                 status = request(self.control, "status", timeout=5)
-                if status["active_path"] == "wifi" and status["session"]:
+                # On wifi, with the standby transport joined on cell: what the
+                # client keeps whenever two paths work (as MPTCP's backup subflow).
+                if (status["active_path"] == "wifi" and status["session"]
+                        and status.get("standby") == "cell"):
                     return
             time.sleep(0.1)
         raise BenchError(f"no roam session on wifi after {READY_LIMIT:g} s: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -10,9 +11,9 @@ import pytest
 
 from roam.core.preamble import PREAMBLE, Preamble, Suite, TransportKind
 from roam.core.session import SessionConfig
-from roam.core.states import SessionState
+from roam.core.states import SessionState, TransportState
 from roam.errors import TransportError
-from roam.transport.client import Attachment
+from roam.transport.client import Attachment, HandoverRecord
 from roam.transport.server import MAX_HANDSHAKES
 
 from .stack import Stack
@@ -128,6 +129,42 @@ def test_a_hard_handover_resumes_on_the_parked_standby_without_a_connect() -> No
     asyncio.run(main())
 
 
+def test_a_soft_handover_to_the_joined_standby_switches_at_once() -> None:
+    """The standby joined the session (JOIN, JOINED): a planned move sends
+    the next frames on it at once, resends nothing, connects nothing, and the
+    old transport stays as the standby."""
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            conn = await asyncio.open_connection("127.0.0.1", stack.forward_port)
+            await stack.echo_check(300_000, conn=conn)
+            home, spare = Attachment("home"), Attachment("spare")
+            stack.client.attachment = home
+            await stack.client.prepare_standby(spare)
+            driver = stack.client.driver
+            assert driver is not None
+            async with asyncio.timeout(5):
+                await _until(lambda: TransportState.STANDBY in
+                             driver.session.transport_ids().values())
+            records: list[HandoverRecord] = []
+            stack.client.on_handover = records.append
+            await stack.client.handover(spare, soft=True, reason="planned")
+            await stack.echo_check(300_000, conn=conn)
+            assert stack.client.transports == 2
+            assert [(r.kind, r.target, r.frames_resent, r.stall_ms) for r in records] == [
+                ("soft", "spare", 0, 0.0)]
+            assert stack.client.attachment == spare
+            assert stack.client.standby is not None
+            assert stack.client.standby[0] == home
+            assert driver.session.frames_resent == 0
+            assert len(stack.proxy.conns) == 2
+            conn[1].close()
+        finally:
+            await stack.close()
+
+    asyncio.run(main())
+
+
 def test_a_newer_standby_replaces_the_older_on_both_sides() -> None:
     async def main() -> None:
         stack = await Stack().start()
@@ -146,7 +183,7 @@ def test_a_newer_standby_replaces_the_older_on_both_sides() -> None:
     asyncio.run(main())
 
 
-def test_a_standby_that_went_silent_is_given_up_within_the_attempt_timeout(
+def test_a_standby_that_never_joined_is_not_waited_for(
         caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         stack = await Stack().start()
@@ -161,9 +198,8 @@ def test_a_standby_that_went_silent_is_given_up_within_the_attempt_timeout(
             active.client.transport.abort()
             active.server.transport.abort()
             await stack.echo_check(100_000, conn=conn)
-            # Given up for want of RESUMED within an attempt's time (max(1 s,
-            # 3 RTO)), not by the session's dead timer; then a fresh connect.
-            assert "no RESUMED via spare within" in caplog.text
+            # It never joined (its JOINED never came): it cannot carry the
+            # session, and the loss of the active one connects afresh at once.
             assert stack.client.transports == 3
             conn[1].close()
         finally:
@@ -335,7 +371,9 @@ def test_a_standby_the_server_closed_is_found_lost_at_once() -> None:
             parked = stack.server._standby[sid].proto
             assert parked is not None
             parked.abort()  # the server lets go of it, and we have not heard yet
-            with pytest.raises(TransportError, match="lost before RESUMED"):
+            # The standby joined the session, so its loss is the session's to
+            # see at once: the handover connects afresh, or resumes after.
+            with contextlib.suppress(TransportError):
                 await stack.client.handover(spare, soft=False, reason="the active path died")
             await stack.echo_check(100_000, conn=conn)
             conn[1].close()

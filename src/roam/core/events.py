@@ -107,6 +107,8 @@ class TransportSwitched:
     previous: int | None
     reason: str
     frames_resent: int
+    # The active one was lost or stalled (REINJECT): a hard handover.
+    hard: bool = False
 
 
 @dataclass(slots=True, frozen=True)

@@ -42,7 +42,7 @@ from roam.core.preamble import (
 )
 from roam.crypto.keys import short_id
 from roam.crypto.noise import CipherState, HandshakeState
-from roam.crypto.records import HEADER, TAG, RecordOpener
+from roam.crypto.records import HEADER, TAG, Lane, RecordOpener
 from roam.errors import CryptoError, ProtocolError
 
 # The shortest record: its counter and an AEAD tag around nothing.
@@ -327,7 +327,11 @@ class ServerOpening:
         if target is None or self._sessions.resumable(self._sid) is not target:
             return self._refuse(Status.UNKNOWN_SESSION, "the session ended meanwhile")
         try:
-            payload = target.opener.open(self._counter, body, ad=b"" if self._parked else self._raw)
+            # A lane of its own: on a parked standby joining a session whose
+            # active transport carries records meanwhile, counters interleave
+            # (docs/protocol.md 3.3); the window still refuses a replay.
+            payload = target.opener.open(self._counter, body, ad=b"" if self._parked else self._raw,
+                                         lane=Lane())
         except CryptoError as exc:
             reason = "resume does not authenticate"
             self._end()

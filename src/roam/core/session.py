@@ -296,7 +296,7 @@ class Session:
             self.frames_resent += resent
         self._ack_progress = now
         self._events.append(ev.TransportSwitched(t.id, previous.id if previous else None,
-                                                 reason, resent))
+                                                 reason, resent, hard=reinject))
 
     def _add(self, tid: int, now: float) -> Transport:
         t = Transport(tid, now)
@@ -743,8 +743,9 @@ class Session:
             self._acked(frame.received, now)
             reinject = bool(frame.flags & fr.SWITCH_REINJECT)
             if t is not self._active or reinject:
-                self._activate(t, now, TransportInput.SWITCH_RECEIVED, "the peer switched",
-                               reinject=reinject)
+                self._activate(t, now, TransportInput.SWITCH_RECEIVED,
+                               "the peer found the active transport lost or stalled"
+                               if reinject else "the peer switched", reinject=reinject)
             else:
                 t.move(TransportInput.SWITCH_RECEIVED)
         else:
@@ -754,12 +755,15 @@ class Session:
         """RESUME (server) or RESUMED (client), first on a new transport: the
         session moves onto it, whatever carried it before, and each side
         resends every frame after the other's mark (claim 6)."""
+        if t.state is TransportState.OPENING:
+            # A mark beyond what was sent condemns this transport only: it
+            # is checked before anything moves.
+            self._acked(frame.received, now)
         t.move(TransportInput.RESUMED)
         attached = next_state(self.state, SessionInput.RESUME)
         for other in list(self._transports.values()):
             if other is not t:
                 self._forget(other, now)
-        self._acked(frame.received, now)
         frames, size = self.replay.resend_all()
         self.frames_resent += frames
         self.resumes += 1
@@ -778,9 +782,10 @@ class Session:
         """JOIN (server) or JOINED (client), first on a new transport: a
         standby now, nothing resent; on a session with no other transport
         left it takes over at once, resending what is unacknowledged."""
+        if t.state is TransportState.OPENING:
+            self._acked(frame.received, now)  # before anything moves, as for RESUME
         t.move(TransportInput.JOINED)
         self.state = next_state(self.state, SessionInput.JOIN)
-        self._acked(frame.received, now)
         if not self.is_client:
             t.control.insert(0, fr.encode(fr.Joined(self._received)))
         self._events.append(ev.TransportJoined(t.id))

@@ -28,7 +28,7 @@ from roam.core.opening_client import (
 )
 from roam.core.preamble import Status, Suite
 from roam.core.session import Session, SessionConfig
-from roam.core.states import SessionState
+from roam.core.states import SessionState, TransportState
 from roam.crypto.noise import CipherState
 from roam.crypto.records import RecordOpener, RecordSealer
 from roam.errors import (
@@ -134,6 +134,11 @@ class Client:
         # A spare transport parked at the server on another path (STANDBY):
         # a hard handover to that path resumes on it without a connect.
         self.standby: tuple[Attachment, TransportProtocol] | None = None
+        # The path of each transport the session has (by the core's number).
+        self._paths: dict[int, Attachment | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Set when the core moves the session (a joined standby took over).
+        self._switched: asyncio.Future[None] | None = None
         self._standby_key: CipherState | None = None
         self._standby_stamp = 0
 
@@ -237,6 +242,8 @@ class Client:
         driver.on_handover_ready = self._on_handover_ready
         driver.on_resumed = self._on_resumed
         driver.on_closed = lambda e: self._session_closed(driver, e)
+        driver.on_switched = lambda e: self._on_switched(driver, e)
+        self._paths = {0: via}
         session.transport_attached(now, resume=False)
         # The session lives on the path it was made on: a new session made
         # while reconnecting is recorded on the path it took, not the old one.
@@ -330,6 +337,9 @@ class Client:
         # anything) leaves the session detached, and the loop goes on.
         attempt = busy = failed = 0
         delay = BACKOFF[0]
+        driver = self.driver
+        if driver is not None and await self._await_join(driver):
+            return
         while not self._settled():
             await asyncio.sleep(delay)
             driver = self.driver
@@ -366,6 +376,31 @@ class Client:
                 log.info("resume attempt %d failed: %s", attempt, exc)
                 if via is not None:
                     self.on_attachment_failed(via, str(exc))
+
+    async def _await_join(self, driver: SessionDriver) -> bool:
+        """The active transport was lost while a standby was still joining:
+        its JOINED carries the session there (the core switches, resending
+        what is unacknowledged). Wait an attempt's time for it; then give it
+        up and resume as usual. True when the session is attached again."""
+        session = driver.session
+        joining = [tid for tid, state in session.transport_ids().items()
+                   if state is TransportState.OPENING and tid in driver.carriers()]
+        if session.state is not SessionState.RESUMING or not joining:
+            return False
+        loop = asyncio.get_running_loop()
+        switched = self._switched = loop.create_future()
+        timeout = self._attempt_timeout(session)
+        try:
+            await asyncio.wait_for(asyncio.shield(switched), timeout)
+        except TimeoutError:
+            log.info("%s: the standby did not join within %g s; resuming", driver.name,
+                     timeout)
+            driver.let_go()
+            session.transport_lost(loop.time())
+            return False
+        finally:
+            self._switched = None
+        return session.active_transport is not None
 
     def _attempt_timeout(self, session: Session) -> float:
         # Long enough for a handshake over a slow path, short enough to move
@@ -410,6 +445,38 @@ class Client:
                  record.origin, record.target, why, record.stall_ms, frames)
         self.on_handover(record)
 
+    def _switch(self, driver: SessionDriver, tid: int, target: Attachment, *, soft: bool,
+                reason: str) -> None:
+        """Move the session to the joined standby `tid` on `target`: soft, the
+        next frames go there at once and nothing is resent, while the old
+        transport drains and stays as the standby; hard, every unacknowledged
+        frame goes again there and the old transport is let go."""
+        session = driver.session
+        origin = self.attachment
+        old = driver.proto
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        last = session.last_received
+        before = session.frames_resent
+        session.switch(tid, started, reinject=not soft, reason=reason)
+        proto = driver.carriers()[tid]
+        self.attachment = target
+        self.standby = None
+        if soft and old is not None and origin is not None:
+            self.standby = (origin, old)
+        elif old is not None:
+            driver.drop_transport(old, f"handed over to {target.name}: {reason}")
+        driver.flush()
+        stall = 0.0 if soft else max(0.0, started - last)
+        record = HandoverRecord("soft" if soft else "hard", reason,
+                                origin.name if origin else None, target.name,
+                                round(stall * 1000, 1), session.frames_resent - before,
+                                time.time())
+        log.info("handover %s %s -> %s (%s) on the joined standby", record.kind,
+                 record.origin, record.target, reason)
+        self.on_handover(record)
+        self._follow_datagrams(proto, target)
+
     async def handover(self, target: Attachment, *, soft: bool, reason: str) -> None:
         """Move the session to `target` (claims 5 and 6).
 
@@ -429,6 +496,10 @@ class Client:
         origin = self.attachment
         timeout = self._attempt_timeout(session)
         kind = "soft" if soft and session.state is SessionState.ATTACHED else "hard"
+        tid = self._joined_standby(target)
+        if tid is not None and session.state is SessionState.ATTACHED:
+            self._switch(driver, tid, target, soft=kind == "soft", reason=reason)
+            return
         proto: TransportProtocol | None = None
         if kind == "soft" or self.standby is None or self.standby[0] != target:
             # Make before break; a hard handover to a parked standby needs none.
@@ -454,10 +525,9 @@ class Client:
             self._lost = (min(last, started), reason)
         else:
             self._lost = (started, reason)
-        old = driver.proto
-        if old is not None:
-            driver.proto = None
-            old.detach()
+        if self.standby is not None and driver.transport_of(self.standby[1]) is not None:
+            self.standby = None  # joined: it goes with the session's transports
+        driver.let_go()
         if session.state is not SessionState.DETACHED:
             session.transport_lost(loop.time())
         self._resumed = loop.create_future()
@@ -511,6 +581,7 @@ class Client:
             session.transport_lost(loop.time())
             raise TransportError(f"resume refused by {self.server}: {Status.OK.name}")
         self.attachment = via
+        self._paths = {0: via}
         driver.attach(proto)
         await self._move_datagrams(proto, via)
         return True
@@ -528,6 +599,7 @@ class Client:
         first = session.payloads_to_send(now)
         proto.write(driver.sealer.seal(first[0], now))
         self.attachment = via
+        self._paths = {0: via}
         driver.attach(proto)
         where = via.name if via else "the default route"
         log.info("%s: resuming on the standby transport via %s", driver.name, where)
@@ -540,8 +612,8 @@ class Client:
         if where != via:
             return None
         self.standby = None
-        if proto.lost:
-            return None
+        if proto.lost or proto.transport is None or proto.transport.is_closing():
+            return None  # closed with its path, or let go with a session's transports
         return proto
 
     async def prepare_standby(self, via: Attachment, timeout: float = 10.0) -> None:
@@ -567,13 +639,72 @@ class Client:
         await self._reply(proto, opening, timeout)
         self.drop_standby()
         self.standby = (via, proto)
-        log.info("standby transport via %s parked at %s", via.name, self.server)
+        driver = self.driver
+        if driver is not None and driver.session.active_transport is not None:
+            # JOIN: the standby becomes the session's own, measured by its
+            # PINGs, and takes over without a round trip (docs/protocol.md 5.2).
+            tid = driver.next_transport()
+            self._paths[tid] = via
+            driver.session.join_transport(tid, asyncio.get_running_loop().time())
+            driver.attach(proto, tid=tid, alone=False)
+            log.info("standby transport via %s joined the session at %s", via.name,
+                     self.server)
+        else:
+            log.info("standby transport via %s parked at %s", via.name, self.server)
 
     def drop_standby(self) -> None:
         if self.standby is not None:
             _, proto = self.standby
             self.standby = None
+            driver = self.driver
+            if driver is not None and driver.transport_of(proto) is not None:
+                driver.drop_transport(proto, "standby no longer wanted")
             proto.abort()
+
+    def _joined_standby(self, target: Attachment) -> int | None:
+        """The joined standby's transport number, if it is on `target`."""
+        driver = self.driver
+        if self.standby is None or self.standby[0] != target or driver is None:
+            return None
+        tid = driver.transport_of(self.standby[1])
+        if tid is None or driver.session.transport_ids().get(tid) is not TransportState.STANDBY:
+            return None
+        return tid
+
+    def _on_switched(self, driver: SessionDriver, e: ev.TransportSwitched) -> None:
+        """The core moved the session to another transport: the active one was
+        lost or stalled, or the server switched. The old one, if alive,
+        becomes the standby; UDP follows; the handover is recorded."""
+        if driver is not self.driver:
+            return
+        switched = self._switched
+        if switched is not None and not switched.done():
+            switched.set_result(None)
+        target = self._paths.get(e.transport)
+        origin = self.attachment
+        proto = driver.carriers().get(e.transport)
+        if target is None or proto is None or target == origin:
+            return
+        old = driver.carriers().get(e.previous) if e.previous is not None else None
+        self.standby = (origin, old) if origin is not None and old is not None else None
+        self.attachment = target
+        loop = asyncio.get_running_loop()
+        lost, self._lost = self._lost, None
+        since = lost[0] if lost is not None else driver.session.last_received
+        stall = max(0.0, loop.time() - since) if e.hard else 0.0
+        record = HandoverRecord("hard" if e.hard else "soft", e.reason,
+                                origin.name if origin else None, target.name,
+                                round(stall * 1000, 1), e.frames_resent, time.time())
+        log.info("handover %s %s -> %s (%s): %d frames resent", record.kind, record.origin,
+                 record.target, e.reason, e.frames_resent)
+        self.on_handover(record)
+        self._follow_datagrams(proto, target)
+
+    def _follow_datagrams(self, proto: TransportProtocol, via: Attachment | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._move_datagrams(proto, via),
+                                                      name="udp-follows")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _move_datagrams(self, proto: TransportProtocol, via: Attachment | None) -> None:
         """UDP follows the stream transport: same path, same server address."""

@@ -15,8 +15,8 @@ from typing import Protocol, runtime_checkable
 
 from roam.core import events as ev
 from roam.core.session import Session
-from roam.core.states import SessionState
-from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer, SealScratch
+from roam.core.states import SessionState, TransportState
+from roam.crypto.records import Lane, RecordFramer, RecordOpener, RecordSealer, SealScratch
 from roam.errors import CloseCode, CryptoError, FramingError, ProtocolError
 from roam.eventloop import stream_transport
 from roam.transport.protocol import Records, TransportProtocol
@@ -211,16 +211,57 @@ class ClosedFlag:
                 self._waiters.remove(waiter)
 
 
+class _Carrier:
+    """One transport of the session as the driver holds it: the socket, its
+    record framer, and its share of the record counters."""
+
+    __slots__ = ("framer", "lane", "proto")
+
+    def __init__(self, proto: TransportProtocol, framer: RecordFramer) -> None:
+        self.proto = proto
+        self.framer = framer
+        self.lane = Lane()
+
+
 class SessionDriver:
-    """One session and its current transport, on either side."""
+    """One session and its transports (usually one), on either side.
+
+    Each transport has the number the core knows it by (`tid`); `proto` is
+    the active one's socket. A transport the core lets go of (replaced by a
+    resume, dead, lost) is closed here.
+    """
 
     # A server holds one driver per session for as long as the session
     # lives: slots instead of an instance dict (about 0.5 KiB less each).
-    __slots__ = ("_again", "_closing", "_flushing", "_framer", "_limit_logs", "_scheduled",
-                 "_timer", "_timer_at",
-                 "apps", "closed", "datagrams", "done", "loop", "name", "on_closed",
-                 "on_handover_ready", "on_open_request", "on_resumed", "on_transport_lost",
-                 "opener", "paused", "proto", "sealer", "session")
+    __slots__ = (
+        "_again",
+        "_carriers",
+        "_closing",
+        "_flushing",
+        "_lanes",
+        "_limit_logs",
+        "_next_tid",
+        "_scheduled",
+        "_timer",
+        "_timer_at",
+        "apps",
+        "closed",
+        "datagrams",
+        "done",
+        "loop",
+        "name",
+        "on_closed",
+        "on_handover_ready",
+        "on_open_request",
+        "on_resumed",
+        "on_switched",
+        "on_transport_lost",
+        "opener",
+        "paused",
+        "proto",
+        "sealer",
+        "session",
+    )
 
     def __init__(self, session: Session, sealer: RecordSealer, opener: RecordOpener, *,
                  name: str) -> None:
@@ -230,7 +271,12 @@ class SessionDriver:
         self.name = name
         self.loop = asyncio.get_running_loop()
         self.proto: TransportProtocol | None = None
-        self._framer = RecordFramer()
+        self._carriers: dict[int, _Carrier] = {}
+        self._next_tid = 0  # the handshake's transport is 0
+        # Once the session had two transports at once, records are checked
+        # per transport within the window for good: what is still in flight
+        # on one may be older than what the other brought.
+        self._lanes = False
         self.apps: dict[int, ChannelApp] = {}
         self.paused: set[int] = set()
         self._scheduled = False
@@ -254,40 +300,82 @@ class SessionDriver:
         self.on_handover_ready: Callable[[int], None] = _ignore
         self.on_resumed: Callable[[int], None] = _ignore
         self.on_closed: Callable[[ev.SessionClosed], None] = _ignore
+        # The core moved its sending to another transport (a lost or stalled
+        # one's standby took over, or the peer switched).
+        self.on_switched: Callable[[ev.TransportSwitched], None] = _ignore
 
     # ---- transports ----------------------------------------------------------
 
-    def attach(self, proto: TransportProtocol, framer: RecordFramer | None = None) -> None:
-        """Carry the session on `proto` from now on (the core was told already)."""
-        old, self.proto = self.proto, proto
-        if old is not None and old is not proto:
-            old.detach()
-        self._framer = framer or RecordFramer()
-        proto.start_push(self._framer, lambda records: self._on_records(proto, records),
-                         lambda exc: self._on_lost(proto, exc), self.schedule)
+    def attach(self, proto: TransportProtocol, framer: RecordFramer | None = None, *,
+               tid: int = 0, alone: bool = True) -> None:
+        """Carry the session on `proto` as transport `tid` (the core was told
+        already). `alone`: every other transport goes (a new session, a
+        resume); else it joins them."""
+        old = self._carriers.pop(tid, None)
+        if old is not None and old.proto is not proto:
+            old.proto.detach()
+        if alone:
+            for other in self._carriers.values():
+                if other.proto is not proto:
+                    other.proto.detach()
+            self._carriers.clear()
+        carrier = _Carrier(proto, framer or RecordFramer())
+        self._carriers[tid] = carrier
+        if len(self._carriers) > 1:
+            self._lanes = True
+        self._current()
+        proto.start_push(carrier.framer, lambda records: self._on_records(tid, carrier, records),
+                         lambda exc: self._on_lost(tid, carrier, exc), self.schedule)
         self.schedule()
 
-    def _on_records(self, proto: TransportProtocol, records: Records) -> None:
-        if proto is not self.proto:
+    def transport_of(self, proto: TransportProtocol) -> int | None:
+        """The number of the transport `proto` carries, if it carries one."""
+        for tid, carrier in self._carriers.items():
+            if carrier.proto is proto:
+                return tid
+        return None
+
+    def next_transport(self) -> int:
+        """A number no transport of this session had before."""
+        self._next_tid += 1
+        return self._next_tid
+
+    def carriers(self) -> dict[int, TransportProtocol]:
+        return {tid: c.proto for tid, c in self._carriers.items()}
+
+    def _current(self) -> None:
+        """`proto` is the active transport's (or the only one's)."""
+        active = self.session.active_transport
+        carrier = self._carriers.get(active) if active is not None else None
+        if carrier is None and len(self._carriers) == 1:
+            carrier = next(iter(self._carriers.values()))
+        self.proto = carrier.proto if carrier is not None else None
+
+    def _on_records(self, tid: int, carrier: _Carrier, records: Records) -> None:
+        if self._carriers.get(tid) is not carrier:
             return
+        proto = carrier.proto
         now = self.loop.time()
+        # One transport: every counter above the last (the strict rule);
+        # several: each its own lane, within the window over all of them.
+        lane = carrier.lane if self._lanes else None
         try:
             opener, session = self.opener, self.session
             for counter, ct in records:
-                session.receive_payload(opener.open(counter, ct), now)
+                session.receive_payload(opener.open(counter, ct, lane=lane), now, tid)
         except CryptoError as exc:
             # Forged, replayed or mangled bytes condemn this transport only;
             # the session resumes on another.
             log.warning("%s: dropping transport from %s: %s", self.name, proto.peer, exc)
-            self._drop(proto, str(exc))
+            self._drop(tid, str(exc))
         except ProtocolError as exc:
-            if self.session.state is SessionState.RESUMING:
-                # The first record of a resumed transport (RESUME, RESUMED)
-                # is bad: that transport goes, the session resumes on another
-                # (docs/protocol.md sections 2.4 and 9).
+            if self.session.transport_ids().get(tid) is TransportState.OPENING:
+                # The first record of a new transport (RESUME, RESUMED, JOIN,
+                # JOINED) is bad: that transport goes, the session resumes on
+                # another (docs/protocol.md sections 2.4 and 9).
                 log.warning("%s: dropping transport from %s: bad first record: %s", self.name,
                             proto.peer, exc)
-                self._drop(proto, f"bad first record: {exc}")
+                self._drop(tid, f"bad first record: {exc}")
             else:
                 # An authenticated peer broke the protocol: the session ends,
                 # and CLOSE says why (the transport closes gracefully after it).
@@ -296,28 +384,59 @@ class SessionDriver:
                 self.session.close(exc.code, str(exc))
         self.flush()
 
-    def _on_lost(self, proto: TransportProtocol, exc: Exception | None) -> None:
-        if proto is not self.proto:
+    def _on_lost(self, tid: int, carrier: _Carrier, exc: Exception | None) -> None:
+        if self._carriers.get(tid) is not carrier:
             return
         if isinstance(exc, FramingError):
-            log.warning("%s: dropping transport from %s: %s", self.name, proto.peer, exc)
-            self._drop(proto, str(exc))
+            log.warning("%s: dropping transport from %s: %s", self.name, carrier.proto.peer, exc)
+            self._drop(tid, str(exc))
         else:
-            self._drop(proto, f"transport closed ({exc or 'EOF'})")
+            self._drop(tid, f"transport closed ({exc or 'EOF'})")
 
     def drop_transport(self, proto: TransportProtocol, reason: str) -> None:
-        """Give up on `proto` if it is still the current transport."""
-        self._drop(proto, reason)
+        """Give up on `proto` if it still carries the session."""
+        tid = self.transport_of(proto)
+        if tid is not None:
+            self._drop(tid, reason)
 
-    def _drop(self, proto: TransportProtocol, reason: str) -> None:
-        if proto is not self.proto:
+    def _drop(self, tid: int, reason: str) -> None:
+        carrier = self._carriers.pop(tid, None)
+        if carrier is None:
             return
-        self.proto = None
-        proto.detach()
-        if self.session.state is not SessionState.CLOSED:
-            self.session.transport_lost(self.loop.time())
-            self.on_transport_lost(reason)
+        carrier.proto.detach()
+        session = self.session
+        if session.state is not SessionState.CLOSED:
+            now = self.loop.time()
+            session.transport_lost(now, tid)
+            if session.state is SessionState.ATTACHED or session.state is SessionState.DRAINING:
+                log.info("%s: transport %d lost (%s); the session goes on on another", self.name,
+                         tid, reason)
+            elif session.state is SessionState.RESUMING and self._carriers:
+                # One still joining may carry it once its JOINED comes: the
+                # side that owns the driver decides how long to wait.
+                self.on_transport_lost(reason)
+            else:
+                self.let_go()
+                session.transport_lost(now)
+                self.on_transport_lost(reason)
+        self._current()
         self.schedule()
+
+    def let_go(self) -> None:
+        """Drop every transport without a word to anyone (the client moves the
+        session by a resume elsewhere)."""
+        for carrier in self._carriers.values():
+            carrier.proto.detach()
+        self._carriers.clear()
+        self.proto = None
+
+    def _sync(self) -> None:
+        """Close what the core let go of (a resume replaced it, it died)."""
+        known = self.session.transport_ids()
+        for tid in [t for t in self._carriers if t not in known]:
+            carrier = self._carriers.pop(tid)
+            carrier.proto.detach()
+        self._current()
 
     # ---- the pump -------------------------------------------------------------
 
@@ -353,12 +472,19 @@ class SessionDriver:
         session = self.session
         now = self.loop.time()
         self._dispatch()
-        proto = self.proto
-        if proto is not None and proto.transport is not None:
+        if len(self._carriers) > 1 or self.session.active_transport not in self._carriers:
+            self._sync()
+        active = self.session.active_transport
+        # The active transport first: data and the ACK go there; then each
+        # standby's PINGs and PONGs.
+        for tid, carrier in sorted(self._carriers.items(), key=lambda i: i[0] != active):
+            proto = carrier.proto
             transport = proto.transport
+            if transport is None:
+                continue
             seal, write = self.sealer.seal_parts, transport.write
             while not proto.write_paused and not proto.lost:
-                records = session.records_to_send(now, SEND_BATCH)
+                records = session.records_to_send(now, SEND_BATCH, tid)
                 if not records:
                     break  # nothing, or nothing that may go now (draining)
                 for parts in records:
@@ -367,7 +493,7 @@ class SessionDriver:
                         # The socket left part of it: asyncio copied that
                         # part, uvloop keeps the buffer itself.
                         _SCRATCH.surrender()
-                if not session.has_pending:
+                if not session.has_pending or tid != active:
                     break  # all of it went: no second call to find nothing
         if self._closing:
             self._finish_closing()
@@ -467,10 +593,18 @@ class SessionDriver:
                 elif isinstance(e, ev.TransportDead):
                     log.warning("%s: nothing heard for %.1f s: transport declared dead",
                                 self.name, e.silence)
-                    if self.proto is not None:
-                        proto, self.proto = self.proto, None
-                        proto.detach()
-                        self.on_transport_lost(f"silent for {e.silence:.1f} s")
+                    carrier = self._carriers.pop(e.transport, None)
+                    if carrier is not None:
+                        carrier.proto.detach()
+                        self._current()
+                        if session.state is SessionState.DETACHED or not self._carriers:
+                            self.on_transport_lost(f"silent for {e.silence:.1f} s")
+                elif isinstance(e, ev.TransportSwitched):
+                    log.info("%s: now sending on transport %d (was %s): %s; %d frames sent "
+                             "again", self.name, e.transport, e.previous, e.reason,
+                             e.frames_resent)
+                    self._current()
+                    self.on_switched(e)
                 elif isinstance(e, ev.SessionResumed):
                     log.info("%s: resumed; resent %d frames (%d bytes)", self.name,
                              e.frames_resent, e.bytes_resent)
@@ -539,6 +673,10 @@ class SessionDriver:
         if proto is not None and not proto.lost and proto.write_paused and self.session.has_pending:
             return  # the socket is full: resume_writing flushes again
         self.proto = None
+        for carrier in self._carriers.values():
+            if carrier.proto is not proto:
+                carrier.proto.detach()  # standbys: nothing of the session's is on them
+        self._carriers.clear()
         if proto is None or proto.lost:
             self.done.set()
             return

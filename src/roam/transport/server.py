@@ -28,6 +28,7 @@ from roam.core.opening_server import (
 )
 from roam.core.preamble import Status, reply_error
 from roam.core.session import Session, SessionConfig
+from roam.core.states import TransportState
 from roam.crypto.keys import short_id
 from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer
 from roam.errors import ProtocolError, TransportError
@@ -278,17 +279,22 @@ class Server:
         if resume.reply:
             proto.write(resume.reply)
         now = asyncio.get_running_loop().time()
-        driver.session.transport_attached(now, resume=True)
+        # A number of its own: its first frame says whether it replaces the
+        # others (RESUME) or joins them (JOIN, docs/protocol.md 5.2).
+        tid = driver.next_transport()
+        session = driver.session
+        session.transport_attached(now, resume=True, tid=tid)
         try:
-            # The RESUME goes in before anything the client sent after it.
-            driver.session.receive_payload(resume.payload, now)
+            # The first frame goes in before anything the client sent after it.
+            session.receive_payload(resume.payload, now, tid)
         except ProtocolError as exc:
-            log.warning("%s: bad resume from %s: %s", driver.name, proto.peer, exc)
+            log.warning("%s: bad first record from %s: %s", driver.name, proto.peer, exc)
             driver.close(exc.code, str(exc))
             proto.close()
             return
-        driver.attach(proto, RecordFramer())
-        log.info("%s: resumed on a %s from %s", driver.name,
+        driver.attach(proto, RecordFramer(), tid=tid, alone=False)
+        joined = session.transport_ids().get(tid) is TransportState.STANDBY
+        log.info("%s: %s on a %s from %s", driver.name, "joined" if joined else "resumed",
                  "standby transport" if resume.standby else "new transport", proto.peer)
         driver.flush()
 
