@@ -54,10 +54,12 @@ def test_a_soft_switch_resends_nothing_and_the_application_sees_no_pause() -> No
     assert p.exact()
     assert p.client.active_transport == p.server.active_transport == CELL
     assert p.client.frames_resent == p.server.frames_resent == 0
-    # A frame every ms before, during and after: the stream never waited
-    # for the new path's longer RTT (its first frames there arrive 27 ms
-    # after the old path's last, which were still in flight).
-    assert p.longest_gap["client"] <= 0.030
+    # For one RTT of the new path every frame also went on the old one, so
+    # the only gap left is the new path's longer one-way delay (30 - 3 ms):
+    # the frames sent after the overlap come that much later. No scheme
+    # does better for a stream paced by its application.
+    assert p.longest_gap["client"] <= 0.030 - 0.003 + 0.001
+    assert p.server.frames_overlapped > 0
     assert p.client.drained(WIFI)
     assert p.server.drained(WIFI)
 

@@ -42,7 +42,7 @@ from roam.core import frames as fr
 from roam.core.channels import Channels
 from roam.core.compress import AUTO_MIN_RTT, CompressionMode, Compressor, History
 from roam.core.liveness import MAX_PINGS, idle_interval
-from roam.core.replay import Buffer, ReplayBuffer
+from roam.core.replay import Buffer, Entry, ReplayBuffer
 from roam.core.rtt import RttEstimator
 from roam.core.states import (
     SessionInput,
@@ -160,9 +160,10 @@ class Session:
     # slots, where an instance dict would cost about 1.5 KiB.
     __slots__ = ("_ack_due", "_ack_progress", "_ack_sent", "_active", "_active_since", "_ahead",
                  "_ahead_bytes", "_close_sent", "_detached_since", "_drained", "_events",
-                 "_idle", "_last_activity", "_last_received", "_received", "_rtt", "_stall_retry",
-                 "_transports", "_unacked_bytes", "channels", "config", "datagrams_received",
-                 "datagrams_sent", "frames_resent", "is_client", "replay", "resumes", "state")
+                 "_idle", "_last_activity", "_last_received", "_overlap", "_overlap_until",
+                 "_received", "_rtt", "_stall_retry", "_transports", "_unacked_bytes",
+                 "channels", "config", "datagrams_received", "datagrams_sent",
+                 "frames_overlapped", "frames_resent", "is_client", "replay", "resumes", "state")
 
     def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None,
                  compression: CompressionMode | None = None, history: bool = False) -> None:
@@ -216,6 +217,11 @@ class Session:
         self._close_sent = False
         self._drained = False  # server: HANDOVER_READY is out; nothing more on this transport
         self.frames_resent = 0
+        # After a soft switch the frames sent on the new transport go on the
+        # old one too for a while (below); how many went twice that way.
+        self.frames_overlapped = 0
+        self._overlap: Transport | None = None
+        self._overlap_until = 0.0
         self.resumes = 0
         self.datagrams_sent = 0
         self.datagrams_received = 0
@@ -291,9 +297,20 @@ class Session:
         # Our last ACK may have gone on the transport left behind.
         self._ack_sent = min(self._ack_sent, self._received - 1)
         resent = 0
+        self._overlap = None
         if reinject:
             resent, _ = self.replay.resend_all()
             self.frames_resent += resent
+        elif previous is not None and previous is not t:
+            # A soft switch: the first frames on the new path arrive its
+            # one-way delay later, which may be tens of ms more than the old
+            # path's (wifi 3 ms, cell 30 ms), and its TCP window restarts
+            # from idle. For one RTT of the new path (its RTO before it has
+            # one) every frame also goes on the old one, which still works:
+            # the receiver keeps the first copy, and sees no pause.
+            self._overlap = previous
+            srtt = t.live.rtt.srtt
+            self._overlap_until = now + (srtt if srtt is not None else t.live.rtt.rto)
         self._ack_progress = now
         self._events.append(ev.TransportSwitched(t.id, previous.id if previous else None,
                                                  reason, resent, hard=reinject))
@@ -537,6 +554,10 @@ class Session:
         replay = self.replay
         channels = self.channels
         active = t is self._active
+        if t is self._overlap and not active and state is SessionState.ATTACHED:
+            overlap = self._overlapping(t, now)
+            if overlap:
+                return overlap
         if not (t.control or (active and (channels.rr or replay.pending
                                           or self._ack_wanted(now)))):
             return []  # the usual answer to a flush after a read: nothing
@@ -598,6 +619,42 @@ class Session:
             records.append(parts)
             if limit < max_record:
                 t.record_limit = limit * 2
+        return records
+
+    def _overlapping(self, t: Transport, now: float) -> list[list[Buffer]]:
+        """The old transport's share of a soft switch's overlap: its control
+        frames, and every frame sent on the new one it has not carried."""
+        if now >= self._overlap_until or not t.usable:
+            self._overlap = None
+            return []
+        unacked = self.replay.unacked
+        fresh: list[Entry] = []
+        if unacked:
+            for entry in reversed(unacked):
+                if entry[0] <= t.last_seq:
+                    break
+                fresh.append(entry)
+        if not fresh:
+            return []
+        fresh.reverse()
+        parts: list[Buffer] = list(t.control)
+        t.control = []
+        t.probes = 0
+        t.datagram_bytes = 0
+        records: list[list[Buffer]] = []
+        size = sum(len(c) for c in parts)
+        limit = min(t.record_limit, self.config.max_record_payload)
+        for entry in fresh:
+            if parts and size + entry[1] > limit:
+                records.append(parts)
+                parts, size = [], 0
+            parts.append(entry[2])
+            if entry[3]:
+                parts.append(entry[3])
+            size += entry[1]
+        records.append(parts)
+        t.last_seq = fresh[-1][0]
+        self.frames_overlapped += len(fresh)
         return records
 
     def _ack_wanted(self, now: float) -> bool:
