@@ -371,9 +371,7 @@ class Session:
             return
         if was_active:
             best = max(standbys, key=lambda t: t.live.last_received)
-            self._activate(best, now, TransportInput.SWITCH, f"transport {tid} lost",
-                           reinject=True)
-            best.control.insert(0, fr.encode(fr.Switch(self._received, fr.SWITCH_REINJECT)))
+            self.switch(best.id, now, reinject=True, reason=f"transport {tid} lost")
         elif self.replay.unacked and lost.last_seq >= self.replay.unacked[0][0]:
             resent, _ = self.replay.resend_all()
             self.frames_resent += resent

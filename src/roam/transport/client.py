@@ -468,14 +468,8 @@ class Client:
             driver.drop_transport(old, f"handed over to {target.name}: {reason}")
         driver.flush()
         stall = 0.0 if soft else max(0.0, started - last)
-        record = HandoverRecord("soft" if soft else "hard", reason,
-                                origin.name if origin else None, target.name,
-                                round(stall * 1000, 1), session.frames_resent - before,
-                                time.time())
-        log.info("handover %s %s -> %s (%s) on the joined standby", record.kind,
-                 record.origin, record.target, reason)
-        self.on_handover(record)
-        self._follow_datagrams(proto, target)
+        self._switched_to(proto, "soft" if soft else "hard", reason, origin, target, stall,
+                          session.frames_resent - before)
 
     async def handover(self, target: Attachment, *, soft: bool, reason: str) -> None:
         """Move the session to `target` (claims 5 and 6).
@@ -692,11 +686,17 @@ class Client:
         lost, self._lost = self._lost, None
         since = lost[0] if lost is not None else driver.session.last_received
         stall = max(0.0, loop.time() - since) if e.hard else 0.0
-        record = HandoverRecord("hard" if e.hard else "soft", e.reason,
-                                origin.name if origin else None, target.name,
-                                round(stall * 1000, 1), e.frames_resent, time.time())
-        log.info("handover %s %s -> %s (%s): %d frames resent", record.kind, record.origin,
-                 record.target, e.reason, e.frames_resent)
+        self._switched_to(proto, "hard" if e.hard else "soft", e.reason, origin, target, stall,
+                          e.frames_resent)
+
+    def _switched_to(self, proto: TransportProtocol, kind: str, reason: str,
+                     origin: Attachment | None, target: Attachment, stall: float,
+                     frames: int) -> None:
+        """A switch to a joined standby is done: report it; UDP follows."""
+        record = HandoverRecord(kind, reason, origin.name if origin else None, target.name,
+                                round(stall * 1000, 1), frames, time.time())
+        log.info("handover %s %s -> %s (%s) on the joined standby: %d frames resent",
+                 kind, record.origin, target.name, reason, frames)
         self.on_handover(record)
         self._follow_datagrams(proto, target)
 

@@ -476,8 +476,11 @@ class SessionDriver:
             self._sync()
         active = self.session.active_transport
         # The active transport first: data and the ACK go there; then each
-        # standby's PINGs and PONGs.
-        for tid, carrier in sorted(self._carriers.items(), key=lambda i: i[0] != active):
+        # standby's PINGs and PONGs. (One transport, the usual case: no sort.)
+        carriers = self._carriers
+        order = (carriers.items() if len(carriers) == 1
+                 else sorted(carriers.items(), key=lambda i: i[0] != active))
+        for tid, carrier in order:
             proto = carrier.proto
             transport = proto.transport
             if transport is None:
