@@ -122,6 +122,7 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
                               "transport": d.proto.peer if d.proto else None,
                               **dataclasses.asdict(d.session.statistics()),
                               "channel_ids": d.session.channel_ids(),
+                              "transports": _transports(d),
                               "udp": d.datagrams.status() if d.datagrams else None}
                              for sid, d in server.sessions.items()]}
 
@@ -133,6 +134,13 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
             await ctl.close()
         await server.close()
     return 0
+
+
+def _transports(driver: SessionDriver) -> list[dict[str, object]]:
+    """Each transport of a session: its number, role and peer address."""
+    states = driver.session.transport_ids()
+    return [{"id": tid, "state": states[tid].value if tid in states else "gone",
+             "peer": proto.peer} for tid, proto in sorted(driver.carriers().items())]
 
 
 async def run_client(server: str, server_key: str, key: str, forwards: list[str],
@@ -308,6 +316,7 @@ def _client_handlers(client: Client, manager: PathManager | None,
                 "session": dataclasses.asdict(driver.session.statistics()) if driver else None,
                 "channels": driver.session.channel_ids() if driver else [],
                 "udp": driver.datagrams.status() if driver and driver.datagrams else None,
+                "transports": client.transport_roles(),
                 "handovers": [dataclasses.asdict(r) for r in history[-100:]]}
 
     async def link(req: dict[str, object]) -> object:

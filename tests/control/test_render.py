@@ -42,4 +42,31 @@ def test_server_status_lists_sessions() -> None:
     lines = text.splitlines()
     assert lines[0] == "listening 0.0.0.0:7000; 1 session(s)"
     assert lines[2].split() == ["session", "ab12", "(alice)", "198.18.1.2:4000", "attached",
-                                "2", "5.1", "3"]
+                                "2", "5.1", "3", "0", "-"]
+
+
+def test_server_status_shows_each_sessions_transports_and_switches() -> None:
+    text = render_status({"listening": "0.0.0.0:7000", "sessions": [
+        {"name": "s", "transport": "198.18.1.2:4000", "state": "attached", "channels": 1,
+         "srtt": None, "resumes": 0, "switches": 2,
+         "transports": [{"id": 0, "state": "standby", "peer": "198.18.1.2:4000"},
+                        {"id": 3, "state": "active", "peer": "198.18.2.2:5000"}]}]})
+    row = text.splitlines()[2]
+    assert row.endswith(" 0 standby, 3 active")
+    assert row.split()[-5] == "2"  # switches
+
+
+def test_client_status_shows_transports_by_path_and_redundant_datagrams() -> None:
+    status = _client_status()
+    status["transports"] = [{"id": 0, "state": "active", "path": "wifi", "peer": "x"},
+                            {"id": 1, "state": "standby", "path": "cell", "peer": "y"}]
+    status["session"] = {"state": "attached", "switches": 1}
+    status["udp"] = {"state": "up", "peer": "p", "rtt_ms": 1, "datagrams_sent": 0,
+                     "datagrams_received": 0,
+                     "redundant": {"mode": "two paths", "second_path": "cell",
+                                   "second_state": "up", "copies_sent": 40, "duplicates": 38}}
+    lines = render_status(status).splitlines()
+    assert "transports: 0 active on wifi, 1 standby on cell; 1 switch(es)" in lines
+    assert not any(line.startswith("standby transport") for line in lines)
+    assert ("redundant datagrams: two paths, second path cell up; 40 copies sent, "
+            "38 duplicate(s) dropped") in lines

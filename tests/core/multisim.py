@@ -4,7 +4,11 @@ Each transport is a pair of wires (one per direction) with a delay of its
 own; it can be black-holed (everything sent from then on, and everything in
 flight, vanishes, while both ends still think it works), cut (a reset: what
 is in flight is lost and both ends are told), or paused on one side (that
-side reads nothing, as a Python peer in a long GC pause).
+side reads nothing, as a Python peer in a long GC pause). With `kernel`, each
+wire also counts what the TCP beneath delivered, as Linux's tcpi_delivered
+(roam.core.delivery): the peer's host acknowledges each payload a round trip
+after it left, paused or not, and a lost segment under repair (`repair`)
+holds what follows from the peer's session, not from its host.
 """
 
 from __future__ import annotations
@@ -23,11 +27,21 @@ class Link:
     up: deque[tuple[float, bytes]] = field(default_factory=deque)  # to the server
     down: deque[tuple[float, bytes]] = field(default_factory=deque)  # to the client
     black_hole: bool = False
+    # The beneath: when each payload's TCP ACK comes back, per direction
+    # ("up": sent by the client), and how many of them came.
+    acks: dict[str, deque[float]] = field(
+        default_factory=lambda: {"up": deque(), "down": deque()})
+    acked: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    # A lost segment being repaired: nothing on the wire reaches the
+    # receiving session before then (everything after the hole waits).
+    held_until: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
 
 
 class MultiPair(Applications):
-    def __init__(self, config: SessionConfig | None = None, delay: float = 0.005) -> None:
+    def __init__(self, config: SessionConfig | None = None, delay: float = 0.005,
+                 kernel: bool = False) -> None:
         self.now = 0.0
+        self.kernel = kernel
         self.client = Session(is_client=True, now=0.0, config=config)
         self.server = Session(is_client=False, now=0.0, config=config)
         self.links: dict[int, Link] = {0: Link(delay)}
@@ -41,6 +55,7 @@ class MultiPair(Applications):
         # silence an application saw is what a handover costs it.
         self.last_delivery = {"client": 0.0, "server": 0.0}
         self.longest_gap = {"client": 0.0, "server": 0.0}
+        self._readable(0)
 
     # ---- transports ------------------------------------------------------------
 
@@ -49,6 +64,33 @@ class MultiPair(Applications):
         self.links[tid] = Link(delay)
         self.client.join_transport(tid, self.now)
         self.server.transport_attached(self.now, resume=True, tid=tid)
+        self._readable(tid)
+
+    def _readable(self, tid: int) -> None:
+        """Both ends read what TCP beneath `tid` delivered, if the pair has it."""
+        if self.kernel:
+            for side in (self.client, self.server):
+                side.delivery_read(tid, self.now, self._delivered(side, tid))
+
+    def _delivered(self, side: Session, tid: int) -> int | None:
+        link = self.links.get(tid)
+        if link is None:
+            return None
+        way = "up" if side is self.client else "down"
+        acks = link.acks[way]
+        while acks and acks[0] <= self.now:
+            acks.popleft()
+            link.acked[way] += 1
+        wire = link.up if way == "up" else link.down
+        in_flight = bool(acks) or (link.black_hole and bool(wire)) or bool(
+            link.held_until[way] > self.now and wire)
+        return link.acked[way] if in_flight else None
+
+    def repair(self, tid: int, seconds: float, way: str = "down") -> None:
+        """A segment on `tid` was lost and TCP repairs it after `seconds` (its
+        RTO): the receiving session gets nothing from that wire until then,
+        while the receiving host acknowledges (SACKs) everything after it."""
+        self.links[tid].held_until[way] = self.now + seconds
 
     def cut(self, tid: int) -> None:
         """Transport `tid` resets: what is in flight is lost, both ends are told."""
@@ -64,12 +106,18 @@ class MultiPair(Applications):
         self.client.transport_lost(self.now)
         self.client.transport_attached(self.now, resume=True, tid=tid)
         self.server.transport_attached(self.now, resume=True, tid=tid)
+        self._readable(tid)
 
     def black_hole(self, tid: int) -> None:
         link = self.links[tid]
         link.black_hole = True
-        link.up.clear()
-        link.down.clear()
+        # What was in flight vanishes, its TCP ACKs with it; the marker
+        # keeps it in flight as the sender's kernel sees it.
+        for way, wire in (("up", link.up), ("down", link.down)):
+            if wire or link.acks[way]:
+                wire.clear()
+                wire.append((self.now, b""))
+            link.acks[way].clear()
 
     def pause(self, side: str, seconds: float) -> None:
         self.paused_until[side] = self.now + seconds
@@ -84,18 +132,28 @@ class MultiPair(Applications):
                 continue
             t = side.get_timer()
             if t is not None and t <= now:
+                due = side.delivery_due(now)
+                if due is not None:
+                    side.delivery_read(due, now, self._delivered(side, due))
                 side.handle_timer(now)
             for tid in list(side.transport_ids()):
                 link = self.links.get(tid)
                 payloads = side.payloads_to_send(now, tid=tid)
                 if link is None or link.black_hole:
+                    if link is not None and payloads:
+                        # Into the hole: in flight for good, never acknowledged.
+                        (link.up if side is self.client else link.down).append((now, b""))
                     continue
-                wire = link.up if side is self.client else link.down
+                way = "up" if side is self.client else "down"
+                wire = link.up if way == "up" else link.down
                 wire.extend((now + link.delay, p) for p in payloads)
+                link.acks[way].extend(now + 2 * link.delay for _ in payloads)
         for tid, link in list(self.links.items()):
-            for wire, name, dst in ((link.up, "server", self.server),
-                                    (link.down, "client", self.client)):
-                if now < self.paused_until[name]:
+            if link.black_hole:
+                continue
+            for wire, name, dst, way in ((link.up, "server", self.server, "up"),
+                                         (link.down, "client", self.client, "down")):
+                if now < self.paused_until[name] or now < link.held_until[way]:
                     continue  # its socket buffers fill; nothing is lost
                 while wire and wire[0][0] <= now:
                     _, payload = wire.popleft()

@@ -26,8 +26,8 @@ def streaming(p: MultiPair, cid: int, ms: int, size: int = 1024) -> None:
         p.step()
 
 
-def joined() -> tuple[MultiPair, int]:
-    p = MultiPair(delay=0.003)  # wifi: 6 ms RTT
+def joined(kernel: bool = False) -> tuple[MultiPair, int]:
+    p = MultiPair(delay=0.003, kernel=kernel)  # wifi: 6 ms RTT
     cid = p.open()
     p.run(50)
     p.join(CELL, delay=0.030)  # cell: 60 ms RTT
@@ -84,8 +84,10 @@ def test_frames_arriving_ahead_on_the_faster_transport_wait_for_the_gap() -> Non
     assert p.server.frames_resent == p.client.frames_resent == 0
 
 
-def test_a_black_hole_on_the_active_transport_moves_the_session_in_a_few_rtts() -> None:
-    p, cid = joined()
+@pytest.mark.parametrize("kernel", [False, True], ids=["acks", "acks-and-tcp"])
+def test_a_black_hole_on_the_active_transport_moves_the_session_in_a_few_rtts(
+        kernel: bool) -> None:
+    p, cid = joined(kernel)
     streaming(p, cid, 300)
     p.longest_gap["client"] = 0.0
     p.black_hole(WIFI)
@@ -127,6 +129,44 @@ def test_losing_a_standby_resends_what_it_still_carried() -> None:
     p.run(300)
     assert p.exact()
     assert p.client.active_transport == WIFI
+
+
+def test_a_segment_tcp_repairs_moves_nothing_when_tcp_says_it_delivers() -> None:
+    # 5% loss on wifi: TCP repairs a segment after its RTO (200 ms at least)
+    # and the session's ACKs stop meanwhile, while the peer's host SACKs all
+    # that follows. The readings of tcpi_delivered show the path works.
+    p, cid = joined(kernel=True)
+    streaming(p, cid, 300)
+    p.repair(WIFI, 0.25)
+    streaming(p, cid, 600)
+    p.run(300)
+    assert p.exact()
+    assert not p.switches("server")
+    assert not p.switches("client")
+    assert p.server.active_transport == WIFI
+
+
+def test_without_tcp_readings_the_same_repair_is_taken_for_a_black_hole() -> None:
+    # What the readings are for: the session's ACKs alone cannot tell.
+    p, cid = joined(kernel=False)
+    streaming(p, cid, 300)
+    p.repair(WIFI, 0.25)
+    streaming(p, cid, 600)
+    p.run(300)
+    assert p.exact()
+    (switched,) = p.switches("server")
+    assert "stalled" in switched.reason
+
+
+def test_a_paused_peer_moves_nothing_when_tcp_says_its_host_took_everything() -> None:
+    p, cid = joined(kernel=True)
+    streaming(p, cid, 200)
+    p.pause("client", 0.5)
+    streaming(p, cid, 1500)
+    p.run(500)
+    assert p.exact()
+    assert not p.switches("server")
+    assert not p.switches("client")
 
 
 def test_a_paused_peer_moves_the_session_at_most_once_and_loses_nothing() -> None:
@@ -191,15 +231,16 @@ def test_a_transport_starts_opening_and_moves_by_its_table() -> None:
 
 
 EVENTS = st.lists(st.tuples(st.sampled_from(["write", "up", "switch", "hole", "cut", "pause",
-                                             "join", "wait"]),
+                                             "join", "repair", "wait"]),
                             st.integers(0, 3), st.integers(1, 3000)), max_size=25)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(EVENTS, st.sampled_from([0.001, 0.004, 0.025]), st.sampled_from([0.002, 0.03]))
+@given(EVENTS, st.sampled_from([0.001, 0.004, 0.025]), st.sampled_from([0.002, 0.03]),
+       st.booleans())
 def test_every_byte_once_in_order_whatever_the_transports_do(
-        events: list[tuple[str, int, int]], wifi: float, cell: float) -> None:
-    p = MultiPair(delay=wifi)
+        events: list[tuple[str, int, int]], wifi: float, cell: float, kernel: bool) -> None:
+    p = MultiPair(delay=wifi, kernel=kernel)
     cid = p.open()
     p.run(30)
     p.join(1, cell)
@@ -221,6 +262,8 @@ def test_every_byte_once_in_order_whatever_the_transports_do(
             p.cut(tid)
         elif kind == "pause":
             p.pause("client" if n % 2 else "server", (n % 600) / 1000)
+        elif kind == "repair" and tid is not None:
+            p.repair(tid, (n % 400) / 1000, "up" if n % 2 else "down")
         elif kind == "join" and p.client.active_transport is not None and len(p.links) < 4:
             p.join(next_tid, (wifi, cell)[n % 2])
             next_tid += 1
@@ -240,3 +283,19 @@ def test_every_byte_once_in_order_whatever_the_transports_do(
             p.resume(100 + next_tid, wifi)
             next_tid += 1
     assert settled(), (p.client.transport_ids(), p.server.transport_ids())
+
+
+def test_readings_are_asked_for_only_while_a_stall_may_build_and_the_driver_can_read() -> None:
+    p, cid = joined(kernel=True)
+    assert p.server.delivery_due(p.now) is None  # nothing outstanding
+    p.write(cid, b"x" * 1000, from_client=False)
+    p.black_hole(WIFI)
+    p.step()
+    stall_after = SessionConfig().stall_floor
+    assert p.server.delivery_due(p.now + stall_after / 2 - 0.01) is None
+    assert p.server.delivery_due(p.now + stall_after / 2 + 0.001) == WIFI
+    timer = p.server.get_timer()
+    assert timer is not None
+    assert timer <= p.now + stall_after / 2 + 0.001
+    p.server.delivery_unknown(WIFI)  # the socket no longer says
+    assert p.server.delivery_due(p.now + stall_after) is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -48,7 +49,7 @@ class LabRoam:
         server = self.lab.addresses["server"]
         self._run("server", "echo", [sys.executable, str(SERVICES), "echo", "--port",
                                      str(ECHO_PORT)])
-        self._run("server", "roam-server", [
+        self.server = self._run("server", "roam-server", [
             sys.executable, "-m", "roam", "server", "--listen", f"{server}:{ROAM_PORT}",
             "--key", str(self.keys.server_key), "--authorized-keys", str(self.keys.authorized),
             "--allow", f"127.0.0.1:{ECHO_PORT}", *(x for a in allow for x in ("--allow", a)),
@@ -221,6 +222,36 @@ def test_silent_black_hole_found_by_liveness(lab: NetLab, tmp_path: Path) -> Non
     # the standby on cell answered (docs/protocol.md 5.2).
     assert "stalled" in first["reason"] or "lost or stalled" in first["reason"]
     assert (back["handovers"][1]["kind"], back["handovers"][1]["target"]) == ("soft", "wifi")
+
+
+def test_a_server_paused_half_a_second_under_load_moves_the_session_at_most_once(
+        lab: NetLab, tmp_path: Path) -> None:
+    # A Python peer stops now and then (a GC, a long write); SIGSTOP is the
+    # longest such pause. Its host's TCP still acknowledges what arrives, so
+    # the client must not take it for a black hole, nor move back and forth.
+    roam = LabRoam(lab, tmp_path)
+    roam.start()
+    roam.wait(lambda s: s["standby"] == "cell", "a standby transport joined on cell")
+    total = TRANSFER // 4
+    app = roam.app(total, 15)
+    app.wait_progress(total // 4)
+    moves_before = len(roam.status()["handovers"])
+    os.kill(roam.server.pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.5)  # the pause itself; nothing is measured across it
+    finally:
+        os.kill(roam.server.pid, signal.SIGCONT)
+    result = app.finish()
+    _check(result, roam, total)
+    client = roam.status()
+    server = roam.status(tmp_path / "server.sock")
+    moves = client["handovers"][moves_before:]
+    (session,) = server["sessions"]
+    _report("lab_paused_server", {
+        "client_moves": len(moves), "server_switches": session.get("switches", 0),
+        "app_longest_stall_ms": round(result["longest_stall"] * 1000)})
+    assert len(moves) <= 1, moves
+    assert client["active_path"] in ("wifi", "cell")
 
 
 def test_soft_handover_whose_old_path_black_holes_midway_completes_hard(

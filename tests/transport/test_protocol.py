@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -155,3 +158,42 @@ def test_garbage_read_ahead_of_the_push_loses_the_transport_too() -> None:
 
     (exc, *_) = asyncio.run(main())
     assert isinstance(exc, FramingError)
+
+
+def _ss_delivered(local: tuple[str, int]) -> int:
+    """What `ss` (iproute2) says the socket at `local` delivered."""
+    out = subprocess.run(["ss", "-tin", "src", f"{local[0]}:{local[1]}"], check=True,
+                         capture_output=True, text=True).stdout
+    found = re.search(r"\bdelivered:(\d+)", out)
+    assert found, out
+    return int(found.group(1))
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="iproute2's ss is not installed")
+def test_tcp_delivery_reads_the_kernels_count() -> None:
+    # The offsets into struct tcp_info are checked against iproute2's own
+    # reading of the same socket.
+    async def main() -> tuple[tuple[int, int], int, tuple[int, int]]:
+        proto, peer, server = await _pair()
+        assert proto.transport is not None
+        before = proto.tcp_delivery()
+        for _ in range(20):
+            proto.write(b"x" * 4096)
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        after = proto.tcp_delivery()
+        counted = _ss_delivered(proto.transport.get_extra_info("sockname"))
+        proto.close()
+        peer.close()
+        server.close()
+        return before, counted, after
+
+    before, counted, after = asyncio.run(main())
+    assert after[0] == 0  # loopback: everything acknowledged, nothing in flight
+    assert after[1] == counted
+    assert after[1] >= before[1] + 20
+
+
+def test_tcp_delivery_without_a_socket_is_an_os_error() -> None:
+    with pytest.raises(OSError, match="no socket"):
+        TransportProtocol().tcp_delivery()

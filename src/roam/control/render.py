@@ -19,20 +19,31 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
+def _transports(transports: list[dict[str, Any]]) -> str:
+    """'0 active on wifi, 1 standby on cell': each transport and its role."""
+    return ", ".join(f"{t['id']} {t['state']}" + (f" on {t['path']}" if t.get("path") else "")
+                     for t in transports) or "-"
+
+
 def render_status(status: dict[str, Any]) -> str:
     out: list[str] = []
     if "sessions" in status:  # the server's status
         out.append(f"listening {status['listening']}; {len(status['sessions'])} session(s)")
-        rows = [["session", "transport", "state", "channels", "rtt ms", "resumes"]]
+        rows = [["session", "transport", "state", "channels", "rtt ms", "resumes", "switches",
+                 "transports"]]
         for s in status["sessions"]:
             rtt = f"{s['srtt'] * 1000:.1f}" if s.get("srtt") is not None else "-"
             rows.append([s["name"], _fmt(s["transport"]), s["state"], str(s["channels"]),
-                         rtt, str(s["resumes"])])
+                         rtt, str(s["resumes"]), str(s.get("switches", 0)),
+                         _transports(s.get("transports") or [])])
         return "\n".join(out + _table(rows))
     session = status.get("session") or {}
     out.append(f"session {session.get('state', 'none')}; active path "
                f"{_fmt(status.get('active_path'))}; {len(status.get('channels', []))} channel(s)")
-    if status.get("standby"):
+    if status.get("transports"):
+        out.append(f"transports: {_transports(status['transports'])}; "
+                   f"{session.get('switches', 0)} switch(es)")
+    elif status.get("standby"):
         out.append(f"standby transport parked on {status['standby']}")
     udp = status.get("udp")
     if udp:
@@ -40,6 +51,14 @@ def render_status(status: dict[str, Any]) -> str:
                    f"{udp['datagrams_sent']} datagram(s) sent, {udp['datagrams_received']} "
                    f"received; on the stream {session.get('datagrams_sent', 0)} sent, "
                    f"{session.get('datagrams_received', 0)} received")
+        redundant = udp.get("redundant")
+        if redundant:
+            second = (f", second path {redundant['second_path']} "
+                      f"{_fmt(redundant.get('second_state'))}"
+                      if redundant.get("second_path") else "")
+            out.append(f"redundant datagrams: {redundant['mode']}{second}; "
+                       f"{redundant['copies_sent']} copies sent, {redundant['duplicates']} "
+                       f"duplicate(s) dropped")
     if status.get("paths"):
         rows = [["path", "active", "usable", "up", "signal", "rtt ms", "sent", "received",
                  "why not usable"]]

@@ -104,8 +104,9 @@ class SessionConfig:
     auto_compress_min_rtt: float = AUTO_MIN_RTT
     # With a standby transport, the active one is stalled when data is
     # outstanding and nothing was acknowledged for this many smoothed RTTs of
-    # it, and at least `stall_floor` seconds: its unacknowledged frames are
-    # then sent again on the standby, which becomes the active one.
+    # it, and at least `stall_floor` seconds, and TCP beneath delivered
+    # nothing in that time either (roam.core.delivery): its unacknowledged
+    # frames are then sent again on the standby, which becomes the active one.
     stall_rtts: float = 4.0
     # A loaded Python peer acknowledges late now and then (a GC pause, a long
     # write): on loopback under bulk load, with the server's CPU shared with
@@ -115,6 +116,10 @@ class SessionConfig:
     # a pause is not taken for a black hole, and a black hole is found in a
     # fraction of the 2 s dead time.
     stall_floor: float = 0.15
+    # While a stall may be building, the driver reads the delivery count of
+    # TCP beneath the active transport this often (roam.core.delivery): a
+    # path that delivers shows within two readings, well inside stall_floor.
+    delivery_interval: float = 0.03
 
 # Reliable frames held ahead of a gap at most (the sender's replay buffer
 # holds at most about replay_limit bytes of them; this bounds their count).
@@ -153,6 +158,8 @@ class SessionStatistics:
     # quotient is the compression ratio.
     payload_bytes_sent: int
     payload_bytes_received: int
+    # Moves of this side's sending from one transport to another.
+    switches: int
 
 
 class Session:
@@ -163,7 +170,8 @@ class Session:
                  "_idle", "_last_activity", "_last_received", "_overlap", "_overlap_until",
                  "_received", "_rtt", "_stall_retry", "_transports", "_unacked_bytes",
                  "channels", "config", "datagrams_received", "datagrams_sent",
-                 "frames_overlapped", "frames_resent", "is_client", "replay", "resumes", "state")
+                 "frames_overlapped", "frames_resent", "is_client", "replay", "resumes", "state",
+                 "switches")
 
     def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None,
                  compression: CompressionMode | None = None, history: bool = False) -> None:
@@ -223,6 +231,7 @@ class Session:
         self._overlap: Transport | None = None
         self._overlap_until = 0.0
         self.resumes = 0
+        self.switches = 0
         self.datagrams_sent = 0
         self.datagrams_received = 0
 
@@ -312,6 +321,8 @@ class Session:
             srtt = t.live.rtt.srtt
             self._overlap_until = now + (srtt if srtt is not None else t.live.rtt.rto)
         self._ack_progress = now
+        if previous is not None and previous is not t:
+            self.switches += 1
         self._events.append(ev.TransportSwitched(t.id, previous.id if previous else None,
                                                  reason, resent, hard=reinject))
 
@@ -888,6 +899,40 @@ class Session:
         floor = self.config.stall_floor
         return floor if srtt is None else max(floor, self.config.stall_rtts * srtt)
 
+    def _stall_since(self, t: Transport) -> float:
+        """Since when nothing shows that `t` delivers: the peer's last new
+        ACK, or its TCP's (roam.core.delivery), whichever is later."""
+        at = t.delivery.at
+        return at if at > self._ack_progress else self._ack_progress
+
+    def delivery_due(self, now: float) -> int | None:
+        """The transport whose delivery count the driver should read now
+        (then `delivery_read`), if any: the active one while a stall may be
+        building on it."""
+        active = self._active
+        if (active is None or not self.replay.unacked or self.state is not SessionState.ATTACHED
+                or len(self._transports) < 2):
+            return None
+        due = active.delivery.due(self._stall_since(active), self._stall_after(active),
+                                  self.config.delivery_interval)
+        return active.id if due is not None and due <= now else None
+
+    def delivery_read(self, tid: int, now: float, count: int | None) -> None:
+        """What the layer beneath transport `tid` delivered so far (TCP's
+        tcpi_delivered), None if nothing of ours is in flight there. The
+        driver calls it once when the transport comes, if it can read it at
+        all, and then whenever `delivery_due` says."""
+        t = self._transports.get(tid)
+        if t is not None:
+            t.delivery.reading(now, count)
+
+    def delivery_unknown(self, tid: int) -> None:
+        """The layer beneath transport `tid` no longer says what it delivered:
+        its stall counts from the session's ACKs alone."""
+        t = self._transports.get(tid)
+        if t is not None:
+            t.delivery.reports = False
+
     def _standby(self, now: float) -> Transport | None:
         """The standby to move to if the active transport stalls: one that
         answered recently (within a keepalive and two of its RTOs)."""
@@ -931,9 +976,13 @@ class Session:
         active = self._active
         if (unacked and active is not None and state is SessionState.ATTACHED
                 and len(self._transports) > 1):
-            stall = max(self._ack_progress + self._stall_after(active), self._stall_retry)
+            since, after = self._stall_since(active), self._stall_after(active)
+            stall = max(since + after, self._stall_retry)
             if deadline is None or stall < deadline:
                 deadline = stall
+            read = active.delivery.due(since, after, self.config.delivery_interval)
+            if read is not None and read < deadline:
+                deadline = read
         return deadline
 
     def handle_timer(self, now: float) -> None:
@@ -968,19 +1017,20 @@ class Session:
                     live.last_ping = now
         active = self._active
         if (active is not None and self.replay.unacked and self.state is SessionState.ATTACHED
-                and now - self._ack_progress >= self._stall_after(active)
+                and now - self._stall_since(active) >= self._stall_after(active)
                 and now >= self._stall_retry and len(self._transports) > 1):
             standby = self._standby(now)
             if standby is None:
                 # No standby answers now; one may at its next PONG.
                 self._stall_retry = now + self.config.stall_floor
             else:
-                # Nothing acknowledged for several RTTs while the standby
-                # answers: a black hole on the active path. Its frames go
-                # again on the standby, which carries the session from now.
+                # Nothing acknowledged for several RTTs, nothing delivered
+                # beneath either, while the standby answers: a black hole on
+                # the active path. Its frames go again on the standby, which
+                # carries the session from now.
                 self.switch(standby.id, now, reinject=True,
                             reason=f"transport {active.id} stalled "
-                                   f"{(now - self._ack_progress) * 1000:.0f} ms")
+                                   f"{(now - self._stall_since(active)) * 1000:.0f} ms")
         if not self.replay.pending and not self.replay.unacked:
             # Nothing in flight: an idle session gives back its deques
             # until it carries data again.
@@ -1014,6 +1064,7 @@ class Session:
             compression=str(compressor.mode) if compressor else "off",
             payload_bytes_sent=channels.payload_bytes_sent,
             payload_bytes_received=channels.payload_bytes_received,
+            switches=self.switches,
         )
 
 

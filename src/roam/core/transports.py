@@ -11,6 +11,7 @@ Its role is the TRANSPORT table of roam.core.states.
 
 from __future__ import annotations
 
+from roam.core.delivery import Delivery
 from roam.core.liveness import Liveness
 from roam.core.states import TRANSPORT, TransportInput, TransportState
 
@@ -24,13 +25,14 @@ FIRST_RECORD = 4 * 1024
 
 class Transport:
     # Sessions hold one or two for as long as they live: slots.
-    __slots__ = ("control", "control_alone", "datagram_bytes", "id", "joining", "last_seq", "live",
-                 "probes", "record_limit", "state")
+    __slots__ = ("control", "control_alone", "datagram_bytes", "delivery", "id", "joining",
+                 "last_seq", "live", "probes", "record_limit", "state")
 
     def __init__(self, tid: int, now: float) -> None:
         self.id = tid
         self.state = TransportState.OPENING
         self.live = Liveness(now)
+        self.delivery = Delivery()  # what TCP beneath says (roam.core.delivery)
         self.control: list[bytes] = []  # unreliable frames for this transport
         self.probes = 0  # PINGs and PONGs among them
         self.datagram_bytes = 0  # DGRAM frames among them

@@ -646,6 +646,20 @@ class Client:
         else:
             log.info("standby transport via %s parked at %s", via.name, self.server)
 
+    def transport_roles(self) -> list[dict[str, object]]:
+        """Each transport of the session: its number, role, path and the
+        server's address as it sees it."""
+        driver = self.driver
+        if driver is None:
+            return []
+        states = driver.session.transport_ids()
+        out: list[dict[str, object]] = []
+        for tid, proto in sorted(driver.carriers().items()):
+            via = self._paths.get(tid)
+            out.append({"id": tid, "state": states[tid].value if tid in states else "gone",
+                        "path": via.name if via is not None else None, "peer": proto.peer})
+        return out
+
     def drop_standby(self) -> None:
         if self.standby is not None:
             _, proto = self.standby

@@ -326,7 +326,18 @@ class SessionDriver:
         self._current()
         proto.start_push(carrier.framer, lambda records: self._on_records(tid, carrier, records),
                          lambda exc: self._on_lost(tid, carrier, exc), self.schedule)
+        self._read_delivery(tid, proto)
         self.schedule()
+
+    def _read_delivery(self, tid: int, proto: TransportProtocol) -> None:
+        """Tell the core what TCP beneath `tid` delivered (roam.core.delivery);
+        nothing when the kernel does not say."""
+        try:
+            in_flight, delivered = proto.tcp_delivery()
+        except OSError:
+            self.session.delivery_unknown(tid)
+            return
+        self.session.delivery_read(tid, self.loop.time(), delivered if in_flight else None)
 
     def transport_of(self, proto: TransportProtocol) -> int | None:
         """The number of the transport `proto` carries, if it carries one."""
@@ -540,6 +551,13 @@ class SessionDriver:
                 self._timer = self.loop.call_at(deadline, self._fire)
                 return
         elif deadline is not None:
+            tid = session.delivery_due(now)
+            if tid is not None:
+                carrier = self._carriers.get(tid)
+                if carrier is not None:
+                    self._read_delivery(tid, carrier.proto)
+                else:
+                    session.delivery_unknown(tid)
             session.handle_timer(now)
         self.flush()
 

@@ -417,6 +417,7 @@ class PathManager:
             "channels": driver.session.channel_ids() if driver is not None else [],
             "udp": driver.datagrams.status() if driver and driver.datagrams else None,
             "standby": self.client.standby[0].name if self.client.standby else None,
+            "transports": self.client.transport_roles(),
             "paths": paths,
             "handovers": [dataclasses.asdict(r) for r in self.history],
         }

@@ -30,6 +30,12 @@ SCRATCH_SIZE = 1024 * 1024
 # unauthenticated peer makes a transport hold at most about twice this.
 HANDSHAKE_READ = 4096
 _scratch: memoryview | None = None
+# struct tcp_info (linux/tcp.h): tcpi_unacked (segments in flight) is at
+# offset 24, tcpi_delivered (segments the peer's TCP acknowledged or SACKed,
+# Linux 4.18 and later) at 192.
+_TCPI_UNACKED = 24
+_TCPI_DELIVERED = 192
+_TCPI_LENGTH = 196
 
 
 def _scratch_buffer() -> memoryview:
@@ -172,6 +178,19 @@ class TransportProtocol(asyncio.BufferedProtocol):
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+
+    def tcp_delivery(self) -> tuple[int, int]:
+        """TCP's segments in flight, and those the peer's TCP acknowledged or
+        SACKed so far (which counts on while a lost segment is being
+        repaired: roam.core.delivery). OSError when the kernel does not say."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            raise OSError("no socket")
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_LENGTH)
+        if len(info) < _TCPI_LENGTH:
+            raise OSError(f"tcp_info has {len(info)} bytes, not {_TCPI_LENGTH}: no tcpi_delivered")
+        return (int.from_bytes(info[_TCPI_UNACKED:_TCPI_UNACKED + 4], "little"),
+                int.from_bytes(info[_TCPI_DELIVERED:_TCPI_DELIVERED + 4], "little"))
 
     def write(self, data: bytes | bytearray) -> None:
         if self.transport is not None and not self.lost:
