@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable
 
 from roam.core.frames import ChannelKind
+from roam.core.paths import SUSPECT_FIRST
 from roam.core.states import SessionState
 from roam.links.emulated import EmulatedDriver
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy
 from roam.transport.client import HandoverRecord
 from roam.transport.datagrams import ClientDatagrams
-from roam.transport.pathmanager import SUSPECT_FIRST, PathManager
+from roam.transport.pathmanager import PathManager
 from tests.conftest import require
 
 from .stack import Stack
@@ -110,18 +111,18 @@ def test_a_link_back_up_is_tried_afresh_and_a_working_session_forgives_the_outag
             for _ in range(5):  # an outage that every path shared
                 manager._make_suspect("wifi", "connect timed out")
                 manager._make_suspect("cell", "connect timed out")
-            assert manager._suspect["wifi"][1] == 32.0
+            assert manager.paths.suspects["wifi"].backoff == 32.0
             # The session works again, on cell: wifi's failures count as one.
             manager._handover_done(HandoverRecord("hard", "transport lost", "wifi", "cell", 10.0,
                                                   0, time.time()))
-            assert "cell" not in manager._suspect
-            assert manager._suspect["wifi"][1] == SUSPECT_FIRST
-            assert manager._suspect["wifi"][0] <= time.monotonic() + SUSPECT_FIRST
+            assert "cell" not in manager.paths.suspects
+            assert manager.paths.suspects["wifi"].backoff == SUSPECT_FIRST
+            assert manager.paths.suspects["wifi"].until <= time.monotonic() + SUSPECT_FIRST
             # A link that goes down and comes back is not suspect any more.
             manager._make_suspect("wifi", "silent for 2.0 s")
             links.set_up("wifi", False)
             links.set_up("wifi", True)
-            assert "wifi" not in manager._suspect
+            assert "wifi" not in manager.paths.suspects
         finally:
             await manager.close()
             await stack.close()

@@ -1,18 +1,12 @@
 """The client's path manager: link drivers in, policy decisions, handovers out.
 
-It feeds every link snapshot to the policy, runs the handover the policy
-decides (soft when the old path still works, hard when it does not), tells
-the client which path to try on each reconnect attempt, and keeps the
-handover history for `roam status` and the event log.
-
-A path whose transport went silent, or on which a connect failed, is
-*suspect* for a while: the policy sees it as not working, so a silent black
-hole (the link stays up) is left like a dead link and not retried at once.
-Suspicion is for what the links do not explain: a failure on a path whose
-link is down is the link's doing and does not count, a link that comes back
-up is tried afresh, and once the session works again on any path, failures
-during the outage (which every path shared) are forgiven down to the first
-step. `roam status` shows a suspect path as such, with until when and why.
+It feeds every link snapshot and every failure to the decisions
+(roam.core.paths: suspect paths, their backoff, address changes) and the
+policy, runs the handover they decide (soft when the old path still works,
+hard when it does not), tells the client which path to try on each
+reconnect attempt, keeps a standby transport on the backup path, and keeps
+the handover history for `roam status` and the event log, which shows a
+suspect path as such, with until when and why.
 """
 
 from __future__ import annotations
@@ -27,12 +21,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from roam.control.eventlog import EventLog
+from roam.core.paths import PathDecisions, Rebind
 from roam.core.states import SessionState
 from roam.errors import ConfigError, TransportError
 from roam.links.driver import LinkDriver
 from roam.links.emulated import EmulatedDriver
 from roam.links.state import LinkState
-from roam.policy.policy import Decision, HandoverKind, NoUsablePath, Policy
+from roam.policy.policy import HandoverKind, NoUsablePath, Policy
 from roam.transport.client import Attachment, Client, HandoverRecord
 from roam.transport.datagrams import ClientDatagrams
 
@@ -41,11 +36,6 @@ log = logging.getLogger("roam.paths")
 # How often the policy is asked even without a link event: dwell clocks and
 # idle timers run out on their own. A tenth of the default dwell (3 s).
 TICK = 0.25
-# A suspect path is avoided this long at first, doubling on each new failure:
-# long enough not to retry a black hole at once, short enough that a path
-# that comes back is used again within a minute.
-SUSPECT_FIRST = 2.0
-SUSPECT_MAX = 60.0
 HISTORY = 100
 
 
@@ -64,9 +54,7 @@ class PathManager:
         self.driver = driver
         self.events = events or EventLog(None)
         self.history: deque[HandoverRecord] = deque(maxlen=HISTORY)
-        self._links: Mapping[str, LinkState] = {}
-        # path -> (until, backoff, why): monotonic time, seconds, the failure
-        self._suspect: dict[str, tuple[float, float, str]] = {}
+        self.paths = PathDecisions(policy)
         self._busy = False
         # `roam switch NAME` pins the session to NAME: the policy's choices by
         # preference wait until that path stops working or `roam switch auto`.
@@ -78,7 +66,7 @@ class PathManager:
         self._counters = {p.name: _PathCounters() for p in policy.paths}
         self._mark = (0, 0)  # session byte counters when the current path began
         # Paths set redundant=no: redundant datagrams send no copies there.
-        self._no_copies = {p.name for p in policy.paths if not p.redundant}
+        self._no_copies = frozenset(p.name for p in policy.paths if not p.redundant)
         # Binding to a device needs CAP_NET_RAW; without it, the path's address.
         self._by_device = os.geteuid() == 0
         client.choose_attachment = self._choose
@@ -88,7 +76,7 @@ class PathManager:
 
     async def start(self) -> None:
         await self.driver.start(self._links_changed)
-        self._links = self.driver.snapshot()
+        self.paths.links_changed(self.driver.snapshot(), None)
         self._task = asyncio.get_running_loop().create_task(self._ticker(), name="path-policy")
 
     async def close(self) -> None:
@@ -107,29 +95,21 @@ class PathManager:
             raise ConfigError(f"no path {name!r} (known: {known})")
         if self._by_device:
             return Attachment(name, device=cfg.device)
-        link = self._links.get(name)
+        link = self.paths.links.get(name)
         source = next((a for a in (link.addresses if link else ()) if ":" not in a
                        and not a.startswith("emulated")), None)
         return Attachment(name, source=source)
 
     def initial(self) -> Attachment | None:
         """The path to open the session on: the policy's first choice, if any."""
-        decision = self.policy.decide(time.monotonic(), self._effective(), None, 0.0)
-        if isinstance(decision, Decision):
-            return self.attachment(decision.target)
-        return None
-
-    def _ranked(self) -> list[str]:
-        """Paths in the policy's order of preference, usable ones first."""
-        links = self._effective()
-        views = self.policy.explain(time.monotonic(), links, self._current())
-        order = {p.name: i for i, p in enumerate(self.policy.paths)}
-        views.sort(key=lambda v: (not v.usable, not v.works, v.priority, order[v.name]))
-        return [v.name for v in views]
+        decision = self.paths.decide(time.monotonic(), None, 0.0, None)
+        if decision is None or isinstance(decision, NoUsablePath):
+            return None
+        return self.attachment(decision.target)
 
     def _choose(self, attempt: int) -> Attachment | None:
         """Reconnect attempt n: rotate through the paths, best first."""
-        ranked = self._ranked()
+        ranked = self.paths.ranked(time.monotonic(), self._current())
         if not ranked:
             return self.client.attachment
         return self.attachment(ranked[attempt % len(ranked)])
@@ -142,53 +122,24 @@ class PathManager:
         self._make_suspect(via.name, why)
 
     def _make_suspect(self, name: str, why: str) -> None:
-        if not self.policy.works(name, self._links):
-            # The link is down (or gone, or has no address): that explains the
-            # failure, and counting it would keep the path banned, doubling,
-            # for up to a minute after the link is back.
+        backoff = self.paths.failed(name, why, time.monotonic())
+        if backoff is None:
             log.debug("path %s failed while its link is down (%s): not held against it",
                       name, why)
             return
-        now = time.monotonic()
-        _, backoff, _ = self._suspect.get(name, (0.0, SUSPECT_FIRST / 2, ""))
-        backoff = min(SUSPECT_MAX, backoff * 2)
-        self._suspect[name] = (now + backoff, backoff, why)
         log.info("path %s suspect for %.0f s: %s", name, backoff, why)
         self.events.write("path", name=name, state="suspect", seconds=backoff, reason=why)
-
-    def _forgive(self, working: str) -> None:
-        """The session works again on `working`: it is not suspect, and the
-        others' failures in the outage just ended count as one failure each."""
-        now = time.monotonic()
-        self._suspect.pop(working, None)
-        for name, (until, backoff, why) in list(self._suspect.items()):
-            if until <= now:
-                del self._suspect[name]
-            elif backoff > SUSPECT_FIRST:
-                self._suspect[name] = (min(until, now + SUSPECT_FIRST), SUSPECT_FIRST, why)
 
     # ---- link state and the policy -----------------------------------------------
 
     def _links_changed(self, links: Mapping[str, LinkState]) -> None:
-        before, self._links = self._links, dict(links)
         self.events.write("links", links={k: dataclasses.asdict(v) for k, v in links.items()})
-        for name in list(self._suspect):
-            if (not self.policy.works(name, before)
-                    and self.policy.works(name, self._links)):
-                # A link that comes back is a new chance: what failed on it
-                # before it went down says nothing about it now.
-                del self._suspect[name]
-        current = self._current()
-        old = before.get(current) if current else None
-        new = self._links.get(current) if current else None
-        if (current and old is not None and new is not None and new.addresses
-                and set(old.addresses) - set(new.addresses) and not self._busy):
+        rebind = self.paths.links_changed(links, self._current())
+        if isinstance(rebind, Rebind) and not self._busy:
             # The address our transport leaves from is gone: its packets (and
-            # the answers to them) go nowhere now. Resume on a fresh transport
-            # from the new address at once rather than wait for silence.
-            gone = ", ".join(sorted(set(old.addresses) - set(new.addresses)))
+            # the answers to them) go nowhere now.
             asyncio.get_running_loop().create_task(
-                self._rebind(current, f"{current} lost address {gone}"), name="rebind")
+                self._rebind(rebind.path, rebind.reason), name="rebind")
             return
         asyncio.get_running_loop().call_soon(self._evaluate)
 
@@ -205,18 +156,6 @@ class PathManager:
             await self.switch(name, soft=False, reason=reason)
         except TransportError as exc:
             log.warning("%s: %s", reason, exc)
-
-    def _effective(self) -> dict[str, LinkState]:
-        """Link states as the policy should see them: suspect paths do not work."""
-        now = time.monotonic()
-        out = dict(self._links)
-        for name, (until, _, _) in list(self._suspect.items()):
-            if until <= now:
-                continue
-            link = out.get(name)
-            if link is not None:
-                out[name] = dataclasses.replace(link, up=False)
-        return out
 
     def _current(self) -> str | None:
         att = self.client.attachment
@@ -245,21 +184,20 @@ class PathManager:
             # A lost transport is being replaced, best path first: let it finish
             # rather than race it with a second handover.
             return
-        links = self._effective()
+        now = time.monotonic()
         if self._pinned is not None:
-            if self.policy.works(self._pinned, links):
-                self._keep_standby(links)
+            if self.paths.pinned_works(self._pinned, now):
+                self._keep_standby()
                 return
             log.info("pinned path %s stopped working; the policy chooses again", self._pinned)
             self._pinned = None
-        decision = self.policy.decide(time.monotonic(), links, self._current(),
-                                      self._idle_for())
+        decision = self.paths.decide(now, self._current(), self._idle_for(), None)
         if isinstance(decision, NoUsablePath):
             log.warning("%s", decision.reason)
             self.events.write("path", state="none usable", reason=decision.reason)
             return
-        if decision is None or decision.target == self._current():
-            self._keep_standby(links)
+        if decision is None:
+            self._keep_standby()
             return
         soft = decision.kind is HandoverKind.SOFT
         asyncio.get_running_loop().create_task(
@@ -268,20 +206,13 @@ class PathManager:
 
     # ---- the standby transport ------------------------------------------------
 
-    def _backup(self, links: Mapping[str, LinkState], *, copies: bool = False) -> str | None:
-        """The path a hard handover would go to now: the best other usable one
-        (copies: of those that take redundant datagrams' copies)."""
-        current = self._current()
-        for name in self._ranked():
-            if (name != current and not (copies and name in self._no_copies)
-                    and self.policy.works(name, links)):
-                return name
-        return None
-
-    def _keep_standby(self, links: Mapping[str, LinkState]) -> None:
+    def _keep_standby(self) -> None:
         """Keep a standby transport parked on the backup path, and only there."""
-        want = self._backup(links)
-        self._tell_datagrams(self._backup(links, copies=True)
+        now, current = time.monotonic(), self._current()
+        want = self.paths.backup(now, current)
+        # Redundant datagrams' copies go to the backup, or the best path
+        # after it that takes them.
+        self._tell_datagrams(self.paths.backup(now, current, self._no_copies)
                              if want in self._no_copies else want)
         if self._standby_task is not None and not self._standby_task.done():
             return
@@ -362,7 +293,7 @@ class PathManager:
             self._mark = (stats.bytes_sent, stats.bytes_received)
         if record.kind == "hard" and record.origin and record.origin != record.target:
             self._make_suspect(record.origin, record.reason)
-        self._forgive(record.target)
+        self.paths.worked(record.target, time.monotonic())
         self.history.append(record)
         self.events.write("handover", type=record.kind, reason=record.reason,
                           **{"from": record.origin}, to=record.target,
@@ -373,13 +304,13 @@ class PathManager:
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         wall = time.time()
-        links = self._effective()
+        links = self.paths.effective(now)
         current = self._current()
         driver = self.client.driver
         stats = driver.session.statistics() if driver is not None else None
         paths = []
         for view in self.policy.explain(now, links, current):
-            link = self._links.get(view.name)
+            link = self.paths.links.get(view.name)
             counters = self._counters.get(view.name, _PathCounters())
             sent, received = counters.bytes_sent, counters.bytes_received
             srtt = counters.srtt
@@ -387,15 +318,13 @@ class PathManager:
                 sent += stats.bytes_sent - self._mark[0]
                 received += stats.bytes_received - self._mark[1]
                 srtt = stats.srtt
-            suspect = self._suspect.get(view.name)
-            if suspect is not None and suspect[0] <= now:
-                suspect = None
+            suspect = self.paths.suspect(view.name, now)
             reason = view.reason
-            if suspect is not None and self.policy.works(view.name, self._links):
+            if suspect is not None and self.policy.works(view.name, self.paths.links):
                 # The policy saw it as down; the link is up: say what it is.
-                until = wall + suspect[0] - now
+                until = wall + suspect.until - now
                 reason = (f"suspect until {time.strftime('%H:%M:%S', time.localtime(until))} "
-                          f"({suspect[0] - now:.0f} s more): {suspect[2]}")
+                          f"({suspect.until - now:.0f} s more): {suspect.reason}")
             paths.append({
                 "name": view.name, "active": view.name == current, "usable": view.usable,
                 "works": view.works, "reason": reason, "priority": view.priority,
@@ -405,9 +334,9 @@ class PathManager:
                 "signal_known": self.driver.reports_signal,
                 "rtt_ms": round(srtt * 1000, 2) if srtt is not None else None,
                 "bytes_sent": sent, "bytes_received": received,
-                "suspect_for": round(suspect[0] - now, 1) if suspect else None,
-                "suspect_until": round(wall + suspect[0] - now, 1) if suspect else None,
-                "suspect_reason": suspect[2] if suspect else None,
+                "suspect_for": round(suspect.until - now, 1) if suspect else None,
+                "suspect_until": round(wall + suspect.until - now, 1) if suspect else None,
+                "suspect_reason": suspect.reason if suspect else None,
             })
         return {
             "active_path": current,
