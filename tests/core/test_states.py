@@ -12,6 +12,7 @@ import pytest
 
 from roam.core.states import (
     CHANNEL,
+    HANDOVER,
     SESSION,
     TABLES,
     TRANSPORT,
@@ -71,12 +72,14 @@ def test_a_channel_refuses_only_what_no_honest_caller_does() -> None:
 
 @pytest.mark.parametrize("table", list(TABLES.values()), ids=list(TABLES))
 def test_closed_is_final_and_reachable_from_every_state(table: AnyTable) -> None:
-    closed = table.states["GONE" if table is TRANSPORT else "CLOSED"]
+    closed = table.states["GONE" if table is TRANSPORT else
+                          "FAILED" if table is HANDOVER else "CLOSED"]
     for event in table.inputs:
         assert table.transitions.get((closed, event)) in (None, closed)
-    # Every state but the unused number's reaches CLOSED in one step.
+    # Every state but the unused number's (and a handover that is done)
+    # reaches CLOSED in one step.
     for state in table.states:
-        if state.name not in ("IDLE", "CLOSED", "GONE"):
+        if state.name not in ("IDLE", "CLOSED", "GONE", "DONE", "FAILED"):
             assert closed in {after for (s, _), after in table.transitions.items()
                               if s is state}, state
 

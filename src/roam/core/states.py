@@ -297,9 +297,56 @@ TRANSPORT: Table[TransportState, TransportInput] = Table("transport", TransportS
     TI.FRAME: "a frame before RESUME, RESUMED, JOIN or JOINED on a new transport",
 })
 
+
+
+class HandoverState(Enum):
+    """One handover the client runs (roam.core.handover, docs/protocol.md 5)."""
+
+    PLANNED = "planned"  # asked for; nothing done yet
+    CONNECTING = "connecting"  # a new transport opens on the target path
+    DRAINING = "draining"  # soft: HANDOVER_BEGIN went on the old transport; READY awaited
+    RESUMING = "resuming"  # RESUME went on the new (or parked) transport; RESUMED awaited
+    DONE = "done"  # the session is on the target path
+    FAILED = "failed"  # the target could not carry it
+
+
+class HandoverInput(Input):
+    SWITCH = "the target has a joined standby and the session is attached: SWITCH to it"
+    CONNECT = "a new transport is needed on the target"
+    PARKED = "a hard move to the target's parked standby: no connect"
+    DRAIN = "the new transport is open and the old one works: HANDOVER_BEGIN on the old"
+    RESUME = "the new transport is open, the move is hard: RESUME on it"
+    READY = "HANDOVER_READY came on the old transport"
+    OLD_LOST = "the old transport was lost, or READY did not come in time"
+    RESUMED = "RESUMED came on the new transport"
+    FAILED = "the target could not carry the session (connect, refusal, timeout)"
+
+
+H, HI = HandoverState, HandoverInput
+
+HANDOVER: Table[HandoverState, HandoverInput] = Table("handover", HandoverState,
+                                                      HandoverInput, {
+    (H.PLANNED, HI.SWITCH): H.DONE,
+    (H.PLANNED, HI.CONNECT): H.CONNECTING,
+    (H.PLANNED, HI.PARKED): H.RESUMING,
+    (H.CONNECTING, HI.DRAIN): H.DRAINING,
+    (H.CONNECTING, HI.RESUME): H.RESUMING,
+    # A soft handover whose old path dies while it drains turns hard.
+    (H.CONNECTING, HI.OLD_LOST): H.CONNECTING,
+    (H.DRAINING, HI.READY): H.RESUMING,
+    (H.DRAINING, HI.OLD_LOST): H.RESUMING,
+    # A READY after the move turned hard, or the old one lost after it left:
+    # nothing changes.
+    (H.RESUMING, HI.READY): H.RESUMING,
+    (H.RESUMING, HI.OLD_LOST): H.RESUMING,
+    (H.RESUMING, HI.RESUMED): H.DONE,
+    **{(s, HI.FAILED): H.FAILED for s in (H.PLANNED, H.CONNECTING, H.DRAINING, H.RESUMING)},
+}, {})
+
 TABLES: dict[str, Table[SessionState, SessionInput] | Table[ChannelState, ChannelInput]
-             | Table[TransportState, TransportInput]] = {
-    "session": SESSION, "channel": CHANNEL, "transport": TRANSPORT}
+             | Table[TransportState, TransportInput]
+             | Table[HandoverState, HandoverInput]] = {
+    "session": SESSION, "channel": CHANNEL, "transport": TRANSPORT, "handover": HANDOVER}
 
 
 def document(name: str) -> str:

@@ -18,6 +18,7 @@ from typing import TypeVar
 from roam.core import events as ev
 from roam.core.compress import AUTO, ZSTD_HISTORY, CompressionMode
 from roam.core.datagrams import DatagramPath
+from roam.core.handover import Connect, Drain, Handover, Resume, SwitchTo
 from roam.core.opening import NeedMore
 from roam.core.opening_client import (
     ClientOpening,
@@ -472,13 +473,13 @@ class Client:
                           session.frames_resent - before)
 
     async def handover(self, target: Attachment, *, soft: bool, reason: str) -> None:
-        """Move the session to `target` (claims 5 and 6).
-
-        Soft: connect on the new path first, HANDOVER_BEGIN on the old one,
-        wait for HANDOVER_READY, then RESUME on the new transport: nothing is
-        resent. If the old transport dies meanwhile, or soft is not possible,
-        the RESUME alone is a hard handover. TransportError when the new path
-        cannot carry it (the session stays where it was, if it still can).
+        """Move the session to `target` (claims 5 and 6), as roam.core.handover
+        decides: a switch to the target's joined standby, a resume on its
+        parked one, or a connect first; soft, HANDOVER_BEGIN on the old
+        transport and RESUME on the new one once READY comes, nothing resent;
+        hard (or a soft one whose old transport dies meanwhile), the RESUME
+        alone. TransportError when the new path cannot carry it (the session
+        stays where it was, if it still can).
         """
         driver = self.driver
         if driver is None or self.session_id is None:
@@ -489,36 +490,29 @@ class Client:
         session = driver.session
         origin = self.attachment
         timeout = self._attempt_timeout(session)
-        kind = "soft" if soft and session.state is SessionState.ATTACHED else "hard"
-        tid = self._joined_standby(target)
-        if tid is not None and session.state is SessionState.ATTACHED:
-            self._switch(driver, tid, target, soft=kind == "soft", reason=reason)
+        parked = self.standby is not None and self.standby[0] == target
+        plan = Handover(target=target.name, soft=soft, reason=reason, now=loop.time(),
+                        attached=session.state is SessionState.ATTACHED, timeout=timeout,
+                        joined=self._joined_standby(target), parked=parked)
+        step = plan.start()
+        if isinstance(step, SwitchTo):
+            self._switch(driver, step.tid, target, soft=not step.reinject, reason=reason)
             return
         proto: TransportProtocol | None = None
-        if kind == "soft" or self.standby is None or self.standby[0] != target:
-            # Make before break; a hard handover to a parked standby needs none.
-            proto = await self._connect(timeout, target)
-        started = loop.time()
-        if kind == "soft" and session.state is SessionState.ATTACHED:
-            self._token += 1
-            self._handover_ready = loop.create_future()
-            session.begin_handover(self._token)
-            driver.flush()
+        if isinstance(step, Connect):
             try:
-                await asyncio.wait_for(self._handover_ready, timeout)
-            except (TimeoutError, TransportError):
-                kind = "hard"  # the old path died or went silent mid-way
-            finally:
-                self._handover_ready = None
-        else:
-            kind = "hard"
-        if self._lost is not None:
-            pass  # an unplanned loss is being repaired: its stall began back then
-        elif kind == "hard":
-            last = session.last_received if session.state is not SessionState.ATTACHED else started
-            self._lost = (min(last, started), reason)
-        else:
-            self._lost = (started, reason)
+                proto = await self._connect(max(0.0, step.deadline - loop.time()), target)
+            except TransportError:
+                plan.failed()
+                raise
+            if session.state is not SessionState.ATTACHED:
+                plan.old_lost()
+            step = plan.connected(loop.time())
+        if isinstance(step, Drain):
+            step = await self._drain(driver, plan, step)
+        if self._lost is None:
+            self._lost = plan.stall_start(session.last_received,
+                                          session.state is SessionState.ATTACHED, None)
         if self.standby is not None and driver.transport_of(self.standby[1]) is not None:
             self.standby = None  # joined: it goes with the session's transports
         driver.let_go()
@@ -528,10 +522,34 @@ class Client:
         try:
             resumed = await self._resume(driver, target, proto)
         except TransportError as exc:
+            plan.failed()
             self._transport_lost(f"handover to {target.name} failed: {exc}")
             raise
         if resumed:
-            await self._record(kind, origin, target, reason)
+            await self._record(plan.kind, origin, target, reason)
+            plan.resumed()
+
+    async def _drain(self, driver: SessionDriver, plan: Handover, step: Drain) -> Resume:
+        """HANDOVER_BEGIN on the old transport, then wait for its READY: the
+        RESUME that follows is soft, or hard if the old one died or went
+        silent meanwhile."""
+        loop = asyncio.get_running_loop()
+        self._token += 1
+        ready = self._handover_ready = loop.create_future()
+        driver.session.begin_handover(self._token)
+        driver.flush()
+        try:
+            await asyncio.wait_for(ready, max(0.0, step.deadline - loop.time()))
+        except TimeoutError:
+            late = plan.handle_timer(max(loop.time(), step.deadline))
+            if late is not None:
+                return late
+            return plan.old_lost() or Resume(parked=False)
+        except TransportError:
+            return plan.old_lost() or Resume(parked=False)
+        finally:
+            self._handover_ready = None
+        return plan.ready()
 
     async def _resume(self, driver: SessionDriver, via: Attachment | None = None,
                       proto: TransportProtocol | None = None) -> bool:
