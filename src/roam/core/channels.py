@@ -69,7 +69,10 @@ class Channel:
         self.decompressor: ChannelDecompressor | None = None
 
     def move(self, event: ChannelInput) -> None:
-        self.state = CHANNEL.next(self.state, event, f"channel {self.id}")
+        # Once per frame: the error's text is made only for an error.
+        after = CHANNEL.get(self.state, event)
+        self.state = after if after is not None else CHANNEL.next(self.state, event,
+                                                                  f"channel {self.id}")
 
     @property
     def opened(self) -> bool:

@@ -64,7 +64,10 @@ class Liveness:
             self._pings = {t: s for t, s in self._pings.items() if s > sent}
 
     def dead_after(self, config: SessionConfig, idle: bool) -> float:
-        dead = max(config.dead_floor, config.dead_rtos * self.rtt.rto)
+        # After every read and write (get_timer): comparisons, no max().
+        dead = config.dead_rtos * self.rtt.rto
+        if dead < config.dead_floor:
+            dead = config.dead_floor
         return dead + idle_interval(config) if idle else dead
 
     def ping_interval(self, config: SessionConfig, idle: bool, unacked: bool) -> float:

@@ -958,11 +958,15 @@ class Session:
             return self._detached_since + limit
         config, idle = self.config, self._idle
         unacked = bool(self.replay.unacked)
+        attached = state is SessionState.ATTACHED
+        active_since = self._active_since
         deadline: float | None = None
         for t in self._transports.values():
             live = t.live
-            at = max(live.last_received, self._active_since) + live.dead_after(config, idle)
-            if state is SessionState.ATTACHED and t.usable:
+            heard = live.last_received
+            at = (heard if heard > active_since else active_since) + live.dead_after(config, idle)
+            if attached and (t.state is TransportState.ACTIVE
+                             or t.state is TransportState.STANDBY):
                 ping = live.last_ping + live.ping_interval(config, idle,
                                                            unacked and t is self._active)
                 if ping < at:

@@ -49,7 +49,9 @@ class Transport:
         self.joining = False
 
     def move(self, event: TransportInput) -> None:
-        self.state = TRANSPORT.next(self.state, event, f"transport {self.id}")
+        after = TRANSPORT.get(self.state, event)
+        self.state = after if after is not None else TRANSPORT.next(self.state, event,
+                                                                    f"transport {self.id}")
 
     @property
     def usable(self) -> bool:
