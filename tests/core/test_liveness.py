@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from roam.core.liveness import MAX_PINGS, Liveness, idle_interval
 from roam.core.session import SessionConfig
 
@@ -58,3 +61,23 @@ def test_a_new_transport_learns_its_least_rtt_again_and_voids_its_pings() -> Non
     assert not live.waiting
     live.pong(token, 5.1)
     assert live.rtt.min_rtt is None
+
+
+@given(received=st.floats(0, 100), since=st.floats(0, 100), last_ping=st.floats(0, 100),
+       samples=st.lists(st.floats(0.0001, 5), max_size=4), idle=st.booleans(),
+       pinging=st.booleans(), unacked=st.booleans(), waiting=st.booleans())
+def test_the_next_deadline_is_death_or_the_next_ping_whichever_is_first(
+        received: float, since: float, last_ping: float, samples: list[float], idle: bool,
+        pinging: bool, unacked: bool, waiting: bool) -> None:
+    config = SessionConfig()
+    live = Liveness(0.0)
+    for rtt in samples:
+        live.rtt.sample(rtt)
+    if waiting:
+        live.ping(last_ping)
+    live.last_ping = last_ping
+    live.last_received = received
+    dead = max(received, since) + live.dead_after(config, idle)
+    ping = last_ping + live.ping_interval(config, idle, unacked)
+    expected = min(dead, ping) if pinging else dead
+    assert live.deadline(config, idle, since, pinging, unacked) == expected

@@ -36,10 +36,11 @@ def test_an_ack_frees_what_it_covers_and_no_more() -> None:
     r = queued(5)
     sent(r, 4)
     size = r.bytes
-    r.acked(2)
+    assert r.acked(2)  # progress: a stall is not building
     assert [e[0] for e in r.unacked or ()] == [3, 4]
     assert r.bytes < size
-    r.acked(1)  # an older ACK (it took the other transport) changes nothing
+    # An older ACK (it took the other transport) changes nothing.
+    assert not r.acked(1)
     assert [e[0] for e in r.unacked or ()] == [3, 4]
 
 
@@ -61,7 +62,8 @@ def test_an_ack_after_a_resume_frees_frames_queued_to_resend() -> None:
     r = queued(4)
     sent(r, 4)
     r.resend_all()
-    r.acked(3)
+    # Frees frames, but none in flight: no progress of a path.
+    assert not r.acked(3)
     assert [e[0] for e in r.pending or ()] == [4]
 
 

@@ -43,6 +43,9 @@ CI, CS = ChannelInput, ChannelState
 # Where data flows from us (the peer's credit counts) and to us.
 _SENDING = frozenset((CS.OPEN, CS.HALF_CLOSED_REMOTE))
 _OPEN = frozenset((CS.OPEN, CS.HALF_CLOSED_LOCAL, CS.HALF_CLOSED_REMOTE))
+# The states DATA leaves as they are (the CHANNEL table says which): a DATA
+# frame for a channel in one of them needs no table lookup, once per frame.
+_DATA_STAYS = frozenset(s for s in CS if CHANNEL.get(s, CI.DATA) is s)
 # Datagrams a channel holds while its OPEN is unanswered (a DNS client's
 # first query and a retry or two); later ones are dropped, as UDP may.
 EARLY_DATAGRAMS = 8
@@ -284,9 +287,16 @@ class Channels:
                         history.add(raw)
                         flags |= fr.FLAG_HISTORY
                 self.payload_bytes_sent += len(chunk)
-                seq = replay.seq()
+                # replay.seq() and replay.add(), inline: once per DATA frame.
+                seq = replay.next_seq
+                replay.next_seq = seq + 1
                 head = fr.encode_data_header(seq, cid, len(chunk), flags)
-                replay.add((seq, len(head) + len(chunk), head, chunk))
+                size = len(head) + len(chunk)
+                pending = replay.pending
+                if pending is None:
+                    pending = replay.pend()
+                pending.append((seq, size, head, chunk))
+                replay.bytes += size
             if buf:
                 rr.append(cid)
             elif ch.fin_pending:
@@ -298,8 +308,8 @@ class Channels:
 
     def receive(self, frame: fr.ReliableFrame) -> None:
         """One in-order reliable channel frame (not CLOSE)."""
-        if isinstance(frame, fr.Data):
-            self._data(frame)
+        if type(frame) is fr.Data:
+            self.data(frame)
         elif isinstance(frame, fr.Window):
             ch = self._peer_channel(frame.channel, CI.WINDOW)
             if ch is None:
@@ -355,10 +365,13 @@ class Channels:
                                 "channel")
         self.events.append(ev.DatagramReceived(ch.id, frame.payload))
 
-    def _data(self, frame: fr.Data) -> None:
-        ch = self._peer_channel(frame.channel, CI.DATA)
-        if ch is None:
-            return
+    def data(self, frame: fr.Data) -> None:
+        """One in-order DATA frame (the most frequent of all: no dispatch)."""
+        ch = self.by_id.get(frame.channel)
+        if ch is None or ch.state not in _DATA_STAYS:
+            ch = self._peer_channel(frame.channel, CI.DATA)
+            if ch is None:
+                return
         data = frame.payload
         if frame.flags & fr.FLAG_COMPRESSED:
             data = self._decompress(ch, data)

@@ -262,6 +262,7 @@ _ACK_FRAME = struct.Struct("!BIQ")
 # The frame types by their byte: a dict lookup, where FrameType(byte) costs
 # an Enum call per frame.
 _TYPES = {t.value: t for t in FrameType}
+_DATA_TYPE, _ACK_TYPE = int(FrameType.DATA), int(FrameType.ACK)
 
 
 def encode_ack(received: int) -> bytes:
@@ -454,9 +455,19 @@ def decode_frames(payload: bytes | memoryview) -> list[Frame]:
             raise ProtocolError(
                 f"truncated frame: body of {length} bytes, {end - offset} left in the record"
             )
-        ftype = _TYPES.get(raw_type)
-        if ftype is None:
-            raise ProtocolError(f"unknown frame type {raw_type:#04x}")
-        frames.append(_decode_one(ftype, view[offset:offset + length]))
+        if raw_type == _DATA_TYPE and length >= _DATA.size:
+            # DATA, then ACK, are most frames of all: parsed here, without
+            # the general dispatch (the same checks as _decode_one's).
+            seq, channel, flags = _DATA.unpack_from(view, offset)
+            if flags & ~_DATA_FLAGS:
+                raise ProtocolError(f"DATA frame has unknown flags {flags:#x}")
+            frames.append(Data(seq, channel, flags, view[offset + _DATA.size:offset + length]))
+        elif raw_type == _ACK_TYPE and length == _U64.size:
+            frames.append(Ack(_U64.unpack_from(view, offset)[0]))
+        else:
+            ftype = _TYPES.get(raw_type)
+            if ftype is None:
+                raise ProtocolError(f"unknown frame type {raw_type:#04x}")
+            frames.append(_decode_one(ftype, view[offset:offset + length]))
         offset += length
     return frames

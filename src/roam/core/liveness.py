@@ -78,5 +78,30 @@ class Liveness:
         return idle_interval(config) if idle else config.keepalive_interval
 
 
+    def deadline(self, config: SessionConfig, idle: bool, since: float, pinging: bool,
+                 unacked: bool) -> float:
+        """The transport's next deadline: dead when silent since the later of
+        its last record and `since`; with `pinging`, its next PING if sooner.
+        dead_after and ping_interval in one call: get_timer runs after every
+        read and write, and a call costs more than the arithmetic."""
+        rto = self.rtt.rto
+        dead = config.dead_rtos * rto
+        if dead < config.dead_floor:
+            dead = config.dead_floor
+        if idle:
+            dead += idle_interval(config)
+        heard = self.last_received
+        at = (heard if heard > since else since) + dead
+        if pinging:
+            if (unacked or self._pings) and heard < self.last_ping:
+                ping = self.last_ping + rto
+            else:
+                ping = self.last_ping + (idle_interval(config) if idle
+                                         else config.keepalive_interval)
+            if ping < at:
+                at = ping
+        return at
+
+
 def idle_interval(config: SessionConfig) -> float:
     return max(config.keepalive_interval, config.idle_keepalive_interval)

@@ -53,23 +53,22 @@ class ReplayBuffer:
         self.pend().append((self.next_seq - 1, len(encoded), encoded, b""))
         self.bytes += len(encoded)
 
-    def add(self, entry: Entry) -> None:
-        """A DATA frame built by its channel (head and payload apart)."""
-        self.pend().append(entry)
-        self.bytes += entry[1]
-
-    def acked(self, received: int) -> None:
-        """The peer has every frame up to `received`: forget them."""
+    def acked(self, received: int) -> bool:
+        """The peer has every frame up to `received`: forget them. True when
+        a frame sent and not yet acknowledged is acknowledged now (progress)."""
         if received >= self.next_seq:
             raise ProtocolError(f"peer acknowledged {received}, beyond {self.next_seq - 1} sent")
         unacked = self.unacked
+        progress = False
         while unacked and unacked[0][0] <= received:
             self.bytes -= unacked.popleft()[1]
+            progress = True
         if not unacked:
             pending = self.pending
             # After a resume the peer may acknowledge frames still queued to resend.
             while pending and pending[0][0] <= received:
                 self.bytes -= pending.popleft()[1]
+        return progress
 
     def resend_all(self) -> tuple[int, int]:
         """Every sent, unacknowledged frame goes again, first: (frames, bytes)."""

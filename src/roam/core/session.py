@@ -550,7 +550,7 @@ class Session:
         state = self.state
         if state is SessionState.DETACHED:
             return []
-        t = self._pick(tid)
+        t = self._transports.get(tid) if tid is not None else self._pick(None)
         if t is None:
             return []
         if t.state is TransportState.OPENING:
@@ -704,7 +704,7 @@ class Session:
         the active one). Raises ProtocolError on a broken peer."""
         if self.state is SessionState.CLOSED:
             return
-        t = self._pick(tid)
+        t = self._transports.get(tid) if tid is not None else self._pick(None)
         if self.state is SessionState.DETACHED or t is None:
             raise ProtocolError("record on a transport the session is not attached to")
         if t.state is TransportState.GONE:
@@ -722,18 +722,22 @@ class Session:
                 names = " or ".join(e.__name__.upper() for e in expected)
                 raise ProtocolError(f"expected {names} first on a new transport, got "
                                     f"{type(first).__name__.upper()}")
+        channels = self.channels
         for frame in frames:
             if isinstance(frame, fr.RELIABLE_CLASSES):
                 seq = frame.seq
                 if seq == self._received + 1:
-                    self._deliver(frame, now)
-                    ahead = self._ahead
-                    while ahead and not self.closed and self._received + 1 in ahead:
-                        held = ahead.pop(self._received + 1)
-                        self._ahead_bytes -= _held_size(held)
-                        self._deliver(held, now)
-                    if ahead is not None and not ahead:
-                        self._ahead = None
+                    if type(frame) is fr.Data:
+                        # _deliver's DATA case, inline: once per DATA frame.
+                        self._received = seq
+                        if self._ack_due is None:
+                            self._ack_due = now + self.config.ack_delay
+                            self._note_activity(now)
+                        channels.data(frame)
+                    else:
+                        self._deliver(frame, now)
+                    if self._ahead:
+                        self._deliver_ahead(now)
                 elif seq > self._received:
                     self._hold(frame)
                 elif self._ack_due is None:
@@ -746,12 +750,24 @@ class Session:
             if self.closed:
                 return
 
+    def _deliver_ahead(self, now: float) -> None:
+        """The frames held beyond a gap that is now filled, in order."""
+        ahead = self._ahead
+        while ahead and not self.closed and self._received + 1 in ahead:
+            held = ahead.pop(self._received + 1)
+            self._ahead_bytes -= _held_size(held)
+            self._deliver(held, now)
+        if ahead is not None and not ahead:
+            self._ahead = None
+
     def _deliver(self, frame: fr.ReliableFrame, now: float) -> None:
         self._received = frame.seq
         if self._ack_due is None:
             self._ack_due = now + self.config.ack_delay
             self._note_activity(now)
-        if isinstance(frame, fr.Close):
+        if type(frame) is fr.Data:
+            self.channels.data(frame)
+        elif isinstance(frame, fr.Close):
             self._closed(frame.code, frame.reason, SessionInput.CLOSE_RECEIVED)
         else:
             self.channels.receive(frame)
@@ -868,11 +884,7 @@ class Session:
             self._ack_due = None
 
     def _acked(self, received: int, now: float) -> None:
-        unacked = self.replay.unacked
-        before = unacked[0][0] if unacked else None
-        self.replay.acked(received)
-        unacked = self.replay.unacked
-        if before is not None and (not unacked or unacked[0][0] != before):
+        if self.replay.acked(received):
             self._ack_progress = now
 
     def _closed(self, code: CloseCode, reason: str, event: SessionInput) -> None:
@@ -959,25 +971,20 @@ class Session:
         config, idle = self.config, self._idle
         unacked = bool(self.replay.unacked)
         attached = state is SessionState.ATTACHED
-        active_since = self._active_since
+        active_since, active = self._active_since, self._active
         deadline: float | None = None
         for t in self._transports.values():
-            live = t.live
-            heard = live.last_received
-            at = (heard if heard > active_since else active_since) + live.dead_after(config, idle)
-            if attached and (t.state is TransportState.ACTIVE
-                             or t.state is TransportState.STANDBY):
-                ping = live.last_ping + live.ping_interval(config, idle,
-                                                           unacked and t is self._active)
-                if ping < at:
-                    at = ping
+            st = t.state
+            at = t.live.deadline(config, idle, active_since,
+                                 attached and (st is TransportState.ACTIVE
+                                               or st is TransportState.STANDBY),
+                                 unacked and t is active)
             if deadline is None or at < deadline:
                 deadline = at
         ack = self._ack_due
         if ack is not None and state in (SessionState.ATTACHED, SessionState.DRAINING) and (
                 deadline is None or ack < deadline):
             deadline = ack
-        active = self._active
         if (unacked and active is not None and state is SessionState.ATTACHED
                 and len(self._transports) > 1):
             since, after = self._stall_since(active), self._stall_after(active)
@@ -1049,11 +1056,11 @@ class Session:
     def take_events(self) -> list[ev.Event]:
         """Every event so far, in order, at once (what next_event would give one
         by one); events that handling them causes come with the next call."""
-        events = self._events
-        if not events:
+        taken = self._events
+        if not taken:
             return []
-        taken = events.copy()
-        events.clear()  # the same list: the channels append to it too
+        # A new list for both that append to it (the session and its channels).
+        self._events = self.channels.events = []
         return taken
 
     def statistics(self) -> SessionStatistics:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
@@ -57,13 +58,11 @@ def protocol_name(cipher: str, hash_: str) -> str:
     return f"Noise_IK_25519_{cipher}_{hash_}"
 
 
-def _nonce_chachapoly(n: int) -> bytes:
-    return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
-
-
-def _nonce_aesgcm(n: int) -> bytes:
-    # The spec encodes the AESGCM counter big-endian, unlike ChaChaPoly.
-    return b"\x00\x00\x00\x00" + n.to_bytes(8, "big")
+# Four zero bytes, then the counter: little-endian for ChaChaPoly, and (the
+# spec's choice) big-endian for AESGCM. A struct's pack, not a function of
+# our own: two records per crossing each make one.
+_nonce_chachapoly: Callable[[int], bytes] = struct.Struct("<4xQ").pack
+_nonce_aesgcm: Callable[[int], bytes] = struct.Struct(">4xQ").pack
 
 
 class CipherState:
@@ -141,16 +140,18 @@ class CipherState:
         """`encrypt_with_nonce` writing ciphertext and tag into `out` (exactly
         len(plaintext) + 16 bytes): the record path seals straight into the
         buffer that goes to the socket, with no copy of the ciphertext."""
-        if self._aead is None:
+        aead = self._built or self._aead  # the property only before first use
+        if aead is None:
             raise NoiseUsageError("cipher state has no key")
         if not 0 <= n < MAX_NONCE:
             raise NoiseUsageError(f"nonce {n} is out of range; rekey or start a new session")
-        self._aead.encrypt_into(self._nonce(n), plaintext, ad, out)
+        aead.encrypt_into(self._nonce(n), plaintext, ad, out)
 
     def decrypt_with_nonce(self, n: int, ad: bytes,
                            ciphertext: bytes | memoryview) -> bytes:
         """Decrypt with an explicit nonce; `self.n` is left alone."""
-        if self._aead is None:
+        aead = self._built or self._aead  # the property only before first use
+        if aead is None:
             raise NoiseUsageError("cipher state has no key")
         # The nonce may come off the wire, so an out-of-range one is the peer's fault.
         if not 0 <= n < MAX_NONCE:
@@ -158,7 +159,7 @@ class CipherState:
         if len(ciphertext) < TAGLEN:
             raise CryptoError(f"ciphertext of {len(ciphertext)} bytes is shorter than its tag")
         try:
-            return self._aead.decrypt(self._nonce(n), ciphertext, ad)
+            return aead.decrypt(self._nonce(n), ciphertext, ad)
         except InvalidTag:
             raise CryptoError("decryption failed: message was forged or corrupted") from None
 

@@ -18,7 +18,6 @@ on a new transport before that transport replaces the old one.
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Sequence
 
@@ -320,7 +319,10 @@ class RecordFramer:
             start = offset + HEADER.size
             offset += 4 + length
             out.append((counter, view[start:offset]))
-        self._buf = bytearray(view[offset:]) if offset < end else bytearray()
+        if offset < end:
+            self._buf = bytearray(view[offset:])
+        elif self._buf:
+            self._buf = bytearray()  # (an empty one stays: most reads end on a record)
         return out
 
     def take_buffer(self) -> bytes:
@@ -336,11 +338,6 @@ class RecordFramer:
 REPLAY_WINDOW = 2048
 
 
-@functools.cache
-def _full(size: int) -> int:
-    return (1 << size) - 1
-
-
 class ReplayWindow:
     """A sliding window of accepted counters (RFC 6479's idea, as a Python int).
 
@@ -353,6 +350,7 @@ class ReplayWindow:
         self._what = what
         self.highest: int | None = None
         self._seen = 0  # bit i: highest - i was accepted
+        self._full = (1 << size) - 1
 
     def check(self, counter: int) -> None:
         if self.highest is None or counter > self.highest:
@@ -366,9 +364,9 @@ class ReplayWindow:
 
     def accept_up_to(self, counter: int) -> None:
         """Every counter up to `counter` counts as seen (one transport, in
-        order). The full bitmap is one shared int: no allocation per record."""
+        order). The full bitmap is made once per window: no allocation per record."""
         self.highest = counter
-        self._seen = _full(self.size)
+        self._seen = self._full
 
     def accept(self, counter: int) -> bool:
         """Record `counter`; True when it is the newest so far."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 from roam.core import events as ev
@@ -98,12 +98,14 @@ class AppConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.cid is None:
             return
-        session = self.driver.session
-        session.send(self.cid, data)
+        # The session's channels, called directly (Session.send and
+        # send_room only pass on to them): this runs for every read.
+        channels = self.driver.session.channels
+        channels.send(self.cid, data)
         self.driver.flush()
         # After the flush: what the replay buffer took left room, and a
         # pause and resume would be two epoll_ctl calls for each read.
-        if session.send_room(self.cid) <= 0 and self.transport is not None:
+        if channels.send_room(self.cid) <= 0 and self.transport is not None:
             self.transport.pause_reading()
             self.driver.paused.add(self.cid)
 
@@ -138,7 +140,7 @@ class AppConnection(asyncio.Protocol):
         if self._write_blocked:
             self._owed += len(data)
         else:
-            self.driver.session.consumed(self.cid, len(data))
+            self.driver.session.channels.consumed(self.cid, len(data))
 
     def end(self) -> None:
         if self.transport is not None and self.transport.can_write_eof():
@@ -483,24 +485,26 @@ class SessionDriver:
         session = self.session
         now = self.loop.time()
         self._dispatch()
-        if len(self._carriers) > 1 or self.session.active_transport not in self._carriers:
-            self._sync()
-        active = self.session.active_transport
         # The active transport first: data and the ACK go there; then each
         # standby's PINGs and PONGs. (One transport, the usual case: no sort.)
         carriers = self._carriers
-        order = (carriers.items() if len(carriers) == 1
-                 else sorted(carriers.items(), key=lambda i: i[0] != active))
+        active = session.active_transport
+        order: Iterable[tuple[int, _Carrier]] = carriers.items()
+        if len(carriers) != 1 or active not in carriers:
+            self._sync()
+            active = session.active_transport
+            if len(carriers) > 1:
+                order = sorted(carriers.items(), key=lambda i: i[0] != active)
         for tid, carrier in order:
             proto = carrier.proto
             transport = proto.transport
             if transport is None:
                 continue
-            seal, write = self.sealer.seal_parts, transport.write
             while not proto.write_paused and not proto.lost:
                 records = session.records_to_send(now, SEND_BATCH, tid)
                 if not records:
                     break  # nothing, or nothing that may go now (draining)
+                seal, write = self.sealer.seal_parts, transport.write
                 for parts in records:
                     write(seal(parts, now, _SCRATCH))
                     if transport.get_write_buffer_size():
