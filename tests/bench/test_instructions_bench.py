@@ -1,0 +1,42 @@
+"""bench/instructions.py: a round trip's instructions, counted under callgrind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .scripts import ROOT, load_bench
+
+needs_valgrind = pytest.mark.skipif(
+    shutil.which("valgrind") is None and not os.environ.get("CI"),
+    reason="valgrind is not installed (scripts/setup-env installs it as root)")
+
+
+@needs_valgrind
+def test_a_round_trip_costs_a_plausible_count_of_instructions() -> None:
+    bench = load_bench("instructions")
+    small, large = bench.count(ROOT, 20), bench.count(ROOT, 120)
+    per = (large - small) / 100
+    # Measured 351k at c128963: a count far off means the subtraction broke.
+    assert 100_000 < per < 2_000_000
+
+
+def test_a_directory_that_is_not_a_checkout_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_bench("instructions")
+    if shutil.which("valgrind") is None:
+        pytest.skip("the tree is checked after valgrind")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["instructions.py", "--tree", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert f"{tmp_path} is not a roam checkout" in capsys.readouterr().err
+
+
+def test_rounds_are_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_bench("instructions")
+    with pytest.raises(SystemExit):
+        bench.main(["instructions.py", "--rounds", "0"])
+    assert "--rounds must be 1..20000" in capsys.readouterr().err
