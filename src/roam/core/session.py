@@ -547,11 +547,15 @@ class Session:
         active transport carries reliable frames; a standby carries its
         control frames and an ACK that is owed.
         """
-        state = self.state
-        if state is SessionState.DETACHED:
-            return []
         t = self._transports.get(tid) if tid is not None else self._pick(None)
         if t is None:
+            return []
+        state = self.state
+        if (t is self._active and state is SessionState.ATTACHED and not t.control
+                and t.state is TransportState.ACTIVE and not self.channels.rr
+                and not self.replay.pending and not self._ack_wanted(now)):
+            return []  # the usual answer to a flush after a read: nothing
+        if state is SessionState.DETACHED:
             return []
         if t.state is TransportState.OPENING:
             out: list[list[Buffer]] = [list(t.control)] if t.control else []
@@ -569,7 +573,7 @@ class Session:
                 return overlap
         if not (t.control or (active and (channels.rr or replay.pending
                                           or self._ack_wanted(now)))):
-            return []  # the usual answer to a flush after a read: nothing
+            return []
         if state is SessionState.ATTACHED:
             if active:
                 channels.fill(t.record_limit, t.live.rtt.min_rtt)
@@ -982,7 +986,7 @@ class Session:
             if deadline is None or at < deadline:
                 deadline = at
         ack = self._ack_due
-        if ack is not None and state in (SessionState.ATTACHED, SessionState.DRAINING) and (
+        if ack is not None and (attached or state is SessionState.DRAINING) and (
                 deadline is None or ack < deadline):
             deadline = ack
         if (unacked and active is not None and state is SessionState.ATTACHED
