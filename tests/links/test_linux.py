@@ -276,6 +276,33 @@ def test_a_burst_is_emitted_as_few_snapshots(netns: str) -> None:
 
 
 @pytest.mark.root
+@LOOPS
+def test_a_link_going_down_is_read_at_once_not_after_the_debounce(
+        netns: str, event_loop: str) -> None:
+    add_veth(netns)
+    ip(netns, "addr", "add", "198.18.0.1/24", "dev", "rl0")
+    ip(netns, "link", "set", "rl0p", "up")
+    ip(netns, "link", "set", "rl0", "up")
+    # A debounce far longer than the wait for the event: only the
+    # link message's own urgency can bring the down state in time.
+    debounce = 10 * SEEN_WITHIN
+
+    async def main() -> None:
+        rec = Recorder()
+        driver = LinuxDriver({"wired": "rl0"}, netns=netns, debounce=debounce)
+        await driver.start(rec)
+        try:
+            assert rec.last["wired"].up
+            ip(netns, "link", "set", "rl0", "down")
+            state = await rec.until(lambda s: not s["wired"].up, "the link down")
+            assert state["wired"].present
+        finally:
+            await driver.close()
+
+    run(main(), event_loop)
+
+
+@pytest.mark.root
 def test_lost_notifications_are_recovered(netns: str, monkeypatch: pytest.MonkeyPatch,
                                           caplog: pytest.LogCaptureFixture) -> None:
     """When the event socket overflows, the driver reopens it and reads everything again."""

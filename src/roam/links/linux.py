@@ -60,9 +60,12 @@ IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 
 # One change on the command line (`ip link set dev X down`) reaches us as a
 # burst: the link message, then route and address messages, spread over a few
-# milliseconds. Emitting after each message would show the policy half-done
-# states (down, yet still holding every address) and cost a re-read per
-# message. 20 ms covers a burst and is far below anything a handover notices.
+# milliseconds. Emitting after each message would cost a re-read per message
+# and show the policy half-done states (an address without its route). 20 ms
+# covers a burst. A link message saying that a watched device is down or gone
+# is read at once, without the wait: the session's hard handover starts from
+# it, and 20 ms was a quarter of the stall when wifi went down in the lab
+# (bench/handover.py); the rest of the burst is read a debounce later.
 DEBOUNCE_S = 0.02
 
 # After the event socket fails (typically ENOBUFS: the kernel dropped
@@ -196,6 +199,7 @@ class LinuxDriver(LinkDriver):
         self._query: Any = None  # AsyncIPRoute for link and address reads
         self._dirty: set[str] = set()  # device names to read again
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # a watched device went down: no debounce
         self._tasks: list[asyncio.Task[None]] = []
         # When the sockets live on a loop of their own (see the module's
         # docstring): the loop that started us, the thread and its loop.
@@ -360,7 +364,8 @@ class LinuxDriver(LinkDriver):
             name = msg.get_attr("IFLA_IFNAME")
             if name in self._devices.values():
                 names.add(name)
-            self._mark(names)
+            self._mark(names, hurry=mtype == RTM_DELLINK or not link_is_up(
+                msg.get("flags") or 0, msg.get_attr("IFLA_OPERSTATE")))
         elif mtype in (RTM_NEWADDR, RTM_DELADDR):
             self._mark({d for d, i in self._index.items() if i == msg.get("index")})
         elif mtype in (RTM_NEWROUTE, RTM_DELROUTE):
@@ -371,17 +376,23 @@ class LinuxDriver(LinkDriver):
             else:
                 self._mark({d for d, i in self._index.items() if i == oif})
 
-    def _mark(self, names: set[str]) -> None:
+    def _mark(self, names: set[str], hurry: bool = False) -> None:
         if names:
             self._dirty |= names
             self._wake.set()
+            if hurry:
+                self._hurry.set()
 
     async def _flush(self) -> None:
-        """Re-read the touched devices a debounce after the first notice; emit on change."""
+        """Re-read the touched devices a debounce after the first notice (at
+        once when one went down); emit on change."""
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self._debounce)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._debounce):
+                    await self._hurry.wait()
             self._wake.clear()
+            self._hurry.clear()
             names, self._dirty = self._dirty, set()
             before = self.snapshot()
             try:
