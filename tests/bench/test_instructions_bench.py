@@ -20,8 +20,17 @@ def test_a_round_trip_costs_a_plausible_count_of_instructions() -> None:
     bench = load_bench("instructions")
     small, large = bench.count(ROOT, 20), bench.count(ROOT, 120)
     per = (large - small) / 100
-    # Measured 351k at c128963: a count far off means the subtraction broke.
+    # Measured 351k: a count far off means the subtraction broke.
     assert 100_000 < per < 2_000_000
+
+
+@needs_valgrind
+def test_a_64_kib_upload_arrives_whole_and_is_counted() -> None:
+    bench = load_bench("instructions")
+    small, large = bench.count(ROOT, 5, "bulk"), bench.count(ROOT, 25, "bulk")
+    per = (large - small) / 20
+    # Measured 1,112k; the run itself checks that every byte arrived.
+    assert 300_000 < per < 5_000_000
 
 
 def test_a_directory_that_is_not_a_checkout_is_named(

@@ -98,14 +98,12 @@ class AppConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.cid is None:
             return
-        # The session's channels, called directly (Session.send and
-        # send_room only pass on to them): this runs for every read.
-        channels = self.driver.session.channels
-        channels.send(self.cid, data)
+        session = self.driver.session
+        session.send(self.cid, data)
         self.driver.flush()
         # After the flush: what the replay buffer took left room, and a
         # pause and resume would be two epoll_ctl calls for each read.
-        if channels.send_room(self.cid) <= 0 and self.transport is not None:
+        if session.send_room(self.cid) <= 0 and self.transport is not None:
             self.transport.pause_reading()
             self.driver.paused.add(self.cid)
 
@@ -140,7 +138,7 @@ class AppConnection(asyncio.Protocol):
         if self._write_blocked:
             self._owed += len(data)
         else:
-            self.driver.session.channels.consumed(self.cid, len(data))
+            self.driver.session.consumed(self.cid, len(data))
 
     def end(self) -> None:
         if self.transport is not None and self.transport.can_write_eof():
