@@ -49,3 +49,13 @@ def test_rounds_are_bounded(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         bench.main(["instructions.py", "--rounds", "0"])
     assert "--rounds must be 1..20000" in capsys.readouterr().err
+
+
+@needs_valgrind
+def test_both_daemons_are_counted_through_a_real_forward() -> None:
+    bench = load_bench("instructions")
+    client, server = bench.count_daemons(ROOT, 20)
+    # Start-up alone (imports, the handshake) is over a billion instructions:
+    # a small count means callgrind did not see the daemon's own exit.
+    assert client > 500_000_000
+    assert server > 500_000_000
