@@ -46,6 +46,9 @@ _PATTERNS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
     "NK": (("s",), (("e", "es"), ("e", "ee"))),
     "XX": ((), (("e",), ("e", "ee", "s", "es"), ("s", "se"))),
     "IK": (("s",), (("e", "es", "s", "ss"), ("e", "ee", "se"))),
+    # One-way: a message sealed to the responder's static key that proves the
+    # initiator's (the relay's admission header; no answer is needed).
+    "X": (("s",), (("e", "es", "s", "ss"),)),
 }
 
 
