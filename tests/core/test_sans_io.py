@@ -28,8 +28,11 @@ def _imports(path: Path) -> set[str]:
 
 # What roam.core imports from outside it runs inside it too (the crypto,
 # the policy, the link states roam.core.paths reads): the same rule holds.
+# The relay's decisions (its hop headers, admission, arrivals, uplinks) too.
+RELAY = [CORE.parent / "relay" / f"{name}.py" for name in ("hop", "admission", "core", "uplinks")]
 DECIDING = [*sorted(CORE.glob("*.py")), *sorted((CORE.parent / "crypto").glob("*.py")),
-            *sorted((CORE.parent / "policy").glob("*.py")), CORE.parent / "links" / "state.py"]
+            *sorted((CORE.parent / "policy").glob("*.py")), CORE.parent / "links" / "state.py",
+            *RELAY]
 
 
 def test_whatever_core_imports_from_roam_is_checked_too() -> None:

@@ -1,0 +1,2 @@
+"""roam relay: a unit that splices transports between clients and servers
+without ever holding a session key."""
