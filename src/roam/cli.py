@@ -161,7 +161,11 @@ _event_loop_flag = click.option(
 
 @main.command()
 @_config_option
-@click.option("--listen", required=True, metavar="HOST:PORT", help="Address for transports.")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="Address for transports (not needed with --uplink).")
+@click.option("--uplink", "uplinks", multiple=True, metavar="HOST:PORT,key=RELAY_PUBKEY",
+              help="Keep uplinks open to this relay, for clients to reach this server "
+                   "through it without any inbound connection (repeatable).")
 @click.option("--key", required=True, type=_FilePath(),
               help="This server's private key file.")
 @click.option("--authorized-keys", required=True, type=_FilePath(),
@@ -180,15 +184,48 @@ _event_loop_flag = click.option(
 @_control_flag
 @_log_level
 @_event_loop_flag
-def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], linger: float,
-           udp: bool, allow_listen: tuple[str, ...], compression: CompressionMode,
-           control: str | None, log_level: str, event_loop: str) -> None:
+def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_keys: str,
+           allow: tuple[str, ...], linger: float, udp: bool, allow_listen: tuple[str, ...],
+           compression: CompressionMode, control: str | None, log_level: str,
+           event_loop: str) -> None:
     """Run the server daemon beside the services."""
     from roam.daemons import run_server
 
     _setup_logging(log_level, "server")
     _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp,
-                              list(allow_listen), compression), event_loop)
+                              list(allow_listen), compression, list(uplinks)), event_loop)
+
+
+@main.command()
+@_config_option
+@click.option("--listen", required=True, metavar="HOST:PORT",
+              help="Address where clients' transports and servers' uplinks arrive.")
+@click.option("--key", required=True, type=_FilePath(),
+              help="This relay's private key file (its identity).")
+@click.option("--admit-keys", type=_FilePath(), default=None,
+              help="Public keys admitted as they are (clients, and servers' uplinks), one "
+                   "per line as in authorized_keys.")
+@click.option("--admit-totp", type=_FilePath(), default=None,
+              help="Identities admitted with a one-time code: PUBLIC_KEY BASE32_SECRET per "
+                   "line (mode 600).")
+@click.option("--admit", type=click.Choice(["any"]), default=None,
+              help="Admit every identity (nobody is admitted by default).")
+@_control_flag
+@_log_level
+def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
+          admit: str | None, control: str | None, log_level: str) -> None:
+    """Run a relay: splice clients' transports to servers, seeing only ciphertext.
+
+    Example: roam relay --listen 0.0.0.0:4434 --key relay.key --admit-keys admitted
+    """
+    from roam.daemons import run_relay
+
+    _setup_logging(log_level, "relay")
+    # asyncio's own loop, not uvloop: the relay waits for readiness with
+    # add_reader, and uvloop (libuv) drops a socket's watcher on POLLERR
+    # without calling the reader, so a reset after data would go unseen
+    # (docs/relays.md). The bytes move in the kernel either way.
+    _run("relay", run_relay(listen, key, admit_keys, admit_totp, admit, control), "asyncio")
 
 
 @main.command()
@@ -208,7 +245,7 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
                                       "instructions.")
 @click.option("--path", "paths", multiple=True,
               metavar="NAME:dev=IFACE[,priority=N][,kind=K][,billing=B][,idle-switch=S]"
-                      "[,min-signal=N][,redundant=no]",
+                      "[,min-signal=N][,redundant=no][,via=RELAY[+RELAY...]]",
               help="A local attachment the session may use (repeatable); lower priority "
                    "is preferred.")
 @click.option("--links", type=click.Choice(["linux", "static", "emulated"]), default="linux",
@@ -244,6 +281,13 @@ def server(listen: str, key: str, authorized_keys: str, allow: tuple[str, ...], 
               help="Resolver for other names  [default: the first in /etc/resolv.conf]")
 @click.option("--dns-ports", metavar="PORT[,PORT...]", default=None,
               help="Ports to listen on at each pool address  [default: 80,443]")
+@click.option("--relay", "relays", multiple=True, metavar="NAME=HOST:PORT,key=PUBKEY",
+              help="A relay paths may go through (--path ...,via=NAME[+NAME...]; "
+                   "repeatable).")
+@click.option("--relay-otp-secret", type=_FilePath(), default=None,
+              help="Compute the relays' one-time codes from this base32 secret (mode 600).")
+@click.option("--relay-otp-prompt", is_flag=True, default=False,
+              help="Ask for the relays' one-time code at start (from an authenticator app).")
 @_compress_flag
 @_control_flag
 @_log_level
@@ -254,17 +298,27 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
            reverse: tuple[str, ...],
            dns_listen: str | None,
            dns_intercept: tuple[str, ...], dns_pool: str | None, dns_upstream: str | None,
-           dns_ports: str | None, compression: CompressionMode, control: str | None,
+           dns_ports: str | None, relays: tuple[str, ...], relay_otp_secret: str | None,
+           relay_otp_prompt: bool, compression: CompressionMode, control: str | None,
            log_level: str, event_loop: str) -> None:
     """Run the client daemon on the mobile unit."""
-    from roam.daemons import DnsOptions, run_client
+    from roam.daemons import DnsOptions, RelayOptions, run_client
 
+    if relay_otp_secret is not None and relay_otp_prompt:
+        raise click.UsageError("give --relay-otp-secret or --relay-otp-prompt, not both")
+    code = None
+    if relay_otp_prompt:
+        typed = click.prompt("One-time code for the relays", err=True).strip()
+        if len(typed) != 6 or not typed.isdigit():
+            raise click.UsageError(f"a one-time code is 6 digits, not {typed!r}")
+        code = int(typed)
     _setup_logging(log_level, "client")
     _run("client", run_client(server_addr, server_key, key, list(forward), cipher,
                               list(paths), links, dwell, control, event_log, udp, socks,
                               socks_auth, DnsOptions(dns_listen, list(dns_intercept), dns_pool,
                                                      dns_upstream, dns_ports),
-                              list(reverse), list(transparent), compression), event_loop)
+                              list(reverse), list(transparent), compression,
+                              RelayOptions(list(relays), relay_otp_secret, code)), event_loop)
 
 
 def _cleanup(ctx: click.Context, value: bool) -> None:
@@ -295,12 +349,16 @@ def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None
 @click.option("--control", type=_FilePath(), default=None,
               help="The daemon's control socket (default: the client's).")
 @click.option("--server", "of_server", is_flag=True, help="Ask the server daemon instead.")
+@click.option("--relay", "of_relay", is_flag=True, help="Ask the relay daemon instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
-def status(control: str | None, of_server: bool, as_json: bool) -> None:
+def status(control: str | None, of_server: bool, of_relay: bool, as_json: bool) -> None:
     """Show paths, the active path, channels and the handover history."""
     from roam.control.render import render_status
 
-    result = _ask(control, "server" if of_server else "client", "status")
+    if of_server and of_relay:
+        raise click.UsageError("ask --server or --relay, not both")
+    role = "server" if of_server else "relay" if of_relay else "client"
+    result = _ask(control, role, "status")
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
     else:

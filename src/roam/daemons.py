@@ -93,12 +93,19 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-async def run_server(listen: str, key: str, authorized_keys: str, allow: list[str],
+async def run_server(listen: str | None, key: str, authorized_keys: str, allow: list[str],
                      linger: float, control: str | None = None, udp: bool = True,
                      allow_listen: list[str] | None = None,
-                     compression: CompressionMode = AUTO) -> int:
+                     compression: CompressionMode = AUTO,
+                     uplinks: list[str] | None = None) -> int:
+    from roam.relay.route import parse_relay
+    from roam.transport.uplink import UplinkKeeper
+
     raise_open_files_limit()
-    host, port = _address(listen, "--listen")
+    relays = [parse_relay(f"uplink{i}={text}") for i, text in enumerate(uplinks or [])]
+    if listen is None and not relays:
+        raise ConfigError("give --listen HOST:PORT, or --uplink to relays (or both)")
+    host, port = _address(listen, "--listen") if listen is not None else ("", 0)
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
     if not authorized:
@@ -110,14 +117,23 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
     server = Server(ServerConfig(host, port, private, authorized,
                                  Connector(access, listen_access),
                                  SessionConfig(detached_timeout=linger), udp, compression))
-    try:
-        bound = await server.start()
-    except OSError as exc:
-        raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
-    _ready(f"listening {format_host_port(bound[0], bound[1])}")
+    where = "none (uplinks only)"
+    if listen is not None:
+        try:
+            bound = await server.start()
+        except OSError as exc:
+            raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
+        where = format_host_port(bound[0], bound[1])
+        _ready(f"listening {where}")
+    keeper = UplinkKeeper(relays, private, server.accept_socket) if relays else None
+    if keeper is not None:
+        _ready("uplinks " + " ".join(r.address for r in relays))
 
     async def status(_: dict[str, object]) -> object:
-        return {"listening": format_host_port(bound[0], bound[1]),
+        return {"listening": where,
+                "uplinks": ({r.address: {"idle": keeper.idle[r.name],
+                                         "taken": keeper.taken[r.name]} for r in relays}
+                            if keeper is not None else {}),
                 "sessions": [{"id": sid.hex(), "name": d.name,
                               "transport": d.proto.peer if d.proto else None,
                               **dataclasses.asdict(d.session.statistics()),
@@ -128,11 +144,43 @@ async def run_server(listen: str, key: str, authorized_keys: str, allow: list[st
 
     ctl = await _control(control, "server", {"status": status})
     try:
-        await asyncio.Event().wait()
+        if keeper is not None:
+            await keeper.run()
+        else:
+            await asyncio.Event().wait()
     finally:
         if ctl is not None:
             await ctl.close()
         await server.close()
+    return 0
+
+
+async def run_relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
+                    admit: str | None, control: str | None = None) -> int:
+    from roam.relay.config import relay_config
+    from roam.relay.driver import Relay
+
+    raise_open_files_limit()
+    config = relay_config(_address(listen, "--listen"), key, admit_keys, admit_totp, admit)
+    relay = Relay(config)
+    try:
+        bound = relay.open()
+    except OSError as exc:
+        raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
+    log.info("relay %s admits %d keys, %d TOTP identities%s", relay.status()["identity"],
+             len(config.admit_keys), len(config.admit_totp),
+             ", and any identity" if config.admit_any else "")
+    _ready(f"listening {format_host_port(bound[0], bound[1])}")
+
+    async def status(_: dict[str, object]) -> object:
+        return {"listening": format_host_port(bound[0], bound[1]), **relay.status()}
+
+    ctl = await _control(control, "relay", {"status": status})
+    try:
+        await relay.run()
+    finally:
+        if ctl is not None:
+            await ctl.close()
     return 0
 
 
@@ -143,6 +191,32 @@ def _transports(driver: SessionDriver) -> list[dict[str, object]]:
              "peer": proto.peer} for tid, proto in sorted(driver.carriers().items())]
 
 
+@dataclasses.dataclass
+class RelayOptions:
+    """A client's relays (`--relay`) and how it proves itself to them."""
+
+    relays: list[str]
+    otp_secret: str | None = None  # --relay-otp-secret FILE
+    otp_code: int | None = None  # what a person typed at --relay-otp-prompt
+
+
+def _relay_otp(options: RelayOptions) -> Callable[[float], int] | None:
+    from cryptography.hazmat.primitives.hashes import SHA1
+    from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+    from roam.relay.admission import TOTP_DIGITS, TOTP_STEP_S
+    from roam.relay.config import load_otp_secret
+
+    if options.otp_secret is not None:
+        totp = TOTP(load_otp_secret(options.otp_secret), TOTP_DIGITS, SHA1(), TOTP_STEP_S,
+                    enforce_key_length=False)
+        return lambda wall: int(totp.generate(wall))
+    code = options.otp_code
+    if code is not None:
+        return lambda wall: code
+    return None
+
+
 async def run_client(server: str, server_key: str, key: str, forwards: list[str],
                      cipher: str, paths: list[str] | None = None, links: str = "linux",
                      dwell: float = 3.0, control: str | None = None,
@@ -150,8 +224,13 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
                      socks: str | None = None, socks_auth: str | None = None,
                      dns: DnsOptions | None = None, reverse: list[str] | None = None,
                      transparent: list[str] | None = None,
-                     compression: CompressionMode = AUTO) -> int:
+                     compression: CompressionMode = AUTO,
+                     relays: RelayOptions | None = None) -> int:
+    from roam.relay.route import parse_relays, resolve_route
+
     host, port = _address(server, "--server")
+    relay_options = relays or RelayOptions([])
+    known_relays = parse_relays(relay_options.relays)
     try:
         pinned = decode_public_key(server_key)
     except KeyFileError as exc:
@@ -172,7 +251,7 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
                                                        "chachapoly": "ChaChaPoly"}[cipher]
     suite = Suite.AESGCM_SHA256 if name == "AESGCM" else Suite.CHACHAPOLY_BLAKE2S
     client = Client(ClientConfig(host, port, pinned, private, SessionConfig(), suite, udp,
-                                 compression))
+                                 compression, _relay_otp(relay_options)))
     if reverse_specs:
         client.on_session = ReverseForwards(reverse_specs).attach
     events = EventLog(event_log)
@@ -180,8 +259,10 @@ async def run_client(server: str, server_key: str, key: str, forwards: list[str]
     manager: PathManager | None = None
     history: list[HandoverRecord] = []
     if path_configs:
+        routes = {p.name: resolve_route(p.via, known_relays, p.name) for p in path_configs}
         driver = make_driver(links, {p.name: p.device for p in path_configs})
-        manager = PathManager(client, Policy(path_configs, dwell=dwell), driver, events)
+        manager = PathManager(client, Policy(path_configs, dwell=dwell), driver, events,
+                              routes)
         await manager.start()
     else:
         def record(r: HandoverRecord) -> None:

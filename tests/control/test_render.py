@@ -70,3 +70,17 @@ def test_client_status_shows_transports_by_path_and_redundant_datagrams() -> Non
     assert not any(line.startswith("standby transport") for line in lines)
     assert ("redundant datagrams: two paths, second path cell up; 40 copies sent, "
             "38 duplicate(s) dropped") in lines
+
+
+def test_a_relay_shows_its_splices_refusals_and_uplinks() -> None:
+    text = render_status({"role": "relay", "identity": "AbCdEfGh", "listening": "0.0.0.0:4434",
+                          "spliced": 7, "active": 2, "bytes_up": 1000, "bytes_down": 2000,
+                          "refused": {"NOT_ADMITTED": 3}, "uplinks": {"SrvKey12": 4}})
+    assert "relay AbCdEfGh listening 0.0.0.0:4434; 2 spliced now, 7 so far" in text
+    assert "refused: 3 NOT_ADMITTED" in text
+    assert "uplinks: 4 of SrvKey12" in text
+    quiet = render_status({"role": "relay", "identity": "x", "listening": "y", "spliced": 0,
+                           "active": 0, "bytes_up": 0, "bytes_down": 0, "refused": {},
+                           "uplinks": {}})
+    assert "refused: none" in quiet
+    assert "uplinks: none" in quiet

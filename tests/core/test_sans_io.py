@@ -28,8 +28,9 @@ def _imports(path: Path) -> set[str]:
 
 # What roam.core imports from outside it runs inside it too (the crypto,
 # the policy, the link states roam.core.paths reads): the same rule holds.
-# The relay's decisions (its hop headers, admission, arrivals, uplinks) too.
-RELAY = [CORE.parent / "relay" / f"{name}.py" for name in ("hop", "admission", "core", "uplinks")]
+# The relay's decisions (hop headers, admission, arrivals, uplinks, routes) too.
+RELAY = [CORE.parent / "relay" / f"{name}.py"
+         for name in ("hop", "admission", "core", "uplinks", "route")]
 DECIDING = [*sorted(CORE.glob("*.py")), *sorted((CORE.parent / "crypto").glob("*.py")),
             *sorted((CORE.parent / "policy").glob("*.py")), CORE.parent / "links" / "state.py",
             *RELAY]

@@ -52,7 +52,7 @@ def test_fractional_idle_switch() -> None:
     ("wifi:dev=", "'dev' needs a value"),
     ("wifi:dev=wlan0,speed=3",
      "unknown setting 'speed' (known: billing, dev, idle-switch, kind, min-signal, priority, "
-     "redundant)"),
+     "redundant, via)"),
     ("wifi:dev=wlan0,dev=wlan1", "'dev' is given twice"),
     ("wifi:dev=wlan0,priority=ten", "priority 'ten' is not a whole number"),
     ("wifi:dev=wlan0,priority=1.5", "priority '1.5' is not a whole number"),
@@ -80,7 +80,7 @@ def test_unknown_setting_message_in_full() -> None:
         PathConfig.parse("wifi:dev=wlan0,speed=3")
     assert str(info.value) == ("--path 'wifi:dev=wlan0,speed=3': unknown setting 'speed' "
                                "(known: billing, dev, idle-switch, kind, min-signal, priority, "
-                               "redundant)")
+                               "redundant, via)")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -164,3 +164,11 @@ def test_round_trip(path: PathConfig, rnd: random.Random) -> None:
 def test_parse_raises_only_config_error(text: str) -> None:
     with contextlib.suppress(ConfigError):
         PathConfig.parse(text)
+
+
+def test_a_path_through_relays_names_them_in_route_order() -> None:
+    path = PathConfig.parse("wifi-relayed:dev=wlan0,priority=20,via=dmz+core")
+    assert path.via == ("dmz", "core")
+    assert PathConfig.parse("wifi:dev=wlan0").via == ()
+    with pytest.raises(ConfigError, match=r"via \('dmz', ''\) is not relay names joined by"):
+        PathConfig.parse("w:dev=wlan0,via=dmz+")

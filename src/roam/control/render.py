@@ -25,8 +25,23 @@ def _transports(transports: list[dict[str, Any]]) -> str:
                      for t in transports) or "-"
 
 
+def _relay(status: dict[str, Any]) -> str:
+    refused = status.get("refused") or {}
+    uplinks = status.get("uplinks") or {}
+    lines = [f"relay {status['identity']} listening {status['listening']}; "
+             f"{status['active']} spliced now, {status['spliced']} so far; "
+             f"{status['bytes_up']} bytes up, {status['bytes_down']} down",
+             "refused: " + (", ".join(f"{n} {why}" for why, n in sorted(refused.items()))
+                            or "none"),
+             "uplinks: " + (", ".join(f"{n} of {who}" for who, n in sorted(uplinks.items()))
+                            or "none")]
+    return "\n".join(lines)
+
+
 def render_status(status: dict[str, Any]) -> str:
     out: list[str] = []
+    if status.get("role") == "relay":
+        return _relay(status)
     if "sessions" in status:  # the server's status
         out.append(f"listening {status['listening']}; {len(status['sessions'])} session(s)")
         rows = [["session", "transport", "state", "channels", "rtt ms", "resumes", "switches",

@@ -151,6 +151,12 @@ def _read_file(path: str | os.PathLike[str], what: str, private: bool) -> str:
         raise KeyFileError(f"{what} {name} is not UTF-8 text") from None
 
 
+def read_text_file(path: str | os.PathLike[str], what: str, private: bool) -> str:
+    """A small UTF-8 file named `what` in errors; `private`: readable by its
+    owner only (a file of secrets), else refused with the chmod to run."""
+    return _read_file(path, what, private)
+
+
 def load_private_key(path: str | os.PathLike[str]) -> bytes:
     name = os.fspath(path)
     lines = [ln for ln in _read_file(path, "private key file", private=True).splitlines() if ln]

@@ -9,6 +9,11 @@ session and is configured elsewhere.
     --path 'wifi:dev=wlan0,priority=10,kind=wifi,min-signal=20'
     --path 'cell:dev=wwan0,priority=50,kind=cellular,billing=time,idle-switch=30'
     --path 'lte:dev=wwan1,priority=60,kind=cellular,redundant=no'
+    --path 'wifi-relayed:dev=wlan0,priority=20,via=dmz'   (through relays: via=r1+r2)
+
+`via` names relays (`--relay`, roam.relay.route): a path through relays on
+a device is a path of its own beside the direct one on the same device, and
+the policy ranks them alike.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _INT = re.compile(r"-?[0-9]+")
 _SECONDS = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
 
-_KEYS = ("dev", "priority", "kind", "billing", "idle-switch", "min-signal", "redundant")
+_KEYS = ("dev", "priority", "kind", "billing", "idle-switch", "min-signal", "redundant", "via")
 _YES_NO = {"yes": True, "no": False}
 
 
@@ -58,6 +63,7 @@ class PathConfig:
     idle_switch: float | None = None
     min_signal: int | None = None
     redundant: bool = True
+    via: tuple[str, ...] = ()  # relay names, in route order
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -79,7 +85,7 @@ class PathConfig:
         name = name.strip()
         if not sep:
             raise fail("expected NAME:dev=IFACE[,priority=N][,kind=K][,billing=B]"
-                       "[,idle-switch=SECONDS][,min-signal=N][,redundant=yes|no]")
+                       "[,idle-switch=SECONDS][,min-signal=N][,redundant=yes|no][,via=R1+R2]")
         if not name:
             raise fail("the path needs a name before ':'")
         settings: dict[str, str] = {}
@@ -141,11 +147,13 @@ class PathConfig:
             if value.lower() not in _YES_NO:
                 raise fail(f"redundant {value!r} is not yes or no")
             redundant = _YES_NO[value.lower()]
+        via = tuple(part.strip() for part in settings.get("via", "").split("+")) \
+            if "via" in settings else ()
 
         try:
             return cls(name=name, device=settings["dev"], priority=priority, kind=kind,
                        billing=billing, idle_switch=idle_switch, min_signal=min_signal,
-                       redundant=redundant)
+                       redundant=redundant, via=via)
         except ConfigError as exc:
             # The checks shared with direct construction name the path; on the
             # command line the whole flag is the better pointer.
@@ -207,4 +215,8 @@ def _problem(path: PathConfig) -> str | None:
         return f"min-signal {min_signal!r} is not a whole number"
     if not isinstance(redundant, bool):
         return f"redundant {redundant!r} is not yes or no"
+    via: object = path.via
+    if not isinstance(via, tuple) or not all(isinstance(v, str) and _NAME.fullmatch(v)
+                                             for v in via):
+        return f"via {via!r} is not relay names joined by '+' (via=r1+r2)"
     return None

@@ -11,6 +11,7 @@ import logging
 import random
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -39,6 +40,9 @@ from roam.errors import (
     ServerBusy,
     TransportError,
 )
+from roam.relay.hop import REPLY, Proof, decode_reply
+from roam.relay.hop import Status as RelayStatus
+from roam.relay.route import RelayHop, route_headers
 from roam.transport.datagrams import ClientDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
@@ -79,6 +83,8 @@ class Attachment:
     name: str
     device: str | None = None
     source: str | None = None
+    # Relays in route order (roam.relay.route); empty: straight to the server.
+    route: tuple[RelayHop, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ class ClientConfig:
     udp: bool = True
     # Compression this client offers, and does with what it sends.
     compression: CompressionMode = AUTO
+    # A relay's one-time code for the wall clock given (--relay-otp-secret or
+    # a person's answer); None: relays admit this client by its key only.
+    relay_otp: Callable[[float], int] | None = None
 
 
 class Client:
@@ -142,6 +151,13 @@ class Client:
         self._switched: asyncio.Future[None] | None = None
         self._standby_key: CipherState | None = None
         self._standby_stamp = 0
+        # Relays: the ticket each gave us (by its key), the last hop header's
+        # stamp (they rise: a relay takes a stamp once), and the replies each
+        # relayed transport still owes before the server's.
+        self._tickets: dict[bytes, bytes] = {}
+        self._relay_stamp = 0
+        self._owed: weakref.WeakKeyDictionary[TransportProtocol, tuple[RelayHop, ...]] = (
+            weakref.WeakKeyDictionary())
 
     @property
     def reconnecting(self) -> bool:
@@ -153,29 +169,73 @@ class Client:
         return f"{self.config.server_host}:{self.config.server_port}"
 
     async def _connect(self, timeout: float, via: Attachment | None = None) -> TransportProtocol:
+        """A transport toward the server on `via`: straight, or to the first
+        relay of its route, with every relay's hop header already written."""
         loop = asyncio.get_running_loop()
+        route = via.route if via is not None else ()
+        host, port = ((route[0].host, route[0].port) if route
+                      else (self.config.server_host, self.config.server_port))
         where = f" via {via.name}" if via is not None else ""
+        to = f"relay {route[0].name} ({route[0].address})" if route else self.server
         try:
             async with asyncio.timeout(timeout):
                 if via is None or (via.device is None and via.source is None):
-                    _, proto = await loop.create_connection(
-                        TransportProtocol, self.config.server_host, self.config.server_port)
+                    _, proto = await loop.create_connection(TransportProtocol, host, port)
                 else:
-                    sock = await self._bound_socket(via)
+                    sock = await self._bound_socket(via, host, port)
                     _, proto = await loop.create_connection(TransportProtocol, sock=sock)
         except TimeoutError:
-            raise TransportError(f"connecting to {self.server}{where} timed out") from None
+            raise TransportError(f"connecting to {to}{where} timed out") from None
         except OSError as exc:
-            raise TransportError(f"cannot connect to {self.server}{where}: "
+            raise TransportError(f"cannot connect to {to}{where}: "
                                  f"{exc.strerror or exc}") from None
         self.transports += 1
+        if route:
+            # The headers go now, the preamble right after: no relay is
+            # waited for (their replies are read with the server's).
+            self._relay_stamp = max(time.time_ns(), self._relay_stamp + len(route))
+            proto.write(route_headers(route, sender_private=self.config.private_key,
+                                      target=self.config.server_key, server=self.server,
+                                      wall=time.time(), stamp_ns=self._relay_stamp,
+                                      proof_for=self._relay_proof))
+            self._owed[proto] = route
         return proto
 
-    async def _bound_socket(self, via: Attachment) -> socket.socket:
+    def _relay_proof(self, relay: RelayHop, wall: float) -> tuple[Proof, int, bytes]:
+        ticket = self._tickets.get(relay.key)
+        if ticket is not None:
+            return Proof.TICKET, 0, ticket
+        if self.config.relay_otp is not None:
+            return Proof.TOTP, self.config.relay_otp(wall), b""
+        return Proof.KEY, 0, b""
+
+    async def _relay_replies(self, proto: TransportProtocol, timeout: float) -> None:
+        """Each relay's answer, in route order, before the server's: a ticket
+        to keep, or a refusal that ends this attempt with the relay's reason."""
+        for relay in self._owed.pop(proto, ()):
+            head = await proto.read_exactly(REPLY.size, timeout)
+            try:
+                decoded = decode_reply(head)
+                if decoded is None:
+                    length = int.from_bytes(head[5:7], "big")
+                    decoded = decode_reply(head + await proto.read_exactly(length, timeout))
+            except RoamError as exc:
+                raise TransportError(f"relay {relay.name}: {exc}") from None
+            assert decoded is not None  # the whole reply was read
+            status, body, _ = decoded
+            if status is not RelayStatus.OK:
+                if status is RelayStatus.NOT_ADMITTED:
+                    self._tickets.pop(relay.key, None)  # a stale ticket: a code next time
+                reason = body.decode("utf-8", "replace")
+                raise TransportError(f"relay {relay.name} refused the transport "
+                                     f"({status.name}): {reason}")
+            if body:
+                self._tickets[relay.key] = body
+
+    async def _bound_socket(self, via: Attachment, host: str, port: int) -> socket.socket:
         """A connected socket that leaves by `via`: its device, else its source address."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.config.server_host, self.config.server_port,
-                                       type=socket.SOCK_STREAM)
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, _, _, _, addr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -193,12 +253,14 @@ class Client:
             raise
         return sock
 
-    @staticmethod
-    async def _reply(proto: TransportProtocol, opening: ClientOpening[T], timeout: float) -> T:
-        """Read the server's reply into `opening`, each read within `timeout`.
-        Exact reads: the records that follow stay in `proto`'s buffer. The
-        transport is aborted when the reply ends the attempt."""
+    async def _reply(self, proto: TransportProtocol, opening: ClientOpening[T],
+                     timeout: float) -> T:
+        """Read the server's reply into `opening`, each read within `timeout`
+        (after the relays' replies, on a relayed transport). Exact reads: the
+        records that follow stay in `proto`'s buffer. The transport is
+        aborted when the reply ends the attempt."""
         try:
+            await self._relay_replies(proto, timeout)
             outcome = opening.receive_data(await proto.read_exactly(opening.needed, timeout))
             while isinstance(outcome, NeedMore):
                 outcome = opening.receive_data(await proto.read_exactly(outcome.size, timeout))

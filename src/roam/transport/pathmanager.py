@@ -28,6 +28,7 @@ from roam.links.driver import LinkDriver
 from roam.links.emulated import EmulatedDriver
 from roam.links.state import LinkState
 from roam.policy.policy import HandoverKind, NoUsablePath, Policy
+from roam.relay.route import RelayHop
 from roam.transport.client import Attachment, Client, HandoverRecord
 from roam.transport.datagrams import ClientDatagrams
 
@@ -48,8 +49,10 @@ class _PathCounters:
 
 class PathManager:
     def __init__(self, client: Client, policy: Policy, driver: LinkDriver,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None,
+                 routes: dict[str, tuple[RelayHop, ...]] | None = None) -> None:
         self.client = client
+        self._routes = routes or {}  # path name -> its relays (via=)
         self.policy = policy
         self.driver = driver
         self.events = events or EventLog(None)
@@ -93,12 +96,13 @@ class PathManager:
         if cfg is None:
             known = ", ".join(p.name for p in self.policy.paths)
             raise ConfigError(f"no path {name!r} (known: {known})")
+        route = self._routes.get(name, ())
         if self._by_device:
-            return Attachment(name, device=cfg.device)
+            return Attachment(name, device=cfg.device, route=route)
         link = self.paths.links.get(name)
         source = next((a for a in (link.addresses if link else ()) if ":" not in a
                        and not a.startswith("emulated")), None)
-        return Attachment(name, source=source)
+        return Attachment(name, source=source, route=route)
 
     def initial(self) -> Attachment | None:
         """The path to open the session on: the policy's first choice, if any."""

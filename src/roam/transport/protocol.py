@@ -49,9 +49,11 @@ def _scratch_buffer() -> memoryview:
 class TransportProtocol(asyncio.BufferedProtocol):
     # One per transport, so one per idle session on a server: slots instead
     # of an instance dict (asyncio.Protocol declares empty slots for this).
-    __slots__ = ("_buf", "_framer", "_gone", "_on_drain", "_on_lost", "_on_made", "_paused",
-                 "_sink", "_waiter", "lost", "lost_reason", "peer", "peer_host", "transport",
-                 "write_paused")
+    # __weakref__: a client remembers, per relayed transport, the relays'
+    # replies it still owes a read, without keeping the transport alive.
+    __slots__ = ("__weakref__", "_buf", "_framer", "_gone", "_on_drain", "_on_lost",
+                 "_on_made", "_paused", "_sink", "_waiter", "lost", "lost_reason", "peer",
+                 "peer_host", "transport", "write_paused")
 
     def __init__(self, on_made: Callable[[TransportProtocol], None] | None = None) -> None:
         self._on_made = on_made

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 
 from roam.connector.connector import Connector
@@ -171,6 +172,11 @@ class Server:
 
     def _accept(self) -> TransportProtocol:
         return TransportProtocol(on_made=self._admit)
+
+    async def accept_socket(self, sock: socket.socket) -> None:
+        """A transport that arrived another way (an uplink a relay handed a
+        client): from here on, as if it had been accepted on the listener."""
+        await asyncio.get_running_loop().connect_accepted_socket(self._accept, sock=sock)
 
     def _admit(self, proto: TransportProtocol) -> None:
         """A connection arrived: admit it as an opening, or refuse it before

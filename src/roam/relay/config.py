@@ -1,0 +1,92 @@
+"""A relay's settings, from its command line and files, checked before it listens."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass, field
+
+from roam.crypto.keys import (
+    decode_public_key,
+    load_authorized_keys,
+    load_private_key,
+    read_text_file,
+    short_id,
+)
+from roam.errors import ConfigError, KeyFileError
+from roam.relay.admission import MIN_TOTP_SECRET
+
+
+@dataclass
+class RelayConfig:
+    listen: tuple[str, int]
+    private_key: bytes
+    admit_keys: dict[bytes, str] = field(default_factory=dict)
+    admit_totp: dict[bytes, bytes] = field(default_factory=dict)
+    admit_any: bool = False
+
+
+def load_totp_secrets(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
+    """Each line `PUBLIC_KEY BASE32_SECRET [name]` (as authenticator apps show
+    secrets); `#` starts a comment. The file holds secrets: mode 600."""
+    name = os.fspath(path)
+    text = read_text_file(path, "TOTP secrets file", private=True)
+    secrets: dict[bytes, bytes] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise KeyFileError(f"{name} line {lineno}: expected PUBLIC_KEY BASE32_SECRET")
+        try:
+            identity = decode_public_key(fields[0])
+        except KeyFileError as exc:
+            raise KeyFileError(f"{name} line {lineno}: {exc}") from None
+        raw = fields[1].upper().replace("-", "")
+        try:
+            secret = base64.b32decode(raw + "=" * (-len(raw) % 8))
+        except (binascii.Error, ValueError):
+            raise KeyFileError(f"{name} line {lineno}: the secret is not base32") from None
+        if len(secret) < MIN_TOTP_SECRET:
+            raise KeyFileError(f"{name} line {lineno}: the secret is {len(secret) * 8} bits; "
+                               f"at least {MIN_TOTP_SECRET * 8}")
+        if identity in secrets:
+            raise KeyFileError(f"{name} line {lineno}: a second secret for "
+                               f"{short_id(identity)}")
+        secrets[identity] = secret
+    return secrets
+
+
+def relay_config(listen: tuple[str, int], key: str, admit_keys: str | None,
+                 admit_totp: str | None, admit: str | None) -> RelayConfig:
+    if admit not in (None, "any"):
+        raise ConfigError(f"--admit {admit!r}: the only value is 'any' (admit every identity)")
+    config = RelayConfig(listen, load_private_key(key), admit_any=admit == "any")
+    if admit_keys is not None:
+        config.admit_keys = load_authorized_keys(admit_keys)
+    if admit_totp is not None:
+        config.admit_totp = load_totp_secrets(admit_totp)
+    if not (config.admit_keys or config.admit_totp or config.admit_any):
+        raise ConfigError("the relay would admit nobody: give --admit-keys, --admit-totp, "
+                          "or --admit any")
+    return config
+
+
+def load_otp_secret(path: str | os.PathLike[str]) -> bytes:
+    """A client's TOTP secret for relays: one base32 line (mode 600)."""
+    name = os.fspath(path)
+    lines = [ln.strip() for ln in read_text_file(path, "one-time code secret file",
+                                                 private=True).splitlines() if ln.strip()]
+    if len(lines) != 1:
+        raise KeyFileError(f"{name} must hold one base32 secret on one line, "
+                           f"found {len(lines)} lines")
+    raw = lines[0].upper().replace("-", "").replace(" ", "")
+    try:
+        secret = base64.b32decode(raw + "=" * (-len(raw) % 8))
+    except (binascii.Error, ValueError):
+        raise KeyFileError(f"{name}: the secret is not base32") from None
+    if len(secret) < MIN_TOTP_SECRET:
+        raise KeyFileError(f"{name}: the secret is {len(secret) * 8} bits; at least "
+                           f"{MIN_TOTP_SECRET * 8}")
+    return secret

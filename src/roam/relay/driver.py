@@ -1,0 +1,297 @@
+"""The relay daemon: accept, read one header, dial or take an uplink, then splice.
+
+Every decision is roam.relay.core's; this module only moves bytes, arms
+timeouts and calls the OS. One TaskGroup holds every task of the daemon
+(the accept loop, one task per connection, one watcher per idle uplink),
+each named; a connection's task catches whatever its peer causes, so no
+peer can end the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+from roam.connector.allow import split_host_port
+from roam.crypto.keys import public_key, short_id
+from roam.relay.admission import Admission
+from roam.relay.config import RelayConfig
+from roam.relay.core import Arrival, Refuse, Register, Splice
+from roam.relay.hop import Next, Status, refusal
+from roam.relay.pump import SpliceStats, splice
+from roam.relay.uplinks import Uplinks
+
+log = logging.getLogger("roam")
+
+# A header is one read from an honest sender; ten seconds covers a slow
+# link's connect and first segment, and bounds what an idle stranger holds.
+HEADER_TIMEOUT_S = 10.0
+READ_SIZE = 4096
+# Connecting to the next hop: a relay on the same continent answers within
+# a second; five leaves room for a SYN retransmission (1 s, then 2 s).
+DIAL_TIMEOUT_S = 5.0
+# An idle uplink carries a keepalive byte this often (relay to server), so
+# NATs and firewalls on the way keep it open: 15 s is below the 30 s UDP and
+# the common 60 s TCP idle timeouts of consumer NATs; the server counts an
+# uplink dead after three missed ones.
+KEEPALIVE_S = 15.0
+KEEPALIVE = b"\x00"
+# Written on an idle uplink when a client takes it: the client's bytes follow.
+GO = b"\x01"
+# One relay process holds ten thousand spliced sessions: 2 sockets and 4
+# pipe ends each, so the listener backs off (and says so) when descriptors
+# run out rather than spinning.
+ACCEPT_BACKOFF_S = 0.1
+
+
+@dataclass
+class _Idle:
+    sock: socket.socket
+    identity: bytes
+    watcher: asyncio.Task[None] | None = None
+    taken: bool = False  # a client's splice owns the socket now
+
+
+@dataclass
+class RelayStatistics:
+    spliced: int = 0  # transports spliced so far
+    active: int = 0  # splicing now
+    bytes_up: int = 0  # client to next hop, in finished splices
+    bytes_down: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # by status name
+
+
+class Relay:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.identity = public_key(config.private_key)
+        self.admission = Admission(keys=config.admit_keys, totp=config.admit_totp,
+                                   admit_any=config.admit_any,
+                                   relay_private=config.private_key)
+        self.uplinks = Uplinks()
+        self.stats = RelayStatistics()
+        self._idle: dict[int, _Idle] = {}
+        self._ids = itertools.count(1)
+        self._live: dict[int, SpliceStats] = {}
+        self._listener: socket.socket | None = None
+        self.address: tuple[str, int] | None = None
+
+    def open(self) -> tuple[str, int]:
+        """Bind the listening socket (before run: the caller learns the port)."""
+        host, port = self.config.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock.listen(1024)
+        sock.setblocking(False)
+        self._listener = sock
+        bound = sock.getsockname()
+        self.address = (bound[0], bound[1])
+        return self.address
+
+    async def run(self) -> None:
+        if self._listener is None:
+            self.open()
+        listener = self._listener
+        assert listener is not None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                while True:
+                    try:
+                        sock, peer = await loop.sock_accept(listener)
+                    except OSError as exc:
+                        log.warning("relay: accept failed: %s", exc)
+                        await asyncio.sleep(ACCEPT_BACKOFF_S)
+                        continue
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    tasks.create_task(self._arrival(sock, peer), name=f"relay-conn-{peer}")
+        finally:
+            listener.close()
+            for idle in self._idle.values():
+                idle.sock.close()
+            self._idle.clear()
+
+    # ---- one connection -----------------------------------------------------------
+
+    async def _arrival(self, sock: socket.socket, peer: object) -> None:
+        keep = False
+        try:
+            keep = await self._decide(sock, peer)
+        except (OSError, TimeoutError) as exc:
+            log.info("relay: connection from %s ended: %s", peer, exc or type(exc).__name__)
+        except Exception:  # a peer must never end the daemon
+            log.exception("relay: connection from %s failed", peer)
+        finally:
+            if not keep:
+                sock.close()
+
+    async def _decide(self, sock: socket.socket, peer: object) -> bool:
+        """True when the socket now belongs to the idle uplinks."""
+        loop = asyncio.get_running_loop()
+        arrival = Arrival(self.config.private_key, self.admission)
+        decision = None
+        async with asyncio.timeout(HEADER_TIMEOUT_S):
+            while decision is None:
+                data = await loop.sock_recv(sock, READ_SIZE)
+                if not data:
+                    return False
+                decision = arrival.feed(data, time.time())
+        if isinstance(decision, Refuse):
+            self._count_refusal(decision.status)
+            log.info("relay: refused %s: %s", peer, decision.reason)
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(sock, decision.reply)
+            return False
+        if isinstance(decision, Register):
+            await loop.sock_sendall(sock, decision.reply)
+            conn = next(self._ids)
+            idle = self._idle[conn] = _Idle(sock, decision.hop.sender)
+            for gone in self.uplinks.offer(decision.hop.sender, decision.hop.instance, conn):
+                self._drop_idle(gone)
+            idle.watcher = self._tasks.create_task(self._watch(conn, idle),
+                                                   name=f"relay-uplink-{conn}")
+            log.info("relay: uplink from %s (%s)", short_id(decision.hop.sender), peer)
+            return True
+        await self._splice(sock, peer, decision)
+        return False
+
+    async def _splice(self, sock: socket.socket, peer: object, decision: Splice) -> None:
+        loop = asyncio.get_running_loop()
+        hop = decision.hop
+        onward: socket.socket | None = None
+        # The last hop: the server's uplink if it keeps one here (it may be
+        # unreachable from outside), else the address the client gave.
+        if hop.next is Next.UPLINK_OF_TARGET or hop.next_key == hop.target:
+            onward = await self._take_uplink(hop.target)
+            if onward is None and hop.next is Next.UPLINK_OF_TARGET:
+                await self._refuse(sock, Status.UNKNOWN_TARGET,
+                                   f"no uplink of server {short_id(hop.target)} at this relay")
+                return
+        by_uplink = onward is not None
+        if onward is not None:
+            first = GO + decision.rest
+        else:
+            try:
+                onward = await self._dial(hop.address)
+            except (OSError, TimeoutError, ValueError) as exc:
+                await self._refuse(sock, Status.UNREACHABLE, f"cannot reach {hop.address}: "
+                                   f"{exc or type(exc).__name__}")
+                return
+            first = decision.rest
+        conn = next(self._ids)
+        stats = self._live[conn] = SpliceStats()
+        self.stats.spliced += 1
+        self.stats.active += 1
+        log.info("relay: %s (%s) spliced to %s", short_id(hop.sender), decision.how,
+                 f"the uplink of {short_id(hop.target)}" if by_uplink else hop.address)
+        try:
+            await loop.sock_sendall(sock, decision.reply)
+            await splice(sock, onward, stats=stats, first_to_b=first)
+        finally:
+            onward.close()
+            self.stats.active -= 1
+            self.stats.bytes_up += stats.a_to_b
+            self.stats.bytes_down += stats.b_to_a
+            del self._live[conn]
+
+    async def _refuse(self, sock: socket.socket, status: Status, reason: str) -> None:
+        self._count_refusal(status)
+        log.info("relay: refused: %s", reason)
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().sock_sendall(sock, refusal(status, reason))
+
+    def _count_refusal(self, status: Status) -> None:
+        self.stats.refused[status.name] = self.stats.refused.get(status.name, 0) + 1
+
+    async def _dial(self, address: str) -> socket.socket:
+        host, port_text = split_host_port(address, "next hop")
+        port = int(port_text)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(DIAL_TIMEOUT_S):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, addr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, addr)
+            except BaseException:
+                sock.close()
+                raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    # ---- idle uplinks -------------------------------------------------------------
+
+    async def _take_uplink(self, identity: bytes) -> socket.socket | None:
+        while (conn := self.uplinks.take(identity)) is not None:
+            idle = self._idle.pop(conn)
+            watcher = idle.watcher
+            if watcher is not None and watcher.done():
+                continue  # it ended (closed) while we looked
+            idle.taken = True
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            return idle.sock
+        return None
+
+    async def _watch(self, conn: int, idle: _Idle) -> None:
+        """Keepalives on an idle uplink, and its end when the server closes it."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        data = await loop.sock_recv(idle.sock, 1)
+                except TimeoutError:
+                    await loop.sock_sendall(idle.sock, KEEPALIVE)
+                    continue
+                if data:
+                    log.info("relay: uplink of %s sent data while idle; closing it",
+                             short_id(idle.identity))
+                break
+        except OSError as exc:
+            log.info("relay: uplink of %s failed: %s", short_id(idle.identity), exc)
+        finally:
+            # The socket is closed here, after its reads were given up, and
+            # never under a pending read; unless a client's splice took it.
+            if not idle.taken:
+                self._idle.pop(conn, None)
+                self.uplinks.lost(conn)
+                idle.sock.close()
+
+    def _drop_idle(self, conn: int) -> None:
+        """An uplink replaced (its server restarted): its watcher closes it."""
+        idle = self._idle.get(conn)
+        if idle is not None and idle.watcher is not None:
+            idle.watcher.cancel()
+            log.info("relay: an uplink of %s replaced", short_id(idle.identity))
+
+    def status(self) -> dict[str, object]:
+        """What `roam status` shows for a relay."""
+        live_up = sum(s.a_to_b for s in self._live.values())
+        live_down = sum(s.b_to_a for s in self._live.values())
+        return {
+            "role": "relay",
+            "identity": short_id(self.identity),
+            "spliced": self.stats.spliced,
+            "active": self.stats.active,
+            "bytes_up": self.stats.bytes_up + live_up,
+            "bytes_down": self.stats.bytes_down + live_down,
+            "refused": dict(self.stats.refused),
+            "uplinks": {short_id(k): n for k, n in self.uplinks.idle().items()},
+        }
