@@ -221,10 +221,10 @@ def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
     from roam.daemons import run_relay
 
     _setup_logging(log_level, "relay")
-    # asyncio's own loop, not uvloop: the relay waits for readiness with
-    # add_reader, and uvloop (libuv) drops a socket's watcher on POLLERR
-    # without calling the reader, so a reset after data would go unseen
-    # (docs/relays.md). The bytes move in the kernel either way.
+    # asyncio's own loop, not uvloop: uvloop (libuv) reports a socket's
+    # error to a reader once and then drops its watcher, and an idle
+    # uplink's reset would go unseen (docs/relays.md). The bytes move in
+    # the kernel either way.
     _run("relay", run_relay(listen, key, admit_keys, admit_totp, admit, control), "asyncio")
 
 

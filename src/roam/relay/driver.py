@@ -23,7 +23,7 @@ from roam.relay.admission import Admission
 from roam.relay.config import RelayConfig
 from roam.relay.core import Arrival, Refuse, Register, Splice
 from roam.relay.hop import Next, Status, refusal
-from roam.relay.pump import SpliceStats, splice
+from roam.relay.splice import SpliceStats, splice
 from roam.relay.uplinks import Uplinks
 
 log = logging.getLogger("roam")

@@ -105,7 +105,7 @@ class _Splice:
             way.start()
 
     def _pipe(self, size: int | None) -> tuple[int, int, int]:
-        import fcntl  # Linux only, as is os.splice: the fallback must not need it
+        import fcntl  # absent on Windows, where only the fallback runs
 
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.pipe_fds += (rfd, wfd)
@@ -286,7 +286,9 @@ async def _copy(a: socket.socket, b: socket.socket, stats: SpliceStats, first_to
 
     try:
         async with asyncio.TaskGroup() as ways:
-            ways.create_task(one_way(a, b, first_to_b, lambda n: _add_a_to_b(stats, n)))
-            ways.create_task(one_way(b, a, first_to_a, lambda n: _add_b_to_a(stats, n)))
+            ways.create_task(one_way(a, b, first_to_b, lambda n: _add_a_to_b(stats, n)),
+                             name="copy-a-to-b")
+            ways.create_task(one_way(b, a, first_to_a, lambda n: _add_b_to_a(stats, n)),
+                             name="copy-b-to-a")
     except* OSError as failed:
         log.debug("copy %d <-> %d ended: %s", a.fileno(), b.fileno(), failed.exceptions[0])
