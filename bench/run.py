@@ -1,7 +1,7 @@
 """Session benchmark on loopback: direct, roam and ssh -L side by side in one run.
 
     python bench/run.py [--bytes N] [--rounds N] [--runs N] [--streams K]
-                        [--only direct,pyforward,roam,roam-chacha,roam-asyncio,ssh-aes,
+                        [--only direct,pyforward,roam,roam-chacha,roam-asyncio,roam-relay,ssh-aes,
                                ssh-chacha]
                         [--out docs/benchmarks.md] [--json bench/results/session.json]
 
@@ -71,7 +71,7 @@ SSHD = Path("/usr/sbin/sshd")
 SSH_CIPHERS = {"ssh-aes": "aes128-gcm@openssh.com", "ssh-chacha": "chacha20-poly1305@openssh.com"}
 LABELS = {"direct": "direct", "pyforward": "2 plain Python forwarders (uvloop)",
           "roam": "roam", "roam-chacha": "roam --cipher chachapoly",
-          "roam-asyncio": "roam --event-loop asyncio",
+          "roam-asyncio": "roam --event-loop asyncio", "roam-relay": "roam through one relay",
           "ssh-aes": "ssh -L aes128-gcm", "ssh-chacha": "ssh -L chacha20-poly1305"}
 ALIASES = {"ssh": ["ssh-aes", "ssh-chacha"]}
 REFERENCE = "ssh-aes"  # the ratio is roam's single stream over this path's
@@ -161,7 +161,7 @@ Setup = Callable[[int, int, Procs, Row], tuple[int, int, list[int]]]
 
 
 def setup_roam(sink: int, echo: int, procs: Procs, row: Row, cipher: str = "auto",
-               event_loop: str = "uvloop") -> tuple[int, int, list[int]]:
+               event_loop: str = "uvloop", relay: bool = False) -> tuple[int, int, list[int]]:
     roam = [sys.executable, "-m", "roam"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -171,6 +171,19 @@ def setup_roam(sink: int, echo: int, procs: Procs, row: Row, cipher: str = "auto
     client_pub = run_ok([*roam, "keygen", str(tmp / "client.key")], env).strip()
     (tmp / "authorized_keys").write_text(client_pub + "\n")
     port, lsink, lecho = free_port(), free_port(), free_port()
+    via: list[str] = []
+    relay_pids: list[int] = []
+    if relay:
+        # One relay hop on loopback: the client's path goes through it.
+        relay_pub = run_ok([*roam, "keygen", str(tmp / "relay.key")], env).strip()
+        rport = free_port()
+        relay_proc = procs.start("roam relay", [
+            *roam, "relay", "--listen", f"{HOST}:{rport}", "--key", str(tmp / "relay.key"),
+            "--admit-keys", str(tmp / "authorized_keys"), "--control", str(tmp / "relay.sock")],
+            env)
+        relay_pids = [relay_proc.pid]
+        via = ["--relay", f"r1={HOST}:{rport},key={relay_pub}", "--path",
+               "relayed:dev=lo,via=r1", "--links", "static"]
     server = procs.start("roam server", [
         *roam, "server", "--listen", f"{HOST}:{port}", "--key", str(tmp / "server.key"),
         "--authorized-keys", str(tmp / "authorized_keys"),
@@ -180,12 +193,13 @@ def setup_roam(sink: int, echo: int, procs: Procs, row: Row, cipher: str = "auto
         *roam, "client", "--server", f"{HOST}:{port}", "--server-key", server_pub,
         "--key", str(tmp / "client.key"), "--cipher", cipher, "--control", str(tmp / "client.sock"),
         "--forward", f"{HOST}:{lsink}={HOST}:{sink}",
-        "--forward", f"{HOST}:{lecho}={HOST}:{echo}", "--event-loop", event_loop]
+        "--forward", f"{HOST}:{lecho}={HOST}:{echo}", "--event-loop", event_loop, *via]
     client = procs.start("roam client", client_cmd, env)
     wait_until(procs, lambda: probe(lsink, lecho), "roam forwards")
     row.notes["cipher"] = cipher
     row.notes["event loop"] = event_loop
-    return lsink, lecho, [server.pid, client.pid]
+    # Through a relay, CPU counts the three daemons a byte crosses.
+    return lsink, lecho, [server.pid, client.pid, *relay_pids]
 
 
 def setup_ssh(sink: int, echo: int, procs: Procs, row: Row,
@@ -263,6 +277,7 @@ SETUPS: dict[str, Setup] = {
     "roam": setup_roam,
     "roam-chacha": lambda s, e, p, r: setup_roam(s, e, p, r, "chachapoly"),
     "roam-asyncio": lambda s, e, p, r: setup_roam(s, e, p, r, event_loop="asyncio"),
+    "roam-relay": lambda s, e, p, r: setup_roam(s, e, p, r, relay=True),
     "ssh-aes": lambda s, e, p, r: setup_ssh(s, e, p, r, SSH_CIPHERS["ssh-aes"]),
     "ssh-chacha": lambda s, e, p, r: setup_ssh(s, e, p, r, SSH_CIPHERS["ssh-chacha"]),
 }

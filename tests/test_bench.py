@@ -93,6 +93,13 @@ def test_python_forwarder_row(tmp_path: Path) -> None:
     assert re.fullmatch(r"\d+\.\d", cells[8]), cells
 
 
+def test_relay_row(tmp_path: Path) -> None:
+    """roam through one relay on loopback: measured like any path, with the CPU
+    of the three daemons a byte crosses."""
+    text, raw = run_bench(tmp_path, "roam-relay", 4_000_000, 100)
+    assert_measured(text, raw, "roam through one relay")
+
+
 def test_ssh_row(tmp_path: Path) -> None:
     if not SSHD.exists():
         reason = f"{SSHD} missing (scripts/setup-env installs openssh-server as root)"

@@ -158,3 +158,25 @@ def both(d: Path, *files: Path) -> Path:
     out = d / "admitted-all"
     out.write_text("".join(f.read_text() for f in files))
     return out
+
+
+def test_a_wrong_one_time_code_is_refused_with_the_reason_on_both_sides(
+        tmp_path: Path) -> None:
+    keys = Keys.make(tmp_path / "keys")
+    rkey, rpub = relay_keys(keys.dir)
+    totp = keys.dir / "totp"
+    totp.write_text(f"{keys.client_pub} {base64.b32encode(SECRET).decode()} laptop\n")
+    os.chmod(totp, 0o600)
+    wrong = keys.dir / "wrong-secret"
+    wrong.write_text(base64.b32encode(b"another secret, 20B!").decode() + "\n")
+    os.chmod(wrong, 0o600)
+    with Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+        _server, sport = procs.server(keys, f"127.0.0.1:{echo}")
+        relay = start_relay(procs, rkey, 0, "--admit-totp", str(totp))
+        rport = int(relay.ready.rsplit(":", 1)[1])
+        client, _ = start_client(procs, keys, sport, rport, rpub, echo,
+                                 "--relay-otp-secret", str(wrong), ready=None)
+        client.wait_log(r"relay r1 refused the transport \(NOT_ADMITTED\): .*wrong or expired "
+                        r"one-time code", timeout=20)
+        relay.wait_log(r"refused .*wrong or expired one-time code")
