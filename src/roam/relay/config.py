@@ -43,14 +43,7 @@ def load_totp_secrets(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
             identity = decode_public_key(fields[0])
         except KeyFileError as exc:
             raise KeyFileError(f"{name} line {lineno}: {exc}") from None
-        raw = fields[1].upper().replace("-", "")
-        try:
-            secret = base64.b32decode(raw + "=" * (-len(raw) % 8))
-        except (binascii.Error, ValueError):
-            raise KeyFileError(f"{name} line {lineno}: the secret is not base32") from None
-        if len(secret) < MIN_TOTP_SECRET:
-            raise KeyFileError(f"{name} line {lineno}: the secret is {len(secret) * 8} bits; "
-                               f"at least {MIN_TOTP_SECRET * 8}")
+        secret = _base32_secret(fields[1], f"{name} line {lineno}")
         if identity in secrets:
             raise KeyFileError(f"{name} line {lineno}: a second secret for "
                                f"{short_id(identity)}")
@@ -81,12 +74,18 @@ def load_otp_secret(path: str | os.PathLike[str]) -> bytes:
     if len(lines) != 1:
         raise KeyFileError(f"{name} must hold one base32 secret on one line, "
                            f"found {len(lines)} lines")
-    raw = lines[0].upper().replace("-", "").replace(" ", "")
+    return _base32_secret(lines[0].replace(" ", ""), name)
+
+
+def _base32_secret(text: str, where: str) -> bytes:
+    """A TOTP secret as authenticator apps show it: base32, any case, dashes
+    and padding optional; at least MIN_TOTP_SECRET bytes."""
+    raw = text.upper().replace("-", "")
     try:
         secret = base64.b32decode(raw + "=" * (-len(raw) % 8))
     except (binascii.Error, ValueError):
-        raise KeyFileError(f"{name}: the secret is not base32") from None
+        raise KeyFileError(f"{where}: the secret is not base32") from None
     if len(secret) < MIN_TOTP_SECRET:
-        raise KeyFileError(f"{name}: the secret is {len(secret) * 8} bits; at least "
+        raise KeyFileError(f"{where}: the secret is {len(secret) * 8} bits; at least "
                            f"{MIN_TOTP_SECRET * 8}")
     return secret
