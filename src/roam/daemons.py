@@ -102,7 +102,8 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
     from roam.transport.uplink import UplinkKeeper
 
     raise_open_files_limit()
-    relays = [parse_relay(f"uplink{i}={text}") for i, text in enumerate(uplinks or [])]
+    relays = [parse_relay(text, flag="--uplink", name=f"uplink{i}")
+              for i, text in enumerate(uplinks or [])]
     if listen is None and not relays:
         raise ConfigError("give --listen HOST:PORT, or --uplink to relays (or both)")
     host, port = _address(listen, "--listen") if listen is not None else ("", 0)

@@ -76,3 +76,11 @@ def test_a_chain_sends_one_header_per_relay_each_naming_the_next_hop() -> None:
         stamps.append(hop.stamp_ns)
     assert data == b""
     assert stamps == [42, 43, 44, 45]
+
+
+def test_a_servers_uplink_is_an_address_and_a_key_named_by_its_flag() -> None:
+    key = encode_key(public_key(KEYS[0]))
+    assert parse_relay(f"198.18.1.1:4434,key={key}", flag="--uplink", name="uplink0") == \
+        RelayHop("uplink0", "198.18.1.1", 4434, public_key(KEYS[0]))
+    with pytest.raises(ConfigError, match=r"--uplink '127.0.0.1:1': missing key="):
+        parse_relay("127.0.0.1:1", flag="--uplink", name="uplink0")

@@ -42,22 +42,26 @@ class RelayHop:
         return format_host_port(self.host, self.port)
 
 
-def parse_relay(text: str) -> RelayHop:
-    """`NAME=HOST:PORT,key=PUBLIC_KEY`; a ConfigError names the problem."""
+def parse_relay(text: str, *, flag: str = "--relay", name: str | None = None) -> RelayHop:
+    """`NAME=HOST:PORT,key=PUBLIC_KEY` (or, with `name` given, as a server's
+    `--uplink`, `HOST:PORT,key=PUBLIC_KEY`); a ConfigError names the problem."""
 
     def fail(problem: str) -> ConfigError:
-        return ConfigError(f"--relay {text!r}: {problem}")
+        return ConfigError(f"{flag} {text!r}: {problem}")
 
-    name, eq, rest = text.partition("=")
-    name = name.strip()
-    if not eq or not _NAME.fullmatch(name):
-        raise fail("expected NAME=HOST:PORT,key=PUBLIC_KEY (NAME: letters, digits, '.', "
-                   "'_', '-')")
+    if name is None:
+        name, eq, rest = text.partition("=")
+        name = name.strip()
+        if not eq or not _NAME.fullmatch(name):
+            raise fail("expected NAME=HOST:PORT,key=PUBLIC_KEY (NAME: letters, digits, '.', "
+                       "'_', '-')")
+    else:
+        rest = text
     address, comma, key_part = rest.partition(",")
     if not comma or not key_part.startswith("key="):
         raise fail("missing key=PUBLIC_KEY (the relay's identity, from roam pubkey)")
-    host, port_text = split_host_port(address.strip(), f"--relay {name}")
-    port = parse_port(port_text, f"--relay {text!r}")
+    host, port_text = split_host_port(address.strip(), f"{flag} {text!r}")
+    port = parse_port(port_text, f"{flag} {text!r}")
     if port is None or port == 0:
         raise fail("the relay's address needs a port")
     try:
