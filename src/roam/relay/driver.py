@@ -83,6 +83,10 @@ class Relay:
 
     def open(self) -> tuple[str, int]:
         """Bind the listening socket (before run: the caller learns the port)."""
+        bound = self._bind().getsockname()
+        return bound[0], bound[1]
+
+    def _bind(self) -> socket.socket:
         host, port = self.config.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -97,13 +101,10 @@ class Relay:
         self._listener = sock
         bound = sock.getsockname()
         self.address = (bound[0], bound[1])
-        return self.address
+        return sock
 
     async def run(self) -> None:
-        if self._listener is None:
-            self.open()
-        listener = self._listener
-        assert listener is not None
+        listener = self._listener if self._listener is not None else self._bind()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as tasks:

@@ -157,7 +157,8 @@ def open_hop(header: bytes, relay_private: bytes) -> Hop:
         raise ProtocolError("hop header does not open with this relay's key "
                             "(sealed to another relay, or mangled)") from None
     sender = state.remote_static
-    assert sender is not None  # X always carries it
+    if sender is None:  # X always carries it: only a broken handshake state would not
+        raise ProtocolError("hop header names no sender key")
     return _decode_payload(payload, sender)
 
 

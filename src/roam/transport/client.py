@@ -213,15 +213,17 @@ class Client:
         """Each relay's answer, in route order, before the server's: a ticket
         to keep, or a refusal that ends this attempt with the relay's reason."""
         for relay in self._owed.pop(proto, ()):
-            head = await proto.read_exactly(REPLY.size, timeout)
+            reply = await proto.read_exactly(REPLY.size, timeout)
             try:
-                decoded = decode_reply(head)
-                if decoded is None:
-                    length = int.from_bytes(head[5:7], "big")
-                    decoded = decode_reply(head + await proto.read_exactly(length, timeout))
+                decoded = decode_reply(reply)
+                if decoded is None:  # the header is in: read its body, exactly
+                    reply += await proto.read_exactly(int.from_bytes(reply[5:7], "big"),
+                                                      timeout)
+                    decoded = decode_reply(reply)
             except RoamError as exc:
                 raise TransportError(f"relay {relay.name}: {exc}") from None
-            assert decoded is not None  # the whole reply was read
+            if decoded is None:
+                raise TransportError(f"relay {relay.name}: its reply ended early")
             status, body, _ = decoded
             if status is not RelayStatus.OK:
                 if status is RelayStatus.NOT_ADMITTED:
