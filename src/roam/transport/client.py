@@ -793,6 +793,11 @@ class Client:
                                 round(stall * 1000, 1), frames, time.time())
         log.info("handover %s %s -> %s (%s) on the joined standby: %d frames resent",
                  kind, record.origin, target.name, reason, frames)
+        # UDP leaves the old path now, so nothing reads the handover as done
+        # while datagrams still go the old way; it is bound anew just after.
+        datagrams = self.driver.datagrams if self.driver is not None else None
+        if isinstance(datagrams, ClientDatagrams):
+            datagrams.unbind()
         self.on_handover(record)
         self._follow_datagrams(proto, target)
 

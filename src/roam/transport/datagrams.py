@@ -206,6 +206,10 @@ class ClientDatagrams(SessionDatagrams):
     def peer(self) -> Address | None:
         return self._server
 
+    def unbind(self) -> None:
+        """The stream transport moved: datagrams take the stream until `rebind`."""
+        self._close_socket()
+
     async def rebind(self, server: Address, device: str | None, source: str | None) -> None:
         """Leave from the same place as the stream transport now does; probe at once."""
         self._close_socket()
