@@ -414,3 +414,55 @@ def test_block_udp_drops_udp_and_passes_tcp(lab: NetLab) -> None:
     assert reaches(lab, "wifi")  # ICMP (and TCP) still pass
     lab.block_udp("wifi", False)
     assert udp("wifi") == "answered"
+
+
+# Connects to HOST:PORT from the given device ("-": any) and says what came of
+# it: "refused" (a RST: the host is reachable, nothing listens), "ok", or
+# "timeout" (dropped on the way).
+CONNECT = r"""
+import socket, sys
+device, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket()
+if device != "-":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+s.settimeout(1.0)
+try:
+    s.connect((host, port))
+    print("ok")
+except ConnectionRefusedError:
+    print("refused")
+except (TimeoutError, socket.timeout):
+    print("timeout")
+"""
+
+
+def connect(lab: NetLab, ns: str, host: str, device: str = "-") -> str:
+    return lab.check(ns, [sys.executable, "-c", CONNECT, device, host, str(PORT)]).strip()
+
+
+def test_relay_namespaces_reach_everyone_and_the_firewall_keeps_the_server_inside() -> None:
+    require_lab()
+    with NetLab(relays=2) as lab:
+        a = lab.addresses
+        assert (a["relay1"], a["relay2"]) == ("198.19.1.2", "198.19.2.2")
+        for device in ("wifi", "cell"):
+            assert connect(lab, "mobile", a["relay1"], device) == "refused"
+        assert connect(lab, "relay1", a["relay2"]) == "refused"
+        assert connect(lab, "server", a["relay2"]) == "refused"
+        assert connect(lab, "relay1", a["server"]) == "refused"
+        lab.firewall(True)
+        # Nothing from outside gets in; the server still reaches out.
+        assert connect(lab, "relay1", a["server"]) == "timeout"
+        assert connect(lab, "mobile", a["server"], "wifi") == "timeout"
+        assert connect(lab, "server", a["relay1"]) == "refused"
+        lab.firewall(False)
+        assert connect(lab, "relay1", a["server"]) == "refused"
+        with pytest.raises(LabError, match="unknown namespace 'relay3'"):
+            lab.check("relay3", ["true"])
+    assert not lab.cleanup_errors
+    assert not set(lab.namespaces) & lab_namespaces()
+
+
+def test_relay_count_is_checked() -> None:
+    with pytest.raises(LabError, match=r"relays must be 0\.\.4"):
+        NetLab(relays=5)

@@ -2,6 +2,7 @@
 
     mobile ==wifi== router ==srv== server
     mobile ==cell== router           (the router masquerades cell traffic)
+                    router ==rly== relay1 .. relayN   (optional, a DMZ each)
 
 `mobile` has two uplinks, `wifi` (198.18.1.0/24) and `cell` (198.18.2.0/24),
 each with its own default route; wifi has the lower metric so unbound
@@ -17,6 +18,13 @@ joined by a `roam.lab.tunlink` process, which adds delay and can black-hole
 the link while it stays up. Rate limits are tbf qdiscs on both TUN devices;
 random loss is an nftables table of the lab's own in the router namespace.
 This kernel-independent mix stands in for netem, which not every kernel has.
+
+`NetLab(relays=N)` adds N relay namespaces (`relay1`..), each on a veth of
+its own to the router (198.19.N.2; the router is 198.19.N.1), reachable from
+every other namespace: a DMZ for a relay. `firewall(True)` makes the server
+an inside server: its namespace drops every inbound connection (nftables,
+conntrack state new) while its own outbound connections and their answers
+pass.
 
 Every name the lab creates carries a prefix made of the process id and a
 counter (`roam<pid>x<n>-mobile`), so parallel labs and leftovers of a crashed
@@ -47,7 +55,7 @@ from typing import Any, Final
 from roam.errors import RoamError
 from roam.lab.tunlink import DEFAULT_MTU
 
-__all__ = ["LINKS", "LabError", "NetLab"]
+__all__ = ["LINKS", "MAX_RELAYS", "LabError", "NetLab"]
 
 LINKS: Final = ("wifi", "cell")
 
@@ -56,6 +64,8 @@ _SERVER_HOST = 2
 _ROUTER_HOST = 1
 _MOBILE_HOST = 2
 _NFT_TABLE = "roamlab"
+_FIREWALL_TABLE = "roamlab_inside"
+MAX_RELAYS: Final = 4
 
 # How long one `ip`/`tc`/`nft` command, and a tunlink's start, may take.
 _COMMAND_TIMEOUT = 30.0
@@ -92,6 +102,11 @@ _LINKS: Final = {
 _NAT_LINK: Final = "cell"
 
 
+def _relay_net(i: int) -> str:
+    """relay<i>'s /24 (first three octets), beside the server's 198.19.0."""
+    return f"198.19.{i}"
+
+
 def _check_delay(delay_ms: float, what: str) -> float:
     if not isinstance(delay_ms, int | float) or not math.isfinite(delay_ms) or delay_ms < 0:
         raise LabError(f"{what} must be a finite number of milliseconds >= 0, got {delay_ms!r}")
@@ -111,6 +126,7 @@ class NetLab:
         wifi_delay_ms: float = 0.0,
         cell_delay_ms: float = 0.0,
         mtu: int = DEFAULT_MTU,
+        relays: int = 0,
     ) -> None:
         self._initial_delay = {
             "wifi": _check_delay(wifi_delay_ms, "wifi_delay_ms"),
@@ -118,11 +134,14 @@ class NetLab:
         }
         if not 576 <= mtu <= 65535:
             raise LabError(f"mtu must be between 576 and 65535, got {mtu}")
+        if not isinstance(relays, int) or not 0 <= relays <= MAX_RELAYS:
+            raise LabError(f"relays must be 0..{MAX_RELAYS}, got {relays!r}")
         self.mtu = mtu
         self.prefix = f"roam{os.getpid()}x{next(_counter)}"
         self.mobile = f"{self.prefix}-mobile"
         self.router = f"{self.prefix}-router"
         self.server = f"{self.prefix}-server"
+        self.relays = tuple(f"{self.prefix}-relay{i}" for i in range(1, relays + 1))
         # Problems met while tearing down; destroy() records instead of raising.
         self.cleanup_errors: list[str] = []
         self._built = False
@@ -142,9 +161,9 @@ class NetLab:
     # -- names and addresses -------------------------------------------------
 
     @property
-    def namespaces(self) -> tuple[str, str, str]:
-        """(mobile, router, server) namespace names."""
-        return (self.mobile, self.router, self.server)
+    def namespaces(self) -> tuple[str, ...]:
+        """(mobile, router, server, relay1, ...) namespace names."""
+        return (self.mobile, self.router, self.server, *self.relays)
 
     @property
     def built(self) -> bool:
@@ -154,13 +173,16 @@ class NetLab:
     def addresses(self) -> dict[str, str]:
         """Current addresses: mobile_wifi, mobile_cell, router_wifi, router_cell,
         router_server (router's address toward the server, which is also what
-        the server sees for NATed cell traffic) and server."""
+        the server sees for NATed cell traffic), server, and relay1.. for
+        each relay namespace."""
         out: dict[str, str] = {}
         for link in _LINKS.values():
             out[f"mobile_{link.name}"] = f"{link.net}.{self._hosts[link.name]}"
             out[f"router_{link.name}"] = link.gateway
         out["router_server"] = f"{_SERVER_NET}.{_ROUTER_HOST}"
         out["server"] = f"{_SERVER_NET}.{_SERVER_HOST}"
+        for i in range(1, len(self.relays) + 1):
+            out[f"relay{i}"] = f"{_relay_net(i)}.{_SERVER_HOST}"
         return out
 
     def pids(self) -> list[int]:
@@ -168,13 +190,15 @@ class NetLab:
         return [p.pid for p in self._tunlinks.values()] + [p.pid for p in self._processes]
 
     def _namespace(self, ns: str) -> str:
-        roles = {"mobile": self.mobile, "router": self.router, "server": self.server}
+        roles = {"mobile": self.mobile, "router": self.router, "server": self.server,
+                 **{f"relay{i}": ns for i, ns in enumerate(self.relays, 1)}}
         if ns in roles:
             return roles[ns]
         if ns in roles.values():
             return ns
         raise LabError(
-            f"unknown namespace {ns!r}: expected mobile, router, server or one of {self.namespaces}"
+            f"unknown namespace {ns!r}: expected one of {', '.join(roles)} or "
+            f"{self.namespaces}"
         )
 
     @staticmethod
@@ -285,13 +309,16 @@ class NetLab:
             "srv",
         )
 
+        for i, ns in enumerate(self.relays, 1):
+            self._relay_namespace(i, ns)
+
         nat_net = f"{_LINKS[_NAT_LINK].net}.0/24"
         self._nft(
             f"""
             table ip {_NFT_TABLE} {{
                 chain nat_postrouting {{
                     type nat hook postrouting priority srcnat; policy accept;
-                    ip saddr {nat_net} oifname "srv" masquerade
+                    ip saddr {nat_net} oifname != "{_LINKS[_NAT_LINK].router_iface}" masquerade
                 }}
                 chain loss_in {{
                     type filter hook prerouting priority raw; policy accept;
@@ -305,6 +332,35 @@ class NetLab:
             }}
             """
         )
+
+    def _relay_namespace(self, i: int, ns: str) -> None:
+        """relay<i>: a veth to the router, a default route through it; the
+        server routes the relay's /24 back through the router."""
+        net = _relay_net(i)
+        veth = f"rly{i}"
+        self._ip(self.router, "link", "add", veth, "type", "veth", "peer", "name", "rly",
+                 "netns", ns)
+        self._ip(self.router, "addr", "add", f"{net}.{_ROUTER_HOST}/24", "dev", veth)
+        self._ip(self.router, "link", "set", "dev", veth, "up")
+        self._ip(ns, "addr", "add", f"{net}.{_SERVER_HOST}/24", "dev", "rly")
+        self._ip(ns, "link", "set", "dev", "rly", "up")
+        self._ip(ns, "route", "add", "default", "via", f"{net}.{_ROUTER_HOST}", "dev", "rly")
+        self._ip(self.server, "route", "add", f"{net}.0/24", "via",
+                 f"{_SERVER_NET}.{_ROUTER_HOST}", "dev", "srv")
+
+    def firewall(self, on: bool) -> None:
+        """Make the server an inside server (on) or a reachable one (off):
+        every connection that begins outside it is dropped, silently."""
+        self._require_built()
+        script = (f"table inet {_FIREWALL_TABLE} {{\n chain input {{\n"
+                  "  type filter hook input priority filter; policy accept;\n"
+                  '  iifname "srv" ct state new drop\n }\n}\n')
+        if on:
+            self._cmd(["ip", "netns", "exec", self.server, "nft", "-f", "-"], stdin=script)
+        else:
+            with contextlib.suppress(LabError):
+                self._cmd(["ip", "netns", "exec", self.server, "nft", "delete", "table",
+                           "inet", _FIREWALL_TABLE])
 
     def destroy(self) -> None:
         """Remove everything build() made; safe to call any time, never raises."""
