@@ -290,7 +290,20 @@ def test_server_missing_required_flag(tmp_path: Path, keys: Keys) -> None:
 
 def test_client_missing_required_flag(tmp_path: Path, keys: Keys) -> None:
     run_roam(tmp_path, "client", "--server", "127.0.0.1:9", "--key", keys.client_key,
-             code=2, err=["Missing option '--server-key'"])
+             code=1, err=["--server '127.0.0.1:9': no key: give key=PUBLIC_KEY", "--server-key"])
+    run_roam(tmp_path, "client", "--server-key", keys.server_pub, "--key", keys.client_key,
+             code=2, err=["Missing option '--server'"])
+
+
+def test_client_forward_to_a_server_it_does_not_know(tmp_path: Path, keys: Keys) -> None:
+    run_roam(tmp_path, "client", "--server", f"office=127.0.0.1:9,key={keys.server_pub}",
+             "--server", f"lab=127.0.0.1:10,key={keys.server_pub}", "--key", keys.client_key,
+             "--forward", "127.0.0.1:0=home/127.0.0.1:22", code=1,
+             err=["--forward 127.0.0.1:0=home/127.0.0.1:22: no server named 'home'; "
+                  "the servers are office, lab"])
+    run_roam(tmp_path, "client", "--server", "127.0.0.1:9", "--server", "127.0.0.1:10",
+             "--server-key", keys.server_pub, "--key", keys.client_key, code=1,
+             err=["give each of several servers a name"])
 
 
 # Server input errors: exit 1 quickly with `roam server: error: ...`

@@ -230,16 +230,20 @@ def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
 
 @main.command()
 @_config_option
-@click.option("--server", "server_addr", required=True, metavar="HOST:PORT",
-              help="The roam server's address.")
-@click.option("--server-key", required=True, metavar="PUBKEY",
-              help="The server's public key (base64), pinned.")
+@click.option("--server", "server_addr", required=True, multiple=True,
+              metavar="HOST:PORT | NAME=HOST:PORT,key=PUBKEY",
+              help="The roam server's address; repeat with NAME=...,key=... for several "
+                   "servers, each with a session of its own (the first is the default).")
+@click.option("--server-key", default=None, metavar="PUBKEY",
+              help="The server's public key (base64), pinned (for a --server without key=).")
 @click.option("--key", required=True, type=_FilePath(),
               help="This client's private key file.")
-@click.option("--forward", multiple=True, metavar="[udp:]LHOST:LPORT=RHOST:RPORT[,redundant]",
+@click.option("--forward", multiple=True,
+              metavar="[udp:]LHOST:LPORT=[SERVER/]RHOST:RPORT[,redundant]",
               help="Carry connections to LHOST:LPORT to RHOST:RPORT beside the server "
-                   "(repeatable); udp: carries datagrams, and ,redundant sends each of them "
-                   "on the active and the backup path at once.")
+                   "(repeatable; SERVER/ names one of several --server); udp: carries "
+                   "datagrams, and ,redundant sends each of them on the active and the "
+                   "backup path at once.")
 @click.option("--cipher", type=click.Choice(["auto", "aesgcm", "chachapoly"]), default="auto",
               show_default=True, help="AEAD: auto picks AES-GCM where the CPU has AES "
                                       "instructions.")
@@ -292,7 +296,8 @@ def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
 @_control_flag
 @_log_level
 @_event_loop_flag
-def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...], cipher: str,
+def client(server_addr: tuple[str, ...], server_key: str | None, key: str,
+           forward: tuple[str, ...], cipher: str,
            paths: tuple[str, ...], links: str, dwell: float, event_log: str | None, udp: bool,
            socks: str | None, socks_auth: str | None, transparent: tuple[str, ...],
            reverse: tuple[str, ...],
@@ -301,8 +306,13 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
            dns_ports: str | None, relays: tuple[str, ...], relay_otp_secret: str | None,
            relay_otp_prompt: bool, compression: CompressionMode, control: str | None,
            log_level: str, event_loop: str) -> None:
-    """Run the client daemon on the mobile unit."""
-    from roam.daemons import DnsOptions, RelayOptions, run_client
+    """Run the client daemon on the mobile unit.
+
+    \b
+    Example: roam client --server 198.18.0.1:4433 --server-key PUBKEY
+               --key client.key --forward 127.0.0.1:8080=127.0.0.1:80
+    """
+    from roam.client_daemon import DnsOptions, RelayOptions, run_client
 
     if relay_otp_secret is not None and relay_otp_prompt:
         raise click.UsageError("give --relay-otp-secret or --relay-otp-prompt, not both")
@@ -313,7 +323,7 @@ def client(server_addr: str, server_key: str, key: str, forward: tuple[str, ...]
             raise click.UsageError(f"a one-time code is 6 digits, not {typed!r}")
         code = int(typed)
     _setup_logging(log_level, "client")
-    _run("client", run_client(server_addr, server_key, key, list(forward), cipher,
+    _run("client", run_client(list(server_addr), server_key, key, list(forward), cipher,
                               list(paths), links, dwell, control, event_log, udp, socks,
                               socks_auth, DnsOptions(dns_listen, list(dns_intercept), dns_pool,
                                                      dns_upstream, dns_ports),

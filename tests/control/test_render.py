@@ -84,3 +84,25 @@ def test_a_relay_shows_its_splices_refusals_and_uplinks() -> None:
                            "uplinks": {}})
     assert "refused: none" in quiet
     assert "uplinks: none" in quiet
+
+
+def test_each_path_shows_its_route_direct_or_through_relays() -> None:
+    status = _client_status()
+    paths = status["paths"]
+    assert isinstance(paths, list)
+    paths.append({**paths[0], "name": "cell", "active": False, "route": ["r1", "r2", "r3"]})
+    lines = render_status(status).splitlines()
+    assert any(line.split()[:3] == ["path", "route", "active"] for line in lines)
+    assert any(line.split()[:2] == ["wifi", "direct"] for line in lines)
+    assert any(line.split()[:2] == ["cell", "r1+r2+r3"] for line in lines)
+
+
+def test_a_client_with_several_servers_shows_a_section_each() -> None:
+    office = {**_client_status(), "server": "office", "address": "198.19.0.2:7000"}
+    lab = {"server": "lab", "address": "198.19.0.3:7000", "session": None, "channels": []}
+    text = render_status({**office, "servers": [office, lab]})
+    first, second = text.split("\n\n", 1)[0], text.split("\n\nserver lab", 1)[1]
+    assert first.splitlines()[:2] == ["server office (198.19.0.2:7000)",
+                                      "session attached; active path wifi; 2 channel(s)"]
+    assert second.splitlines() == [" (198.19.0.3:7000)", "session none; active path -; "
+                                   "0 channel(s)"]

@@ -18,14 +18,18 @@ from roam.interfaces.forward import ForwardSpec
         ("[::1]:8443=[2001:db8::1]:443", ForwardSpec("::1", 8443, "2001:db8::1", 443)),
         ("[::1]:0=127.0.0.1:22", ForwardSpec("::1", 0, "127.0.0.1", 22)),
         (" 127.0.0.1:80 = example.com:80 ", ForwardSpec("127.0.0.1", 80, "example.com", 80)),
+        ("127.0.0.1:5432=lab/db:5432", ForwardSpec("127.0.0.1", 5432, "db", 5432, server="lab")),
+        ("udp:127.0.0.1:53=office-2/[::1]:53,redundant",
+         ForwardSpec("127.0.0.1", 53, "::1", 53, udp=True, redundant=True, server="office-2")),
     ],
 )
 def test_parse(text: str, expected: ForwardSpec) -> None:
     assert ForwardSpec.parse(text) == expected
 
 
-def test_str_round_trips_for_ipv4_and_names() -> None:
-    text = "127.0.0.1:8080=example.com:80"
+@pytest.mark.parametrize("text", ["127.0.0.1:8080=example.com:80",
+                                  "127.0.0.1:8080=lab/example.com:80"])
+def test_str_round_trips_for_ipv4_and_names(text: str) -> None:
     spec = ForwardSpec.parse(text)
     assert str(spec) == text
     assert ForwardSpec.parse(str(spec)) == spec
@@ -51,6 +55,9 @@ def test_str_round_trips_for_ipv4_and_names() -> None:
         ("::1:8080=example.com:80", "put an IPv6 address in brackets"),
         ("127.0.0.1:8080=2001:db8::1:443", "put an IPv6 address in brackets"),
         ("[::1:8080=example.com:80", "expected [IPv6]:PORT"),
+        ("127.0.0.1:1=/h:1", "'' is not a server's name"),
+        ("127.0.0.1:1=a b/h:1", "'a b' is not a server's name"),
+        ("127.0.0.1:1=a/b/h:1", "'b/h' is not a valid host name"),
     ],
 )
 def test_parse_errors(text: str, problem: str) -> None:

@@ -141,7 +141,7 @@ def test_a_server_that_accepts_no_connection_is_reached_through_its_uplink(
             f"127.0.0.1:{rport},key={rpub}", "--key", str(keys.server_key),
             "--authorized-keys", str(keys.authorized), "--allow", f"127.0.0.1:{echo}"],
             ready="uplinks")
-        relay.wait_log("uplink from")
+        relay.wait_log("relay: uplink of")
         # The client is given an address where nothing listens: only the
         # uplink can carry it.
         client, fport = start_client(procs, keys, free_port(), rport, rpub, echo)

@@ -81,7 +81,7 @@ def test_the_session_moves_to_the_relay_when_direct_is_blocked_and_back_when_it_
                 "--uplink", f"127.0.0.1:{rport},key={rpub}", "--key", str(keys.server_key),
                 "--authorized-keys", str(keys.authorized), "--allow", f"127.0.0.1:{echo}",
                 "--no-udp"], ready="listening")
-            relay.wait_log("uplink from")
+            relay.wait_log("relay: uplink of")
             client = procs.start("client", [
                 sys.executable, "-m", "roam", "client", "--server", f"127.0.0.1:{sport}",
                 "--server-key", keys.server_pub, "--key", str(keys.client_key),

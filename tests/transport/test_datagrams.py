@@ -17,9 +17,8 @@ from roam.connector.connector import Connector
 from roam.core.datagrams import DatagramState
 from roam.core.session import SessionConfig
 from roam.crypto.keys import public_key
-from roam.daemons import RedundantUdpForward
 from roam.interfaces.forward import ForwardSpec
-from roam.interfaces.udpforward import UdpForward
+from roam.interfaces.udpforward import RedundantUdpForward, UdpForward
 from roam.transport.datagrams import ClientDatagrams, SessionDatagrams
 from roam.transport.server import Server, ServerConfig
 

@@ -39,19 +39,31 @@ def _relay(status: dict[str, Any]) -> str:
 
 
 def render_status(status: dict[str, Any]) -> str:
-    out: list[str] = []
     if status.get("role") == "relay":
         return _relay(status)
-    if "sessions" in status:  # the server's status
-        out.append(f"listening {status['listening']}; {len(status['sessions'])} session(s)")
-        rows = [["session", "transport", "state", "channels", "rtt ms", "resumes", "switches",
-                 "transports"]]
-        for s in status["sessions"]:
-            rtt = f"{s['srtt'] * 1000:.1f}" if s.get("srtt") is not None else "-"
-            rows.append([s["name"], _fmt(s["transport"]), s["state"], str(s["channels"]),
-                         rtt, str(s["resumes"]), str(s.get("switches", 0)),
-                         _transports(s.get("transports") or [])])
-        return "\n".join(out + _table(rows))
+    if "sessions" in status:
+        return _server(status)
+    if status.get("servers"):  # a client with several servers: a section each
+        return "\n\n".join(f"server {s['server']} ({s['address']})\n{_client(s)}"
+                             for s in status["servers"])
+    return _client(status)
+
+
+def _server(status: dict[str, Any]) -> str:
+    out: list[str] = []
+    out.append(f"listening {status['listening']}; {len(status['sessions'])} session(s)")
+    rows = [["session", "transport", "state", "channels", "rtt ms", "resumes", "switches",
+             "transports"]]
+    for s in status["sessions"]:
+        rtt = f"{s['srtt'] * 1000:.1f}" if s.get("srtt") is not None else "-"
+        rows.append([s["name"], _fmt(s["transport"]), s["state"], str(s["channels"]),
+                     rtt, str(s["resumes"]), str(s.get("switches", 0)),
+                     _transports(s.get("transports") or [])])
+    return "\n".join(out + _table(rows))
+
+
+def _client(status: dict[str, Any]) -> str:
+    out: list[str] = []
     session = status.get("session") or {}
     out.append(f"session {session.get('state', 'none')}; active path "
                f"{_fmt(status.get('active_path'))}; {len(status.get('channels', []))} channel(s)")
@@ -75,11 +87,12 @@ def render_status(status: dict[str, Any]) -> str:
                        f"{redundant['copies_sent']} copies sent, {redundant['duplicates']} "
                        f"duplicate(s) dropped")
     if status.get("paths"):
-        rows = [["path", "active", "usable", "up", "signal", "rtt ms", "sent", "received",
-                 "why not usable"]]
+        rows = [["path", "route", "active", "usable", "up", "signal", "rtt ms", "sent",
+                 "received", "why not usable"]]
         for p in status["paths"]:
             signal = _fmt(p["signal"]) if p.get("signal_known") else "n/a"
-            rows.append([p["name"], "*" if p["active"] else "", _fmt(p["usable"]),
+            route = "+".join(p.get("route") or []) or "direct"
+            rows.append([p["name"], route, "*" if p["active"] else "", _fmt(p["usable"]),
                          _fmt(p["up"]), signal, _fmt(p["rtt_ms"]), str(p["bytes_sent"]),
                          str(p["bytes_received"]), _fmt(p["reason"])])
         out += ["", *_table(rows)]

@@ -1,9 +1,13 @@
-"""Local forwards: `--forward LHOST:LPORT=RHOST:RPORT`.
+"""Local forwards: `--forward LHOST:LPORT=[SERVER/]RHOST:RPORT`.
 
 Each connection accepted on LHOST:LPORT becomes one channel to RHOST:RPORT,
 opened by the server (claim 1: one application socket, one twin). Both hosts
 are validated when the argument is parsed (`roam.names.Host`) and kept in
 normal form, so the server is asked for exactly the name its rules will see.
+
+A client with several servers (`--server NAME=...`) names the one a
+forward goes to before the destination (`=lab/db:5432`); without a name it
+goes to the first.
 
 Options follow the destination after a comma. `udp:...,redundant` sends
 every datagram of the forward's channels on two paths at once, the active
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from roam.connector.allow import format_host_port, parse_port, split_host_port
 from roam.errors import ConfigError
 from roam.names import Host, InvalidHost
+from roam.servers import is_server_name
 from roam.transport.driver import AppConnection, SessionDriver
 
 log = logging.getLogger("roam.forward")
@@ -39,13 +44,23 @@ class ForwardSpec:
     udp: bool = False
     # Each datagram on two paths (UDP only).
     redundant: bool = False
+    # The server (its --server NAME) the channels go to; None: the first.
+    server: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ForwardSpec:
-        """`[tcp:|udp:]LHOST:LPORT=RHOST:RPORT[,OPTION...]` (TCP when no protocol
-        is named); the one option is `redundant`, for UDP."""
+        """`[tcp:|udp:]LHOST:LPORT=[SERVER/]RHOST:RPORT[,OPTION...]` (TCP when no
+        protocol is named); the one option is `redundant`, for UDP."""
         # No host, port or IPv6 literal holds a comma: the first one ends the address part.
         spec, comma, rest = text.partition(",")
+        server = None
+        left, eq, right = spec.partition("=")
+        if eq and "/" in right:  # no host or port holds a '/': it ends the server's name
+            server, _, right = right.partition("/")
+            if not is_server_name(server):
+                raise ConfigError(f"--forward {text!r}: {server!r} is not a server's name "
+                                  "(letters, digits, '.', '_', '-': as --server NAME=...)")
+            spec = f"{left}={right}"
         udp = spec.startswith("udp:")
         if udp or spec.startswith("tcp:"):
             parsed = cls._parse(spec[4:], text, udp)
@@ -58,7 +73,7 @@ class ForwardSpec:
                                   "(udp:LHOST:LPORT=RHOST:RPORT,redundant): a stream is "
                                   "already delivered whole, sending it twice adds nothing")
             parsed = dataclasses.replace(parsed, redundant=True)
-        return parsed
+        return dataclasses.replace(parsed, server=server) if server else parsed
 
     @classmethod
     def parse_reverse(cls, text: str) -> ForwardSpec:
@@ -88,6 +103,7 @@ class ForwardSpec:
 
     def __str__(self) -> str:
         return (f"{format_host_port(self.listen_host, self.listen_port)}="
+                f"{self.server + '/' if self.server else ''}"
                 f"{format_host_port(self.dest_host, self.dest_port)}"
                 f"{',redundant' if self.redundant else ''}")
 

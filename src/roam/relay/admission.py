@@ -110,8 +110,10 @@ class Admission:
 
     def _proof(self, hop: Hop, wall: float, who: str) -> Verdict:
         if hop.kind is HopKind.UPLINK:
-            if hop.sender in self._keys or self.admit_any:
-                return Verdict(True, f"uplink of {who}")
+            if hop.sender in self._keys:
+                return Verdict(True, f"uplink of {who} ({self._keys[hop.sender]})")
+            if self.admit_any:
+                return Verdict(True, f"uplink of {who} (any admitted)")
             return Verdict(False, f"server {who} is not among the relay's admitted keys")
         if hop.proof is Proof.TICKET:
             return self._check_ticket(hop, wall, who)

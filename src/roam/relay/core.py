@@ -44,6 +44,7 @@ class Refuse:
 class Register:
     hop: Hop
     reply: bytes
+    how: str  # whose uplink, as the admitted keys name it, for the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ class Arrival:
                 return self._decide(Refuse(Status.BAD_HEADER, "bytes after an uplink's header",
                                            refusal(Status.BAD_HEADER,
                                                    "bytes after an uplink's header")))
-            return self._decide(Register(hop, encode_reply(Status.OK)))
+            return self._decide(Register(hop, encode_reply(Status.OK), verdict.reason))
         return self._decide(Splice(hop, encode_reply(Status.OK, verdict.ticket), rest,
                                    verdict.reason))
 

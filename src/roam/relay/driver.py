@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from roam.connector.allow import split_host_port
+from roam.connector.allow import format_host_port, split_host_port
 from roam.crypto.keys import public_key, short_id
 from roam.relay.admission import Admission
 from roam.relay.config import RelayConfig
@@ -111,13 +111,14 @@ class Relay:
                 self._tasks = tasks
                 while True:
                     try:
-                        sock, peer = await loop.sock_accept(listener)
+                        sock, addr = await loop.sock_accept(listener)
                     except OSError as exc:
                         log.warning("relay: accept failed: %s", exc)
                         await asyncio.sleep(ACCEPT_BACKOFF_S)
                         continue
                     sock.setblocking(False)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    peer = format_host_port(addr[0], addr[1])
                     tasks.create_task(self._arrival(sock, peer), name=f"relay-conn-{peer}")
         finally:
             listener.close()
@@ -127,7 +128,7 @@ class Relay:
 
     # ---- one connection -----------------------------------------------------------
 
-    async def _arrival(self, sock: socket.socket, peer: object) -> None:
+    async def _arrival(self, sock: socket.socket, peer: str) -> None:
         keep = False
         try:
             keep = await self._decide(sock, peer)
@@ -139,7 +140,7 @@ class Relay:
             if not keep:
                 sock.close()
 
-    async def _decide(self, sock: socket.socket, peer: object) -> bool:
+    async def _decide(self, sock: socket.socket, peer: str) -> bool:
         """True when the socket now belongs to the idle uplinks."""
         loop = asyncio.get_running_loop()
         arrival = Arrival(self.config.private_key, self.admission)
@@ -164,12 +165,12 @@ class Relay:
                 self._drop_idle(gone)
             idle.watcher = self._tasks.create_task(self._watch(conn, idle),
                                                    name=f"relay-uplink-{conn}")
-            log.info("relay: uplink from %s (%s)", short_id(decision.hop.sender), peer)
+            log.info("relay: %s at %s", decision.how, peer)
             return True
         await self._splice(sock, peer, decision)
         return False
 
-    async def _splice(self, sock: socket.socket, peer: object, decision: Splice) -> None:
+    async def _splice(self, sock: socket.socket, peer: str, decision: Splice) -> None:
         loop = asyncio.get_running_loop()
         hop = decision.hop
         onward: socket.socket | None = None

@@ -331,6 +331,8 @@ class PathManager:
                           f"({suspect.until - now:.0f} s more): {suspect.reason}")
             paths.append({
                 "name": view.name, "active": view.name == current, "usable": view.usable,
+                # The relays this path goes through, in order; [] is direct.
+                "route": [hop.name for hop in self._routes.get(view.name, ())],
                 "works": view.works, "reason": reason, "priority": view.priority,
                 "present": link.present if link else False, "up": link.up if link else False,
                 "addresses": list(link.addresses) if link else [],
