@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from roam.crypto.keys import encode_key, generate_private_key, public_key, write_private_key
+from roam.relay.hop import Status, decode_reply, header_size
 
 from .harness import EchoResult, Keys, Proc, Procs, echo_conversation
 
@@ -180,3 +183,88 @@ def test_a_wrong_one_time_code_is_refused_with_the_reason_on_both_sides(
         client.wait_log(r"relay r1 refused the transport \(NOT_ADMITTED\): .*wrong or expired "
                         r"one-time code", timeout=20)
         relay.wait_log(r"refused .*wrong or expired one-time code")
+
+
+class Recorder:
+    """A TCP hop between the client and the relay that keeps the first hop
+    header it carries: what anyone on the path could record."""
+
+    def __init__(self, relay_port: int) -> None:
+        self.relay_port = relay_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.header: bytes | None = None
+        self.seen = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                threading.Thread(target=self._carry, args=(conn,), daemon=True).start()
+
+    def _carry(self, conn: socket.socket) -> None:
+        relay = socket.create_connection(("127.0.0.1", self.relay_port))
+        first = b""
+        while self.header is None:
+            data = conn.recv(65536)
+            if not data:
+                break
+            first += data
+            size = header_size(first)
+            if size is not None and len(first) >= size:
+                self.header = first[:size]
+                self.seen.set()
+        relay.sendall(first)
+
+        def pump(a: socket.socket, b: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := a.recv(65536):
+                    b.sendall(data)
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=pump, args=(relay, conn), daemon=True).start()
+        pump(conn, relay)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_recorded_admission_replayed_to_the_relay_is_refused(tmp_path: Path) -> None:
+    keys = Keys.make(tmp_path / "keys")
+    rkey, rpub = relay_keys(keys.dir)
+    admitted = keys.dir / "admitted"
+    admitted.write_text(f"{keys.client_pub} laptop\n")
+    with Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+        _server, sport = procs.server(keys, f"127.0.0.1:{echo}")
+        relay = start_relay(procs, rkey, 0, "--admit-keys", str(admitted))
+        recorder = Recorder(int(relay.ready.rsplit(":", 1)[1]))
+        try:
+            _client, fport = start_client(procs, keys, sport, recorder.port, rpub, echo)
+            result = EchoResult()
+            echo_conversation(fport, 1 << 20, 15, result, deadline=60)
+            assert result.error is None, result.error
+            assert recorder.seen.wait(10)
+            assert recorder.header is not None
+            # Whoever recorded it sends the same header again, at once.
+            with socket.create_connection(("127.0.0.1", recorder.relay_port),
+                                          timeout=10) as thief:
+                thief.sendall(recorder.header)
+                answer = b""
+                while (decoded := decode_reply(answer)) is None:
+                    data = thief.recv(4096)
+                    assert data, "the relay closed without an answer"
+                    answer += data
+            status, body, _ = decoded
+            assert status is Status.NOT_ADMITTED
+            assert "this header was seen before (replayed)" in body.decode()
+            relay.wait_log(r"refused 127\.0\.0\.1:\d+: .*this header was seen before \(replayed\)")
+            # The session it was recorded from goes on.
+            again = EchoResult()
+            echo_conversation(fport, 1 << 20, 16, again, deadline=60)
+            assert again.error is None, again.error
+        finally:
+            recorder.close()
