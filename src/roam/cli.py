@@ -210,10 +210,15 @@ def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_ke
                    "line (mode 600).")
 @click.option("--admit", type=click.Choice(["any"]), default=None,
               help="Admit every identity (nobody is admitted by default).")
+@click.option("--dial-allow", multiple=True, metavar="HOST:PORT",
+              help="Where the relay may dial for a client: the next relay, or a server "
+                   "without an uplink here (as the server's --allow: *, address, CIDR, "
+                   "name, *.suffix; port or *; repeatable)  [default: anywhere]")
 @_control_flag
 @_log_level
 def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
-          admit: str | None, control: str | None, log_level: str) -> None:
+          admit: str | None, dial_allow: tuple[str, ...], control: str | None,
+          log_level: str) -> None:
     """Run a relay: splice clients' transports to servers, seeing only ciphertext.
 
     Example: roam relay --listen 0.0.0.0:4434 --key relay.key --admit-keys admitted
@@ -225,7 +230,8 @@ def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
     # error to a reader once and then drops its watcher, and an idle
     # uplink's reset would go unseen (docs/relays.md). The bytes move in
     # the kernel either way.
-    _run("relay", run_relay(listen, key, admit_keys, admit_totp, admit, control), "asyncio")
+    _run("relay", run_relay(listen, key, admit_keys, admit_totp, admit, control,
+                            list(dial_allow)), "asyncio")
 
 
 @main.command()

@@ -139,12 +139,17 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
 
 
 async def run_relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
-                    admit: str | None, control: str | None = None) -> int:
+                    admit: str | None, control: str | None = None,
+                    dial_allow: list[str] | None = None) -> int:
     from roam.relay.config import relay_config
     from roam.relay.driver import Relay
 
     raise_open_files_limit()
-    config = relay_config(_address(listen, "--listen"), key, admit_keys, admit_totp, admit)
+    config = relay_config(_address(listen, "--listen"), key, admit_keys, admit_totp, admit,
+                          dial_allow)
+    if config.admit_any and config.dial_allow is None:
+        log.warning("--admit any without --dial-allow: anyone can have this relay dial any "
+                    "address; give --dial-allow for the servers and relays it may reach")
     relay = Relay(config)
     try:
         bound = relay.open()

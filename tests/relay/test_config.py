@@ -62,3 +62,20 @@ def test_a_relay_that_would_admit_nobody_is_a_configuration_error(tmp_path: Path
         relay_config(("127.0.0.1", 0), str(tmp_path / "relay.key"), None, None, "all")
     assert relay_config(("127.0.0.1", 0), str(tmp_path / "relay.key"), None, None,
                         "any").admit_any
+
+
+def test_dial_allow_is_parsed_as_the_servers_allow_rules_and_named_in_errors(
+        tmp_path: Path) -> None:
+    write_private_key(tmp_path / "relay.key", generate_private_key())
+    key = str(tmp_path / "relay.key")
+    config = relay_config(("127.0.0.1", 0), key, None, None, "any",
+                          ["198.19.0.0/16:*", "*.corp.example:4433"])
+    assert config.dial_allow is not None
+    assert config.dial_allow.allows_address("198.19.1.2", 7400)
+    assert not config.dial_allow.allows_address("10.0.0.1", 7400)
+    assert relay_config(("127.0.0.1", 0), key, None, None, "any").dial_allow is None
+    with pytest.raises(ConfigError, match=r"--dial-allow '10\.0\.0\.0/33:1': '10\.0\.0\.0/33' "
+                                          "is not a valid CIDR network"):
+        relay_config(("127.0.0.1", 0), key, None, None, "any", ["10.0.0.0/33:1"])
+    with pytest.raises(ConfigError, match=r"--dial-allow 'h:x'.*port 'x'"):
+        relay_config(("127.0.0.1", 0), key, None, None, "any", ["h:x"])

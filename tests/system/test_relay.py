@@ -268,3 +268,28 @@ def test_a_recorded_admission_replayed_to_the_relay_is_refused(tmp_path: Path) -
             assert again.error is None, again.error
         finally:
             recorder.close()
+
+
+def test_a_relay_dials_only_what_its_dial_allow_names(tmp_path: Path) -> None:
+    keys = Keys.make(tmp_path / "keys")
+    rkey, rpub = relay_keys(keys.dir)
+    admitted = keys.dir / "admitted"
+    admitted.write_text(f"{keys.client_pub} laptop\n")
+    with Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+        _server, sport = procs.server(keys, f"127.0.0.1:{echo}")
+        # This relay may reach the server's port on loopback, nothing else.
+        open_relay = start_relay(procs, rkey, 0, "--admit-keys", str(admitted),
+                                 "--dial-allow", f"127.0.0.0/8:{sport}", name="allowed")
+        _client, fport = start_client(procs, keys, sport,
+                                      int(open_relay.ready.rsplit(":", 1)[1]), rpub, echo)
+        result = EchoResult()
+        echo_conversation(fport, 1 << 20, 17, result, deadline=60)
+        assert result.error is None, result.error
+        closed = start_relay(procs, rkey, 0, "--admit-keys", str(admitted),
+                             "--dial-allow", "127.0.0.1:1", name="closed")
+        client, _ = start_client(procs, keys, sport, int(closed.ready.rsplit(":", 1)[1]), rpub,
+                                 echo, name="refused-client", ready=None)
+        client.wait_log(rf"relay r1 refused the transport \(NOT_ADMITTED\): this relay does "
+                        rf"not dial 127\.0\.0\.1:{sport} \(not in its --dial-allow\)", timeout=20)
+        closed.wait_log(r"refused: this relay does not dial")

@@ -63,9 +63,9 @@ class AllowRule:
     below: bool = False  # *.name: only names strictly below `name`
 
     @classmethod
-    def parse(cls, text: str) -> AllowRule:
-        host, port_text = split_host_port(text, "--allow")
-        port = parse_port(port_text, f"--allow {text!r}", wildcard=True)
+    def parse(cls, text: str, flag: str = "--allow") -> AllowRule:
+        host, port_text = split_host_port(text, flag)
+        port = parse_port(port_text, f"{flag} {text!r}", wildcard=True)
         if host == "*":
             return cls(text, None, None, port)
         try:
@@ -73,16 +73,16 @@ class AllowRule:
         except ValueError:
             pass
         if "/" in host:
-            raise ConfigError(f"--allow {text!r}: {host!r} is not a valid CIDR network")
+            raise ConfigError(f"{flag} {text!r}: {host!r} is not a valid CIDR network")
         below = host.startswith("*.")
         if below:
             host = host[2:]
         if "*" in host:
-            raise ConfigError(f"--allow {text!r}: a wildcard may only lead a name (*.example.com)")
+            raise ConfigError(f"{flag} {text!r}: a wildcard may only lead a name (*.example.com)")
         try:
             name = DnsName.parse(host)
         except InvalidHost as exc:
-            raise ConfigError(f"--allow {text!r}: {exc}") from None
+            raise ConfigError(f"{flag} {text!r}: {exc}") from None
         return cls(text, None, name, port, below)
 
     def port_ok(self, port: int) -> bool:
@@ -107,8 +107,8 @@ class AccessList:
         self.rules = rules
 
     @classmethod
-    def parse(cls, texts: list[str]) -> AccessList:
-        return cls([AllowRule.parse(t) for t in texts])
+    def parse(cls, texts: list[str], flag: str = "--allow") -> AccessList:
+        return cls([AllowRule.parse(t, flag) for t in texts])
 
     def allows_name(self, host: Host, port: int) -> bool:
         """True when a rule admits this host by name (or any host) on this port."""

@@ -7,6 +7,7 @@ import binascii
 import os
 from dataclasses import dataclass, field
 
+from roam.connector.allow import AccessList
 from roam.crypto.keys import (
     decode_public_key,
     load_authorized_keys,
@@ -25,6 +26,9 @@ class RelayConfig:
     admit_keys: dict[bytes, str] = field(default_factory=dict)
     admit_totp: dict[bytes, bytes] = field(default_factory=dict)
     admit_any: bool = False
+    # Where the relay may dial for a client (the next relay, or a server
+    # without an uplink here): None dials wherever an admitted client asks.
+    dial_allow: AccessList | None = None
 
 
 def load_totp_secrets(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
@@ -52,10 +56,13 @@ def load_totp_secrets(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
 
 
 def relay_config(listen: tuple[str, int], key: str, admit_keys: str | None,
-                 admit_totp: str | None, admit: str | None) -> RelayConfig:
+                 admit_totp: str | None, admit: str | None,
+                 dial_allow: list[str] | None = None) -> RelayConfig:
     if admit not in (None, "any"):
         raise ConfigError(f"--admit {admit!r}: the only value is 'any' (admit every identity)")
-    config = RelayConfig(listen, load_private_key(key), admit_any=admit == "any")
+    config = RelayConfig(listen, load_private_key(key), admit_any=admit == "any",
+                         dial_allow=(AccessList.parse(dial_allow, "--dial-allow")
+                                     if dial_allow else None))
     if admit_keys is not None:
         config.admit_keys = load_authorized_keys(admit_keys)
     if admit_totp is not None:

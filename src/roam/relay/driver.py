@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from roam.connector.allow import format_host_port, split_host_port
 from roam.crypto.keys import public_key, short_id
+from roam.names import Host, InvalidHost
 from roam.relay.admission import Admission
 from roam.relay.config import RelayConfig
 from roam.relay.core import Arrival, Refuse, Register, Splice
@@ -47,6 +48,10 @@ GO = b"\x01"
 # pipe ends each, so the listener backs off (and says so) when descriptors
 # run out rather than spinning.
 ACCEPT_BACKOFF_S = 0.1
+
+
+class DialRefused(Exception):
+    """The address a client asked the relay to dial is not in its --dial-allow."""
 
 
 @dataclass
@@ -188,6 +193,9 @@ class Relay:
         else:
             try:
                 onward = await self._dial(hop.address)
+            except DialRefused as exc:
+                await self._refuse(sock, Status.NOT_ADMITTED, str(exc))
+                return
             except (OSError, TimeoutError, ValueError) as exc:
                 await self._refuse(sock, Status.UNREACHABLE, f"cannot reach {hop.address}: "
                                    f"{exc or type(exc).__name__}")
@@ -224,6 +232,18 @@ class Relay:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(DIAL_TIMEOUT_S):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            allow = self.config.dial_allow
+            if allow is not None:
+                # As the server's --allow: a name rule admits the name, an
+                # address rule the address it resolves to, which is the one dialled.
+                try:
+                    by_name = allow.allows_name(Host.parse(host), port)
+                except InvalidHost as exc:
+                    raise DialRefused(f"this relay does not dial {address}: {exc}") from None
+                infos = [i for i in infos if by_name or allow.allows_address(str(i[4][0]), port)]
+                if not infos:
+                    raise DialRefused(f"this relay does not dial {address} (not in its "
+                                      "--dial-allow)")
             family, kind, proto, _, addr = infos[0]
             sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
