@@ -293,3 +293,36 @@ def test_a_relay_dials_only_what_its_dial_allow_names(tmp_path: Path) -> None:
         client.wait_log(rf"relay r1 refused the transport \(NOT_ADMITTED\): this relay does "
                         rf"not dial 127\.0\.0\.1:{sport} \(not in its --dial-allow\)", timeout=20)
         closed.wait_log(r"refused: this relay does not dial")
+
+
+def test_a_chain_of_four_relays_carries_a_session_and_each_relay_splices_it(
+        tmp_path: Path) -> None:
+    keys = Keys.make(tmp_path / "keys")
+    admitted = keys.dir / "admitted"
+    admitted.write_text(f"{keys.client_pub} laptop\n")
+    with Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+        _server, sport = procs.server(keys, f"127.0.0.1:{echo}")
+        hops: list[str] = []
+        relays: list[Proc] = []
+        for i in range(1, 5):
+            d = keys.dir / f"r{i}"
+            d.mkdir()
+            rkey, rpub = relay_keys(d)
+            relay = start_relay(procs, rkey, 0, "--admit-keys", str(admitted), name=f"r{i}")
+            relays.append(relay)
+            hops += ["--relay", f"r{i}=127.0.0.1:{relay.ready.rsplit(':', 1)[1]},key={rpub}"]
+        client = procs.start("client", [
+            sys.executable, "-m", "roam", "client", "--server", f"127.0.0.1:{sport}",
+            "--server-key", keys.server_pub, "--key", str(keys.client_key), *hops,
+            "--path", "chain:dev=lo,via=r1+r2+r3+r4", "--links", "static", "--no-udp",
+            "--forward", f"127.0.0.1:0=127.0.0.1:{echo}"], ready="forward")
+        fport = int(client.ready.split("=")[0].rsplit(":", 1)[1])
+        result = EchoResult()
+        echo_conversation(fport, 4 << 20, 18, result, deadline=60)
+        assert result.error is None, result.error
+        assert result.received == 4 << 20
+        for i, relay in enumerate(relays, 1):
+            onward = (rf"127\.0\.0\.1:{relays[i].ready.rsplit(':', 1)[1]}" if i < 4
+                      else rf"127\.0\.0\.1:{sport}")
+            relay.wait_log(rf"laptop\) is admitted\) spliced to {onward}")
