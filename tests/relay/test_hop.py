@@ -122,3 +122,14 @@ def test_replies_carry_a_status_and_a_body_and_may_arrive_in_pieces() -> None:
         h.decode_reply(b"ROAM\x00\x00\x00")
     with pytest.raises(ProtocolError, match="unknown relay status"):
         h.decode_reply(h.MAGIC + b"\x63\x00\x00")
+
+
+def test_reply_wanted_reads_exactly_one_reply_and_nothing_after_it() -> None:
+    reply = h.encode_reply(Status.OK, b"ticket")
+    stream = reply + b"the server's bytes"
+    got = b""
+    while h.decode_reply(got) is None:
+        got += stream[len(got):len(got) + h.reply_wanted(got)]
+    assert got == reply
+    assert h.reply_wanted(got) == 0
+    assert h.reply_wanted(b"") == 7

@@ -238,6 +238,14 @@ def refusal(status: Status, reason: str) -> bytes:
     return encode_reply(status, raw.decode("utf-8", "ignore").encode("utf-8"))
 
 
+def reply_wanted(data: bytes | bytearray) -> int:
+    """How many more bytes make `data` a whole reply as far as its header
+    tells: read exactly that many, so what follows the reply stays unread."""
+    if len(data) < REPLY.size:
+        return REPLY.size - len(data)
+    return max(0, REPLY.size + int.from_bytes(data[5:7], "big") - len(data))
+
+
 def decode_reply(data: bytes | bytearray) -> tuple[Status, bytes, int] | None:
     """(status, body, bytes used) once a whole reply is in `data`, else None."""
     if len(data) < REPLY.size:

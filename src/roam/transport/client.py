@@ -40,7 +40,7 @@ from roam.errors import (
     ServerBusy,
     TransportError,
 )
-from roam.relay.hop import REPLY, Proof, decode_reply
+from roam.relay.hop import Proof, decode_reply, reply_wanted
 from roam.relay.hop import Status as RelayStatus
 from roam.relay.route import RelayHop, route_headers
 from roam.transport.datagrams import ClientDatagrams
@@ -213,17 +213,12 @@ class Client:
         """Each relay's answer, in route order, before the server's: a ticket
         to keep, or a refusal that ends this attempt with the relay's reason."""
         for relay in self._owed.pop(proto, ()):
-            reply = await proto.read_exactly(REPLY.size, timeout)
+            reply = b""
             try:
-                decoded = decode_reply(reply)
-                if decoded is None:  # the header is in: read its body, exactly
-                    reply += await proto.read_exactly(int.from_bytes(reply[5:7], "big"),
-                                                      timeout)
-                    decoded = decode_reply(reply)
+                while (decoded := decode_reply(reply)) is None:
+                    reply += await proto.read_exactly(reply_wanted(reply), timeout)
             except RoamError as exc:
                 raise TransportError(f"relay {relay.name}: {exc}") from None
-            if decoded is None:
-                raise TransportError(f"relay {relay.name}: its reply ended early")
             status, body, _ = decoded
             if status is not RelayStatus.OK:
                 if status is RelayStatus.NOT_ADMITTED:

@@ -24,14 +24,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
-from roam.relay.hop import (
-    REPLY,
-    Hop,
-    HopKind,
-    Status,
-    decode_reply,
-    seal_hop,
-)
+from roam.relay.hop import Hop, HopKind, Status, decode_reply, reply_wanted, seal_hop
 from roam.relay.route import RelayHop
 
 log = logging.getLogger("roam")
@@ -106,16 +99,12 @@ class UplinkKeeper:
                 hop = Hop(HopKind.UPLINK, time.time_ns(), instance=self.instance)
                 await loop.sock_sendall(sock, seal_hop(hop, self._key, relay.key))
                 reply = b""
-                decoded = None
-                while decoded is None:
+                while (decoded := decode_reply(reply)) is None:
                     # Exactly the reply: what follows belongs to the idle uplink.
-                    want = REPLY.size if len(reply) < REPLY.size else (
-                        REPLY.size + int.from_bytes(reply[5:7], "big") - len(reply))
-                    data = await loop.sock_recv(sock, want)
+                    data = await loop.sock_recv(sock, reply_wanted(reply))
                     if not data:
                         raise ConnectionError("the relay closed the uplink")
                     reply += data
-                    decoded = decode_reply(reply)
             except BaseException:
                 sock.close()
                 raise
