@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import socket
@@ -48,6 +49,12 @@ GO = b"\x01"
 # pipe ends each, so the listener backs off (and says so) when descriptors
 # run out rather than spinning.
 ACCEPT_BACKOFF_S = 0.1
+# Connections whose header is not decided yet: each holds a socket and at
+# most MAX_HEADER plus one read (5 KiB), so strangers can make the relay hold
+# at most 5 MiB; beyond it a newcomer is told BUSY at once. An honest client
+# sends its header in its first segment: a thousand at once is a flood or a
+# mass reconnect, which backs off (the client's BUSY backoff) and comes back.
+MAX_PENDING = 1024
 
 
 class DialRefused(Exception):
@@ -72,8 +79,10 @@ class RelayStatistics:
 
 
 class Relay:
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(self, config: RelayConfig, *, max_pending: int = MAX_PENDING) -> None:
         self.config = config
+        self.max_pending = max_pending
+        self._pending = 0
         self.identity = public_key(config.private_key)
         self.admission = Admission(keys=config.admit_keys, totp=config.admit_totp,
                                    admit_any=config.admit_any,
@@ -124,6 +133,10 @@ class Relay:
                     sock.setblocking(False)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     peer = format_host_port(addr[0], addr[1])
+                    if self._pending >= self.max_pending:
+                        self._busy(sock, peer)
+                        continue
+                    self._pending += 1
                     tasks.create_task(self._arrival(sock, peer), name=f"relay-conn-{peer}")
         finally:
             listener.close()
@@ -133,7 +146,16 @@ class Relay:
 
     # ---- one connection -----------------------------------------------------------
 
+    def _busy(self, sock: socket.socket, peer: str) -> None:
+        reason = f"{self._pending} connections are waiting to be admitted; try again"
+        self._count_refusal(Status.BUSY)
+        log.warning("relay: refused %s: %s", peer, reason)
+        with contextlib.suppress(OSError):
+            sock.send(refusal(Status.BUSY, reason))  # a fresh socket's buffer takes it
+        sock.close()
+
     async def _arrival(self, sock: socket.socket, peer: str) -> None:
+        """Counted as pending (by the accept loop) until its header is decided."""
         keep = False
         try:
             keep = await self._decide(sock, peer)
@@ -150,12 +172,15 @@ class Relay:
         loop = asyncio.get_running_loop()
         arrival = Arrival(self.config.private_key, self.admission)
         decision = None
-        async with asyncio.timeout(HEADER_TIMEOUT_S):
-            while decision is None:
-                data = await loop.sock_recv(sock, READ_SIZE)
-                if not data:
-                    return False
-                decision = arrival.feed(data, time.time())
+        try:
+            async with asyncio.timeout(HEADER_TIMEOUT_S):
+                while decision is None:
+                    data = await loop.sock_recv(sock, READ_SIZE)
+                    if not data:
+                        return False
+                    decision = arrival.feed(data, time.time())
+        finally:
+            self._pending -= 1
         if isinstance(decision, Refuse):
             self._count_refusal(decision.status)
             log.info("relay: refused %s: %s", peer, decision.reason)
@@ -196,7 +221,15 @@ class Relay:
             except DialRefused as exc:
                 await self._refuse(sock, Status.NOT_ADMITTED, str(exc))
                 return
-            except (OSError, TimeoutError, ValueError) as exc:
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    await self._refuse(sock, Status.BUSY, "the relay is out of file "
+                                       "descriptors; try again")
+                else:
+                    await self._refuse(sock, Status.UNREACHABLE,
+                                       f"cannot reach {hop.address}: {exc.strerror or exc}")
+                return
+            except (TimeoutError, ValueError) as exc:
                 await self._refuse(sock, Status.UNREACHABLE, f"cannot reach {hop.address}: "
                                    f"{exc or type(exc).__name__}")
                 return
