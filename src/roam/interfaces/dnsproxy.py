@@ -27,6 +27,7 @@ from roam.interfaces.dnsintercept import (
     DnsInterceptor,
     TcpDnsFramer,
 )
+from roam.tasks import Tasks
 from roam.transport.driver import AppConnection, SessionDriver
 
 log = logging.getLogger("roam.dns")
@@ -78,7 +79,7 @@ class DnsProxy(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._listeners: dict[str, list[asyncio.Server]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("dns proxy")
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> tuple[str, int]:
@@ -115,16 +116,14 @@ class DnsProxy(asyncio.DatagramProtocol):
             for server in servers:
                 server.close()
         self._listeners.clear()
-        for task in (*self._tasks, *([self._sweeper] if self._sweeper else [])):
-            task.cancel()
+        self._tasks.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
     # ---- queries -----------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._udp_query(data, addr),
-                                                      name="dns-query")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._udp_query(data, addr), name="dns-query")
 
     async def _udp_query(self, data: bytes, addr: Any) -> None:
         answer = await self.answer(data, tcp=False)

@@ -19,6 +19,7 @@ from roam.core.frames import ChannelKind
 from roam.errors import CloseCode
 from roam.interfaces.forward import ForwardSpec
 from roam.names import Host, InvalidHost
+from roam.tasks import Tasks
 from roam.transport.driver import AppConnection, SessionDriver
 from roam.transport.ratelog import RateLimitedLog
 
@@ -62,7 +63,7 @@ class ReverseForwards:
     def __init__(self, specs: list[ForwardSpec]) -> None:
         self.specs = specs
         self._by_remote = {(s.listen_host, s.listen_port): s for s in specs}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("reverse forwards")
         # The server may open as often as it likes: one line a second at most.
         self._log_refused = RateLimitedLog(log)
 
@@ -88,11 +89,7 @@ class ReverseForwards:
             self._refuse(driver, e, CloseCode.NOT_ALLOWED,
                          f"no reverse forward for {host}:{e.port} on the client")
             return
-        task = asyncio.get_running_loop().create_task(self._connect(driver, e, spec),
-                                                      name=f"reverse-{e.channel}")
-        # Held until done: the loop keeps only a weak reference to a task.
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._connect(driver, e, spec), name=f"reverse-{e.channel}")
 
     def _refuse(self, driver: SessionDriver, e: ChannelOpenRequested, code: CloseCode,
                 reason: str) -> None:

@@ -31,6 +31,7 @@ from roam.interfaces.socks5 import (
     encode_udp_datagram,
     parse_udp_datagram,
 )
+from roam.tasks import Tasks
 from roam.transport.driver import AppConnection, SessionDriver
 
 log = logging.getLogger("roam.socks")
@@ -78,6 +79,7 @@ class SocksProxy:
         self.credentials = credentials
         Socks5Server(credentials)  # refuses unusable credentials now, not per connection
         self._server: asyncio.Server | None = None
+        self.tasks = Tasks("SOCKS5 proxy")  # the UDP associations' set-ups
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -94,6 +96,7 @@ class SocksProxy:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        self.tasks.cancel()
 
     def _accept(self) -> asyncio.Protocol:
         driver = self.current()
@@ -159,8 +162,7 @@ class SocksConnection(AppConnection):
         elif req.command is Command.UDP_ASSOCIATE:
             peer = self.transport.get_extra_info("peername")
             self.association = UdpAssociation(self, peer[0])
-            asyncio.get_running_loop().create_task(self.association.start(),
-                                                   name="socks-udp-associate")
+            self.proxy.tasks.spawn(self.association.start(), name="socks-udp-associate")
         else:
             self.transport.write(encode_reply(Reply.COMMAND_NOT_SUPPORTED))
             self.transport.close()

@@ -43,6 +43,7 @@ from roam.errors import (
 from roam.relay.hop import Proof, decode_reply, reply_wanted
 from roam.relay.hop import Status as RelayStatus
 from roam.relay.route import RelayHop, route_headers
+from roam.tasks import Tasks
 from roam.transport.datagrams import ClientDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
@@ -146,7 +147,7 @@ class Client:
         self.standby: tuple[Attachment, TransportProtocol] | None = None
         # The path of each transport the session has (by the core's number).
         self._paths: dict[int, Attachment | None] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("client")
         # Set when the core moves the session (a joined standby took over).
         self._switched: asyncio.Future[None] | None = None
         self._standby_key: CipherState | None = None
@@ -374,8 +375,7 @@ class Client:
         """One reconnect loop at a time; it runs until the session is attached
         and RESUMED (or a new session is made), however often it is lost meanwhile."""
         if self._reconnecting is None or self._reconnecting.done():
-            self._reconnecting = asyncio.get_running_loop().create_task(
-                self._reconnect(), name="reconnect")
+            self._reconnecting = self._tasks.spawn(self._reconnect(), name="reconnect")
 
     def _settled(self) -> bool:
         """Nothing for the reconnect loop to do: the session is attached on a
@@ -797,10 +797,7 @@ class Client:
         self._follow_datagrams(proto, target)
 
     def _follow_datagrams(self, proto: TransportProtocol, via: Attachment | None) -> None:
-        task = asyncio.get_running_loop().create_task(self._move_datagrams(proto, via),
-                                                      name="udp-follows")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._move_datagrams(proto, via), name="udp-follows")
 
     async def _move_datagrams(self, proto: TransportProtocol, via: Attachment | None) -> None:
         """UDP follows the stream transport: same path, same server address."""
@@ -812,6 +809,7 @@ class Client:
 
     def stop(self) -> None:
         self.stopped.set()
+        self._tasks.cancel()
         self.drop_standby()
         if self._reconnecting is not None:
             self._reconnecting.cancel()

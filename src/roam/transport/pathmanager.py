@@ -29,6 +29,7 @@ from roam.links.emulated import EmulatedDriver
 from roam.links.state import LinkState
 from roam.policy.policy import HandoverKind, NoUsablePath, Policy
 from roam.relay.route import RelayHop
+from roam.tasks import Tasks
 from roam.transport.client import Attachment, Client, HandoverRecord
 from roam.transport.datagrams import ClientDatagrams
 
@@ -62,7 +63,7 @@ class PathManager:
         # `roam switch NAME` pins the session to NAME: the policy's choices by
         # preference wait until that path stops working or `roam switch auto`.
         self._pinned: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = Tasks("path manager")
         self._standby_task: asyncio.Task[None] | None = None
         self._last_activity = time.monotonic()
         self._last_bytes = (0, 0)
@@ -80,12 +81,10 @@ class PathManager:
     async def start(self) -> None:
         await self.driver.start(self._links_changed)
         self.paths.links_changed(self.driver.snapshot(), None)
-        self._task = asyncio.get_running_loop().create_task(self._ticker(), name="path-policy")
+        self._tasks.spawn(self._ticker(), name="path-policy")
 
     async def close(self) -> None:
-        for task in (self._task, self._standby_task):
-            if task is not None:
-                task.cancel()
+        await self._tasks.close()
         await self.driver.close()
         self.events.close()
 
@@ -142,8 +141,7 @@ class PathManager:
         if isinstance(rebind, Rebind) and not self._busy:
             # The address our transport leaves from is gone: its packets (and
             # the answers to them) go nowhere now.
-            asyncio.get_running_loop().create_task(
-                self._rebind(rebind.path, rebind.reason), name="rebind")
+            self._tasks.spawn(self._rebind(rebind.path, rebind.reason), name="rebind")
             return
         asyncio.get_running_loop().call_soon(self._evaluate)
 
@@ -204,9 +202,8 @@ class PathManager:
             self._keep_standby()
             return
         soft = decision.kind is HandoverKind.SOFT
-        asyncio.get_running_loop().create_task(
-            self._decided(decision.target, soft, decision.reason),
-            name=f"handover-{decision.target}")
+        self._tasks.spawn(self._decided(decision.target, soft, decision.reason),
+                          name=f"handover-{decision.target}")
 
     # ---- the standby transport ------------------------------------------------
 
@@ -226,8 +223,8 @@ class PathManager:
             have = None
         if want is None or have is not None:
             return
-        self._standby_task = asyncio.get_running_loop().create_task(
-            self._open_standby(want), name=f"standby-{want}")
+        self._standby_task = self._tasks.spawn(self._open_standby(want),
+                                               name=f"standby-{want}")
 
     def _tell_datagrams(self, backup: str | None) -> None:
         """Redundant datagram channels send a copy on the backup path too: the

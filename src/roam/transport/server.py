@@ -33,6 +33,7 @@ from roam.core.states import TransportState
 from roam.crypto.keys import short_id
 from roam.crypto.records import RecordFramer, RecordOpener, RecordSealer
 from roam.errors import ProtocolError, TransportError
+from roam.tasks import Tasks
 from roam.transport.datagrams import DatagramListener, SessionDatagrams
 from roam.transport.driver import SessionDriver
 from roam.transport.protocol import TransportProtocol
@@ -119,7 +120,7 @@ class Server:
         self.config = config
         self.sessions: dict[bytes, SessionDriver] = {}
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("server")
         self._last_hello: dict[bytes, int] = {}
         # Transports in their opening, and of those the NEW handshakes.
         self.openings: Openings[TransportProtocol] = Openings(
@@ -154,8 +155,7 @@ class Server:
         close their applications' connections now instead of resuming."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         drivers = list(self.sessions.values())
         for driver in drivers:
             driver.close(reason="server shutting down")
@@ -191,9 +191,7 @@ class Server:
         if not admission.admitted:
             self._refuse_busy(proto, admission.reason)
             return
-        task = asyncio.get_running_loop().create_task(self._handle(proto), name="opening")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._handle(proto), name="opening")
 
     async def _handle(self, proto: TransportProtocol) -> None:
         try:
@@ -313,10 +311,8 @@ class Server:
             old.abort()  # one standby per session: the newest
         proto.write(park.reply)
         log.info("%s: standby transport parked from %s", driver.name, proto.peer)
-        task = asyncio.get_running_loop().create_task(
-            self._parked(proto, opening, driver, standby), name=f"standby-{sid.hex()[:8]}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._parked(proto, opening, driver, standby),
+                          name=f"standby-{sid.hex()[:8]}")
 
     async def _parked(self, proto: TransportProtocol, opening: ServerOpening,
                       driver: SessionDriver, standby: _Standby) -> None:
