@@ -236,6 +236,52 @@ def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
 
 @main.command()
 @_config_option
+@click.option("--listen", required=True, metavar="HOST:PORT",
+              help="Address where units register and look each other up.")
+@click.option("--key", required=True, type=_FilePath(),
+              help="This registrar's private key file (units pin its public key).")
+@click.option("--db", type=_FilePath(), default=None,
+              help="SQLite file keeping the registrations over a restart  "
+                   "[default: memory only]")
+@click.option("--allow-lookup", type=_FilePath(), default=None,
+              help="ASKER TARGET per line (public keys or *): who may look up whom, "
+                   "beyond each unit's own list.")
+@_control_flag
+@_log_level
+def registrar(listen: str, key: str, db: str | None, allow_lookup: str | None,
+              control: str | None, log_level: str) -> None:
+    """Run a registrar: where each unit is now, for the units allowed to know.
+
+    \b
+    Example: roam registrar --listen 0.0.0.0:4440 --key registrar.key
+               --db /var/lib/roam/registrar.db
+    """
+    from roam.daemons import run_registrar
+
+    _setup_logging(log_level, "registrar")
+    _run("registrar", run_registrar(listen, key, db, allow_lookup, control), "asyncio")
+
+
+@main.command()
+@click.argument("public_key", metavar="PUBLIC_KEY")
+@click.option("--registrar", "registrars", multiple=True,
+              metavar="HOST:PORT,key=PUBKEY", help="A registrar to ask (repeatable).")
+@click.option("--key", required=True, type=_FilePath(),
+              help="Your private key file: the registrar answers by who asks.")
+def lookup(public_key: str, registrars: tuple[str, ...], key: str) -> None:
+    """Show what the registrars know of a unit: its addresses and relays.
+
+    \b
+    Example: roam lookup SERVER_PUB --key client.key
+               --registrar 198.51.100.9:4440,key=REGISTRAR_PUB
+    """
+    from roam.daemons import run_lookup
+
+    _run("lookup", run_lookup(public_key, key, list(registrars)), "asyncio")
+
+
+@main.command()
+@_config_option
 @click.option("--server", "server_addr", required=True, multiple=True,
               metavar="HOST:PORT | NAME=HOST:PORT,key=PUBKEY",
               help="The roam server's address; repeat with NAME=...,key=... for several "
@@ -366,14 +412,18 @@ def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None
               help="The daemon's control socket (default: the client's).")
 @click.option("--server", "of_server", is_flag=True, help="Ask the server daemon instead.")
 @click.option("--relay", "of_relay", is_flag=True, help="Ask the relay daemon instead.")
+@click.option("--registrar", "of_registrar", is_flag=True,
+              help="Ask the registrar daemon instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
-def status(control: str | None, of_server: bool, of_relay: bool, as_json: bool) -> None:
+def status(control: str | None, of_server: bool, of_relay: bool, of_registrar: bool,
+           as_json: bool) -> None:
     """Show paths, the active path, channels and the handover history."""
     from roam.control.render import render_status
 
-    if of_server and of_relay:
-        raise click.UsageError("ask --server or --relay, not both")
-    role = "server" if of_server else "relay" if of_relay else "client"
+    if of_server + of_relay + of_registrar > 1:
+        raise click.UsageError("ask one of --server, --relay and --registrar")
+    role = ("server" if of_server else "relay" if of_relay
+            else "registrar" if of_registrar else "client")
     result = _ask(control, role, "status")
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))

@@ -11,14 +11,15 @@ import asyncio
 import dataclasses
 import logging
 import resource
+import sys
 
 from roam.connector.allow import AccessList, format_host_port, parse_port, split_host_port
 from roam.connector.connector import Connector
 from roam.control.server import ControlServer, Handler, default_control_path
 from roam.core.compress import AUTO, CompressionMode
 from roam.core.session import SessionConfig
-from roam.crypto.keys import load_authorized_keys, load_private_key
-from roam.errors import ConfigError
+from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
+from roam.errors import ConfigError, KeyFileError
 from roam.transport.driver import SessionDriver
 from roam.transport.server import MAX_OPENINGS, Server, ServerConfig
 
@@ -177,3 +178,53 @@ def _transports(driver: SessionDriver) -> list[dict[str, object]]:
     states = driver.session.transport_ids()
     return [{"id": tid, "state": states[tid].value if tid in states else "gone",
              "peer": proto.peer} for tid, proto in sorted(driver.carriers().items())]
+
+
+async def run_registrar(listen: str, key: str, db: str | None, allow_lookup: str | None,
+                        control: str | None = None) -> int:
+    from roam.registrar.config import registrar_config
+    from roam.registrar.driver import Registrar
+
+    config = registrar_config(_address(listen, "--listen"), key, db, allow_lookup)
+    registrar = Registrar(config)
+    try:
+        bound = registrar.open()
+    except OSError as exc:
+        raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
+    log.info("registrar %s: %d units on record (%s)", registrar.status()["identity"],
+             len(registrar.registry), config.db)
+    _ready(f"listening {format_host_port(bound[0], bound[1])}")
+
+    async def status(_: dict[str, object]) -> object:
+        return {"listening": format_host_port(bound[0], bound[1]), **registrar.status()}
+
+    ctl = await _control(control, "registrar", {"status": status})
+    try:
+        await registrar.run()
+    finally:
+        if ctl is not None:
+            await ctl.close()
+    return 0
+
+
+async def run_lookup(target: str, key: str, registrars: list[str]) -> int:
+    from roam.registrar.messages import Found
+    from roam.registrar.unit import lookup, parse_registrar
+
+    if not registrars:
+        raise ConfigError("--registrar is needed: where to ask (HOST:PORT,key=PUBLIC_KEY)")
+    specs = [parse_registrar(r) for r in registrars]
+    try:
+        peer = decode_public_key(target)
+    except KeyFileError as exc:
+        raise ConfigError(f"PUBLIC_KEY {target!r}: {exc}") from None
+    answer = await lookup(specs, load_private_key(key), peer)
+    if not isinstance(answer, Found):
+        print(f"roam lookup: {answer.reason}", file=sys.stderr)
+        return 2
+    for address in answer.addresses:
+        print(address)
+    for relay in answer.relays:
+        print(f"via {relay}")
+    print(f"expires in {answer.expires_in_s:.0f} s")
+    return 0

@@ -106,3 +106,12 @@ def test_a_client_with_several_servers_shows_a_section_each() -> None:
                                       "session attached; active path wifi; 2 channel(s)"]
     assert second.splitlines() == [" (198.19.0.3:7000)", "session none; active path -; "
                                    "0 channel(s)"]
+
+
+def test_a_registrar_shows_its_units_and_refusals() -> None:
+    text = render_status({"role": "registrar", "identity": "AbCd1234",
+                          "listening": "127.0.0.1:4440", "units": 3, "db": "reg.db",
+                          "registrations": 7, "lookups": 9, "found": 8,
+                          "refused": {"REPLAYED": 1}, "connections": 0})
+    assert text == ("registrar AbCd1234 listening 127.0.0.1:4440; 3 unit(s) on record "
+                    "(reg.db); 7 registrations, 9 lookups (8 found) so far; refused: 1 REPLAYED")

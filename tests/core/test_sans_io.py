@@ -31,9 +31,11 @@ def _imports(path: Path) -> set[str]:
 # The relay's decisions (hop headers, admission, arrivals, uplinks, routes) too.
 RELAY = [CORE.parent / "relay" / f"{name}.py"
          for name in ("hop", "admission", "core", "uplinks", "route")]
+REGISTRAR = [CORE.parent / "registrar" / f"{name}.py"
+             for name in ("messages", "channel", "records")]
 DECIDING = [*sorted(CORE.glob("*.py")), *sorted((CORE.parent / "crypto").glob("*.py")),
             *sorted((CORE.parent / "policy").glob("*.py")), CORE.parent / "links" / "state.py",
-            *RELAY]
+            *RELAY, *REGISTRAR]
 
 
 def test_whatever_core_imports_from_roam_is_checked_too() -> None:

@@ -41,6 +41,13 @@ def _relay(status: dict[str, Any]) -> str:
 def render_status(status: dict[str, Any]) -> str:
     if status.get("role") == "relay":
         return _relay(status)
+    if status.get("role") == "registrar":
+        refused = status.get("refused") or {}
+        return (f"registrar {status['identity']} listening {status['listening']}; "
+                f"{status['units']} unit(s) on record ({status['db']}); "
+                f"{status['registrations']} registrations, {status['lookups']} lookups "
+                f"({status['found']} found) so far; refused: "
+                + (", ".join(f"{n} {why}" for why, n in sorted(refused.items())) or "none"))
     if "sessions" in status:
         return _server(status)
     if status.get("servers"):  # a client with several servers: a section each

@@ -1,0 +1,122 @@
+"""The registrar daemon with real processes on loopback: registrations that
+survive a restart, replays and wrong keys refused, lookups only for those
+allowed, garbage on its port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from roam.crypto.keys import encode_key, generate_private_key, public_key, write_private_key
+from roam.registrar.messages import Code, Found, Lookup, Refused, Register, Registered
+from roam.registrar.unit import RegistrarError, RegistrarSpec, ask
+
+from .harness import ENV, Procs
+from .test_relay import free_port
+
+REG = generate_private_key()
+SERVER = generate_private_key()
+CLIENT = generate_private_key()
+STRANGER = generate_private_key()
+
+
+def start(procs: Procs, tmp: Path, port: int, name: str = "registrar") -> None:
+    key = tmp / "registrar.key"
+    if not key.exists():
+        write_private_key(key, REG)
+    procs.start(name, [sys.executable, "-m", "roam", "registrar", "--listen",
+                       f"127.0.0.1:{port}", "--key", str(key), "--db", str(tmp / "reg.db"),
+                       "--control", str(tmp / f"{name}.sock")], ready="listening")
+
+
+def run(spec: RegistrarSpec, key: bytes, *requests: bytes) -> list[object]:
+    return list(asyncio.run(ask(spec, key, list(requests))))
+
+
+def test_registrations_survive_a_restart_and_only_allowed_units_see_them(
+        tmp_path: Path) -> None:
+    port = free_port()
+    spec = RegistrarSpec("127.0.0.1", port, public_key(REG))
+    stamp = time.time_ns()
+    registration = Register(stamp, 600, ("198.18.1.2:7000", "[2001:db8::2]:7000"),
+                            (f"dmz=198.18.9.1:4434,key={encode_key(public_key(REG))}",),
+                            frozenset({public_key(CLIENT)})).encode()
+    with Procs(tmp_path) as procs:
+        start(procs, tmp_path, port)
+        (answer,) = run(spec, SERVER, registration)
+        assert answer == Registered(600)
+        procs.procs[-1].popen.kill()
+        procs.procs[-1].popen.wait(10)
+        start(procs, tmp_path, port, name="registrar-again")
+        # After the restart: the client the server listed finds it, on the
+        # same connection as a second question; a stranger finds nothing.
+        found, again = run(spec, CLIENT, Lookup(public_key(SERVER)).encode(),
+                           Lookup(public_key(SERVER)).encode())
+        assert isinstance(found, Found)
+        assert found.addresses == ("198.18.1.2:7000", "[2001:db8::2]:7000")
+        assert found.relays[0].startswith("dmz=198.18.9.1:4434")
+        assert isinstance(again, Found)
+        assert again.addresses == found.addresses
+        (hidden,) = run(spec, STRANGER, Lookup(public_key(SERVER)).encode())
+        (unknown,) = run(spec, STRANGER, Lookup(public_key(STRANGER)).encode())
+        assert isinstance(hidden, Refused)
+        assert isinstance(unknown, Refused)
+        assert hidden.code is unknown.code is Code.NOT_FOUND  # not told it exists
+        # The same registration recorded and played again, even to the
+        # restarted registrar, is refused: its stamp is not newer.
+        (replayed,) = run(spec, SERVER, registration)
+        assert isinstance(replayed, Refused)
+        assert replayed.code is Code.REPLAYED
+        procs.procs[-1].wait_log(r"refused .*no newer than the last \(replayed\)")
+
+
+def test_a_unit_that_pins_another_registrar_key_is_refused_and_garbage_leaves_it_serving(
+        tmp_path: Path) -> None:
+    port = free_port()
+    with Procs(tmp_path) as procs:
+        start(procs, tmp_path, port)
+        wrong = RegistrarSpec("127.0.0.1", port, public_key(generate_private_key()))
+        with pytest.raises(RegistrarError, match="closed the connection"):
+            run(wrong, SERVER, Register(time.time_ns(), 60, ("198.18.1.2:7000",)).encode())
+        procs.procs[-1].wait_log(r"does not open with this registrar's key")
+        for junk in (b"GET / HTTP/1.1\r\n\r\n", b"RRG1\x00\x00", b"RRG1\xff\xff" + b"x" * 100,
+                     bytes(range(256))):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(100) == b""
+        spec = RegistrarSpec("127.0.0.1", port, public_key(REG))
+        (answer,) = run(spec, SERVER, Register(time.time_ns(), 60, ("198.18.1.2:7000",)).encode())
+        assert isinstance(answer, Registered)
+        out = subprocess.run([sys.executable, "-m", "roam", "status", "--registrar",
+                              "--control", str(tmp_path / "registrar.sock")],
+                             capture_output=True, text=True, env=ENV, timeout=30, check=True)
+        assert "1 unit(s) on record" in out.stdout
+        assert "BAD_REQUEST" in out.stdout
+
+
+def test_roam_lookup_prints_what_the_registrar_knows(tmp_path: Path) -> None:
+    port = free_port()
+    write_private_key(tmp_path / "client.key", CLIENT)
+    spec = RegistrarSpec("127.0.0.1", port, public_key(REG))
+    registrar = f"127.0.0.1:{port},key={encode_key(public_key(REG))}"
+    with Procs(tmp_path) as procs:
+        start(procs, tmp_path, port)
+        run(spec, SERVER, Register(time.time_ns(), 600, ("198.18.1.2:7000",), (),
+                                   frozenset({public_key(CLIENT)})).encode())
+        argv = [sys.executable, "-m", "roam", "lookup", "--key", str(tmp_path / "client.key"),
+                "--registrar", registrar]
+        out = subprocess.run([*argv, encode_key(public_key(SERVER))], capture_output=True,
+                             text=True, env=ENV, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0] == "198.18.1.2:7000"
+        missing = subprocess.run([*argv, encode_key(public_key(STRANGER))],
+                                 capture_output=True, text=True, env=ENV, timeout=30)
+        assert missing.returncode == 2
+        assert "no current address of" in missing.stderr
