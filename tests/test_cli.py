@@ -292,7 +292,7 @@ def test_client_missing_required_flag(tmp_path: Path, keys: Keys) -> None:
     run_roam(tmp_path, "client", "--server", "127.0.0.1:9", "--key", keys.client_key,
              code=1, err=["--server '127.0.0.1:9': no key: give key=PUBLIC_KEY", "--server-key"])
     run_roam(tmp_path, "client", "--server-key", keys.server_pub, "--key", keys.client_key,
-             code=2, err=["Missing option '--server'"])
+             code=1, err=["--server is needed", "or --server-key with --registrar"])
 
 
 def test_client_forward_to_a_server_it_does_not_know(tmp_path: Path, keys: Keys) -> None:

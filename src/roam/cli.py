@@ -180,12 +180,19 @@ _event_loop_flag = click.option(
 @click.option("--allow-listen", multiple=True, metavar="HOST:PORT",
               help="Where clients' reverse forwards may have the server listen "
                    "(repeatable). Default: nowhere.")
+@click.option("--registrar", "registrars", multiple=True, metavar="HOST:PORT,key=PUBKEY",
+              help="Register where this server can be reached at this registrar (repeatable; "
+                   "its authorized clients may look it up).")
+@click.option("--advertise", multiple=True, metavar="HOST:PORT",
+              help="The address to register (repeatable)  [default: the --listen address, "
+                   "or every interface's when it listens on all]")
 @_compress_flag
 @_control_flag
 @_log_level
 @_event_loop_flag
 def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_keys: str,
            allow: tuple[str, ...], linger: float, udp: bool, allow_listen: tuple[str, ...],
+           registrars: tuple[str, ...], advertise: tuple[str, ...],
            compression: CompressionMode, control: str | None, log_level: str,
            event_loop: str) -> None:
     """Run the server daemon beside the services."""
@@ -193,7 +200,8 @@ def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_ke
 
     _setup_logging(log_level, "server")
     _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp,
-                              list(allow_listen), compression, list(uplinks)), event_loop)
+                              list(allow_listen), compression, list(uplinks),
+                              list(registrars), list(advertise)), event_loop)
 
 
 @main.command()
@@ -282,10 +290,11 @@ def lookup(public_key: str, registrars: tuple[str, ...], key: str) -> None:
 
 @main.command()
 @_config_option
-@click.option("--server", "server_addr", required=True, multiple=True,
+@click.option("--server", "server_addr", multiple=True,
               metavar="HOST:PORT | NAME=HOST:PORT,key=PUBKEY",
               help="The roam server's address; repeat with NAME=...,key=... for several "
-                   "servers, each with a session of its own (the first is the default).")
+                   "servers, each with a session of its own (the first is the default). "
+                   "Without it, --server-key and --registrar find the server.")
 @click.option("--server-key", default=None, metavar="PUBKEY",
               help="The server's public key (base64), pinned (for a --server without key=).")
 @click.option("--key", required=True, type=_FilePath(),
@@ -344,6 +353,9 @@ def lookup(public_key: str, registrars: tuple[str, ...], key: str) -> None:
               help="Compute the relays' one-time codes from this base32 secret (mode 600).")
 @click.option("--relay-otp-prompt", is_flag=True, default=False,
               help="Ask for the relays' one-time code at start (from an authenticator app).")
+@click.option("--registrar", "registrars", multiple=True, metavar="HOST:PORT,key=PUBKEY",
+              help="Ask this registrar where the server is, at start without --server and "
+                   "after a failed resume (repeatable).")
 @_compress_flag
 @_control_flag
 @_log_level
@@ -356,8 +368,8 @@ def client(server_addr: tuple[str, ...], server_key: str | None, key: str,
            dns_listen: str | None,
            dns_intercept: tuple[str, ...], dns_pool: str | None, dns_upstream: str | None,
            dns_ports: str | None, relays: tuple[str, ...], relay_otp_secret: str | None,
-           relay_otp_prompt: bool, compression: CompressionMode, control: str | None,
-           log_level: str, event_loop: str) -> None:
+           relay_otp_prompt: bool, registrars: tuple[str, ...], compression: CompressionMode,
+           control: str | None, log_level: str, event_loop: str) -> None:
     """Run the client daemon on the mobile unit.
 
     \b
@@ -380,7 +392,8 @@ def client(server_addr: tuple[str, ...], server_key: str | None, key: str,
                               socks_auth, DnsOptions(dns_listen, list(dns_intercept), dns_pool,
                                                      dns_upstream, dns_ports),
                               list(reverse), list(transparent), compression,
-                              RelayOptions(list(relays), relay_otp_secret, code)), event_loop)
+                              RelayOptions(list(relays), relay_otp_secret, code),
+                              list(registrars)), event_loop)
 
 
 def _cleanup(ctx: click.Context, value: bool) -> None:

@@ -16,18 +16,18 @@ import dataclasses
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from roam.connector.allow import format_host_port, parse_port
+from roam.connector.allow import format_host_port, parse_port, split_host_port
 from roam.control.eventlog import EventLog
 from roam.control.server import Handler
 from roam.core.compress import AUTO, CompressionMode
 from roam.core.preamble import Suite
 from roam.core.session import SessionConfig
 from roam.crypto.cpu import default_cipher
-from roam.crypto.keys import load_private_key
+from roam.crypto.keys import decode_public_key, load_private_key, short_id
 from roam.daemons import _address, _control, _ready
-from roam.errors import ConfigError, ServerBusy, TransportError
+from roam.errors import ConfigError, KeyFileError, ServerBusy, TransportError
 from roam.interfaces.dnsintercept import AddressPool, DnsInterceptor, NamePatterns
 from roam.interfaces.dnsproxy import DnsProxy, default_upstream
 from roam.interfaces.forward import Forward, ForwardSpec
@@ -38,6 +38,8 @@ from roam.interfaces.udpforward import RedundantUdpForward, UdpForward
 from roam.links.driver import make_driver
 from roam.policy.paths import PathConfig, parse_paths
 from roam.policy.policy import Policy
+from roam.registrar.messages import Found
+from roam.registrar.unit import RegistrarSpec, lookup, parse_registrar
 from roam.relay.route import RelayHop, parse_relays, resolve_route
 from roam.servers import ServerSpec, parse_servers, server_for
 from roam.transport.client import BACKOFF, Client, ClientConfig, HandoverRecord, busy_delay
@@ -166,11 +168,16 @@ async def run_client(servers: list[str], server_key: str | None, key: str,
                      dns: DnsOptions | None = None, reverse: list[str] | None = None,
                      transparent: list[str] | None = None,
                      compression: CompressionMode = AUTO,
-                     relays: RelayOptions | None = None) -> int:
+                     relays: RelayOptions | None = None,
+                     registrars: list[str] | None = None) -> int:
+    registrar_specs = [parse_registrar(r) for r in registrars or []]
+    private = load_private_key(key)
+    if not servers and registrar_specs and server_key is not None:
+        # Named by identity alone: where it is comes from its registrars.
+        servers = [await _find_server(registrar_specs, private, server_key)]
     specs_of_servers = parse_servers(servers, server_key)
     relay_options = relays or RelayOptions([])
     known_relays = parse_relays(relay_options.relays)
-    private = load_private_key(key)
     specs = [ForwardSpec.parse(f) for f in forwards]
     for spec in specs:
         server_for(specs_of_servers, spec.server, f"--forward {spec}")
@@ -187,7 +194,8 @@ async def run_client(servers: list[str], server_key: str | None, key: str,
     otp = _relay_otp(relay_options)
     events = EventLog(event_log)
     sessions = {s.name: ServerSession(s, Client(ClientConfig(
-        s.host, s.port, s.key, private, SessionConfig(), suite, udp, compression, otp)), events)
+        s.host, s.port, s.key, private, SessionConfig(), suite, udp, compression, otp,
+        _locator(registrar_specs, private, s.key) if registrar_specs else None)), events)
         for s in specs_of_servers}
     first = sessions[specs_of_servers[0].name]
 
@@ -253,6 +261,36 @@ async def run_client(servers: list[str], server_key: str | None, key: str,
         if ctl is not None:
             await ctl.close()
         events.close()
+
+
+def _locator(specs: list[RegistrarSpec], private: bytes, server: bytes
+             ) -> Callable[[], Awaitable[tuple[str, int] | None]]:
+    async def locate() -> tuple[str, int] | None:
+        found = await lookup(specs, private, server)
+        if not isinstance(found, Found) or not found.addresses:
+            return None
+        host, port = split_host_port(found.addresses[0], "registered address")
+        return host, int(port)
+
+    return locate
+
+
+async def _find_server(specs: list[RegistrarSpec], private: bytes, server_key: str) -> str:
+    """HOST:PORT of the server from its registrars, asked until one knows."""
+    try:
+        key = decode_public_key(server_key)
+    except KeyFileError as exc:
+        raise ConfigError(f"--server-key: {exc}") from None
+    locate = _locator(specs, private, key)
+    attempt = 0
+    while (found := await locate()) is None:
+        delay = BACKOFF[min(attempt + 2, len(BACKOFF) - 1)]
+        log.warning("no registrar knows where server %s is; asking again in %.1f s",
+                    short_id(key), delay)
+        attempt += 1
+        await asyncio.sleep(delay)
+    log.info("the registrar has the server at %s", format_host_port(*found))
+    return format_host_port(*found)
 
 
 class _Stopped(Exception):

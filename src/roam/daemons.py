@@ -19,7 +19,7 @@ from roam.control.server import ControlServer, Handler, default_control_path
 from roam.core.compress import AUTO, CompressionMode
 from roam.core.session import SessionConfig
 from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
-from roam.errors import ConfigError, KeyFileError
+from roam.errors import ConfigError, KeyFileError, RoamError
 from roam.transport.driver import SessionDriver
 from roam.transport.server import MAX_OPENINGS, Server, ServerConfig
 
@@ -80,7 +80,12 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                      linger: float, control: str | None = None, udp: bool = True,
                      allow_listen: list[str] | None = None,
                      compression: CompressionMode = AUTO,
-                     uplinks: list[str] | None = None) -> int:
+                     uplinks: list[str] | None = None, registrars: list[str] | None = None,
+                     advertise: list[str] | None = None) -> int:
+    from roam.crypto.keys import encode_key
+    from roam.registrar.addresses import reachable_at
+    from roam.registrar.messages import check_address
+    from roam.registrar.unit import Registration, parse_registrar
     from roam.relay.route import parse_relay
     from roam.transport.uplink import UplinkKeeper
 
@@ -90,6 +95,14 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
     if listen is None and not relays:
         raise ConfigError("give --listen HOST:PORT, or --uplink to relays (or both)")
     host, port = _address(listen, "--listen") if listen is not None else ("", 0)
+    specs = [parse_registrar(r) for r in registrars or []]
+    for text in advertise or []:
+        try:
+            check_address(text)
+        except RoamError as exc:
+            raise ConfigError(f"--advertise {text!r}: {exc}") from None
+    if advertise and not specs:
+        raise ConfigError("--advertise needs --registrar HOST:PORT,key=...: where to say it")
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
     if not authorized:
@@ -102,9 +115,10 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                                  Connector(access, listen_access),
                                  SessionConfig(detached_timeout=linger), udp, compression))
     where = "none (uplinks only)"
+    bound_at: tuple[str, int] | None = None
     if listen is not None:
         try:
-            bound = await server.start()
+            bound = bound_at = await server.start()
         except OSError as exc:
             raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
         where = format_host_port(bound[0], bound[1])
@@ -126,12 +140,21 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                               "udp": d.datagrams.status() if d.datagrams else None}
                              for sid, d in server.sessions.items()]}
 
+    registration = None
+    if specs:
+        registration = Registration(
+            specs, private, reachable_at(bound_at, advertise or []),
+            lambda: [f"{r.name}={r.address},key={encode_key(r.key)}" for r in relays],
+            frozenset(authorized))
     ctl = await _control(control, "server", {"status": status})
     try:
-        if keeper is not None:
-            await keeper.run()
-        else:
-            await asyncio.Event().wait()
+        # One TaskGroup for what the daemon runs besides its listener.
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(asyncio.Event().wait(), name="serve")
+            if keeper is not None:
+                tasks.create_task(keeper.run(), name="uplinks")
+            if registration is not None:
+                tasks.create_task(registration.run(), name="registration")
     finally:
         if ctl is not None:
             await ctl.close()

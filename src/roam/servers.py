@@ -79,7 +79,8 @@ def parse_server(text: str, server_key: str | None) -> ServerSpec:
 def parse_servers(texts: Sequence[str], server_key: str | None) -> list[ServerSpec]:
     """Every --server, in order (the first is the default); names are unique."""
     if not texts:
-        raise ConfigError("--server is needed: where the server is (HOST:PORT)")
+        raise ConfigError("--server is needed: where the server is (HOST:PORT), or --server-key "
+                          "with --registrar to look it up")
     servers: list[ServerSpec] = []
     for text in texts:
         spec = parse_server(text, server_key)

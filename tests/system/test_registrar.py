@@ -120,3 +120,44 @@ def test_roam_lookup_prints_what_the_registrar_knows(tmp_path: Path) -> None:
                                  capture_output=True, text=True, env=ENV, timeout=30)
         assert missing.returncode == 2
         assert "no current address of" in missing.stderr
+
+
+def test_a_client_named_only_by_key_finds_its_server_and_finds_it_again_after_it_moved(
+        tmp_path: Path) -> None:
+    from .harness import EchoResult, Keys, echo_conversation
+
+    keys = Keys.make(tmp_path / "keys")
+    port = free_port()
+    registrar = f"127.0.0.1:{port},key={encode_key(public_key(REG))}"
+    with Procs(tmp_path) as procs:
+        start(procs, tmp_path, port)
+        echo = procs.service("echo")
+
+        def server(name: str) -> None:
+            procs.start(name, [
+                sys.executable, "-m", "roam", "server", "--listen", "127.0.0.1:0", "--key",
+                str(keys.server_key), "--authorized-keys", str(keys.authorized),
+                "--allow", f"127.0.0.1:{echo}", "--registrar", registrar], ready="listening")
+            procs.procs[-1].wait_log(r"registered 127\.0\.0\.1:\d+ at registrar")
+
+        server("server")
+        client = procs.start("client", [
+            sys.executable, "-m", "roam", "client", "--server-key", keys.server_pub,
+            "--key", str(keys.client_key), "--registrar", registrar, "--no-udp",
+            "--forward", f"127.0.0.1:0=127.0.0.1:{echo}"], ready="forward")
+        fport = int(client.ready.split("=")[0].rsplit(":", 1)[1])
+        first = EchoResult()
+        echo_conversation(fport, 1 << 20, 41, first, deadline=60)
+        assert first.error is None, first.error
+        client.wait_log(r"the registrar has the server at 127\.0\.0\.1:\d+")
+        # The server goes, and comes back elsewhere (another port): the
+        # client's resume fails where it was, and the registrar says where.
+        next(p for p in procs.procs if p.name == "server").popen.kill()
+        server("server-moved")
+        client.wait_log(r"the server moved: 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+", timeout=30)
+        # A restarted server knows no session: the client starts a new one there.
+        client.wait_log(r"new session with[\s\S]*new session with", timeout=30)
+        after = EchoResult()
+        echo_conversation(fport, 1 << 20, 42, after, deadline=60)
+        assert after.error is None, after.error
+        assert after.received == 1 << 20

@@ -12,7 +12,7 @@ import random
 import socket
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -116,6 +116,9 @@ class ClientConfig:
     # A relay's one-time code for the wall clock given (--relay-otp-secret or
     # a person's answer); None: relays admit this client by its key only.
     relay_otp: Callable[[float], int] | None = None
+    # Where the server is now, asked of its registrars after a failed
+    # resume (it may have moved: the double jump); None: the address is fixed.
+    locate: Callable[[], Awaitable[tuple[str, int] | None]] | None = None
 
 
 class Client:
@@ -164,6 +167,16 @@ class Client:
     def reconnecting(self) -> bool:
         """A transport was lost and the reconnect loop is finding another."""
         return self._reconnecting is not None and not self._reconnecting.done()
+
+    async def _relocate(self) -> None:
+        """Ask the registrars where the server is; move there if it moved."""
+        if self.config.locate is None:
+            return
+        found = await self.config.locate()
+        if found is not None and found != (self.config.server_host, self.config.server_port):
+            log.info("the server moved: %s -> %s:%d (its registrar says)", self.server,
+                     found[0], found[1])
+            self.config.server_host, self.config.server_port = found
 
     @property
     def server(self) -> str:
@@ -436,6 +449,7 @@ class Client:
                 log.info("resume attempt %d failed: %s", attempt, exc)
                 if via is not None:
                     self.on_attachment_failed(via, str(exc))
+                await self._relocate()
 
     async def _await_join(self, driver: SessionDriver) -> bool:
         """The active transport was lost while a standby was still joining:
