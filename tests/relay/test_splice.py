@@ -5,6 +5,7 @@ loop and on uvloop, over real loopback TCP."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import os
@@ -18,7 +19,7 @@ from typing import Protocol
 import pytest
 import uvloop
 
-from roam.relay.splice import SpliceStats, splice
+from roam.relay.splice import PipePool, SpliceStats, splice
 
 MiB = 1 << 20
 TCP_CLOSE = 7  # tcpi_state once a reset has arrived
@@ -366,15 +367,18 @@ def test_a_cancelled_splice_closes_its_pipes(runner: asyncio.Runner, connect: Co
             before = fds()
             stats = SpliceStats()
             splicing = asyncio.create_task(splice(relay_a, relay_b, stats=stats))
-            await until(lambda: fds() == before + 4)  # a pipe each way
             sending = None
-            if when == "held back":
+            if when == "idle":
+                await asyncio.sleep(0.05)
+                assert fds() == before  # an idle splice holds no pipe
+            else:
                 # The server reads nothing: the relay waits to write with a
-                # pipe that is not empty.
+                # pipe that is not empty, the only one it holds.
                 sending = asyncio.create_task(send(client, data(8 * MiB, 10)))
                 async with asyncio.timeout(5):
                     await settled(lambda: stats.a_to_b)
                 assert stats.a_to_b > 0
+                assert fds() == before + 2
             splicing.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await splicing
@@ -410,3 +414,71 @@ def test_sockets_that_may_block_are_the_callers_mistake(runner: asyncio.Runner) 
     finally:
         for sock in (a, b, timed, timed_peer):
             sock.close()
+
+
+def test_pipes_come_from_a_shared_pool_and_only_a_held_back_way_keeps_one(
+        runner: asyncio.Runner, connect: Connect, data: Callable[[int, int], bytes]) -> None:
+    """Many splices on one pool: idle ones hold no pipe, bytes that go straight
+    through borrow one and give it back, a way whose destination is behind
+    keeps exactly one until it catches up."""
+
+    async def main() -> None:
+        async with asyncio.timeout(15):
+            pool = PipePool(spare=4)
+            pairs = [(connect(buffers=64 * 1024), connect(buffers=64 * 1024))
+                     for _ in range(20)]
+            before = fds()
+            tasks = [asyncio.create_task(splice(ra, rb, pool=pool))
+                     for (_, ra), (_, rb) in pairs]
+            await asyncio.sleep(0.05)
+            assert pool.open == 0
+            assert fds() == before
+            for i, ((client, _), (server, _)) in enumerate(pairs):
+                await send(client, data(4096, i), end=False)
+                assert await receive(server, 4096) == data(4096, i)
+            assert pool.open <= 1  # borrowed and given back, one at a time
+            (client, _), (server, _) = pairs[0]
+            sending = asyncio.create_task(send(client, data(8 * MiB, 99)))
+            async with asyncio.timeout(5):
+                await settled(lambda: pool.open)
+            assert pool.open == 1
+            got = asyncio.create_task(receive(server))
+            await sending
+            server.shutdown(socket.SHUT_WR)
+            assert sha(await got) == sha(data(8 * MiB, 99))
+            for (client, _), (server, _) in pairs[1:]:
+                client.shutdown(socket.SHUT_WR)
+                server.shutdown(socket.SHUT_WR)
+            await asyncio.gather(*tasks)
+            # Nothing is held now; what is open is kept for the next readable way.
+            assert 1 <= pool.open <= pool.spare
+            pool.close()
+            assert pool.open == 0
+            assert fds() == before
+
+    runner.run(main())
+
+
+def test_out_of_descriptors_a_read_goes_through_python(
+        runner: asyncio.Runner, connect: Connect, data: Callable[[int, int], bytes]) -> None:
+    class Exhausted(PipePool):
+        def take(self) -> tuple[int, int, int]:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    up, down = data(2 * MiB, 21), data(2 * MiB, 22)
+
+    async def main() -> None:
+        async with asyncio.timeout(10):
+            client, relay_a = connect()
+            server, relay_b = connect()
+            stats = SpliceStats()
+            splicing = asyncio.create_task(splice(relay_a, relay_b, stats=stats,
+                                                  pool=Exhausted()))
+            results = await asyncio.gather(send(client, up), send(server, down),
+                                           receive(server), receive(client))
+            await splicing
+            assert sha(results[2]) == sha(up)
+            assert sha(results[3]) == sha(down)
+            assert (stats.a_to_b, stats.b_to_a) == (len(up), len(down))
+
+    runner.run(main())

@@ -25,7 +25,7 @@ from roam.relay.admission import Admission
 from roam.relay.config import RelayConfig
 from roam.relay.core import Arrival, Refuse, Register, Splice
 from roam.relay.hop import Next, Status, refusal
-from roam.relay.splice import SpliceStats, splice
+from roam.relay.splice import PipePool, SpliceStats, splice
 from roam.relay.uplinks import Uplinks
 
 log = logging.getLogger("roam")
@@ -45,9 +45,10 @@ KEEPALIVE_S = 15.0
 KEEPALIVE = b"\x00"
 # Written on an idle uplink when a client takes it: the client's bytes follow.
 GO = b"\x01"
-# One relay process holds ten thousand spliced sessions: 2 sockets and 4
-# pipe ends each, so the listener backs off (and says so) when descriptors
-# run out rather than spinning.
+# One relay process holds ten thousand spliced sessions: 2 sockets each
+# (pipes come from one pool, held only by a direction whose destination is
+# behind), so the listener backs off (and says so) when descriptors run out
+# rather than spinning.
 ACCEPT_BACKOFF_S = 0.1
 # Connections whose header is not decided yet: each holds a socket and at
 # most MAX_HEADER plus one read (5 KiB), so strangers can make the relay hold
@@ -88,6 +89,7 @@ class Relay:
                                    admit_any=config.admit_any,
                                    relay_private=config.private_key)
         self.uplinks = Uplinks()
+        self.pipes = PipePool()  # shared by every splice
         self.stats = RelayStatistics()
         self._idle: dict[int, _Idle] = {}
         self._ids = itertools.count(1)
@@ -140,6 +142,7 @@ class Relay:
                     tasks.create_task(self._arrival(sock, peer), name=f"relay-conn-{peer}")
         finally:
             listener.close()
+            self.pipes.close()
             for idle in self._idle.values():
                 idle.sock.close()
             self._idle.clear()
@@ -242,7 +245,7 @@ class Relay:
                  f"the uplink of {short_id(hop.target)}" if by_uplink else hop.address)
         try:
             await loop.sock_sendall(sock, decision.reply)
-            await splice(sock, onward, stats=stats, first_to_b=first)
+            await splice(sock, onward, stats=stats, first_to_b=first, pool=self.pipes)
         finally:
             onward.close()
             self.stats.active -= 1
@@ -345,6 +348,7 @@ class Relay:
             "identity": short_id(self.identity),
             "spliced": self.stats.spliced,
             "active": self.stats.active,
+            "pipes": self.pipes.open,
             "bytes_up": self.stats.bytes_up + live_up,
             "bytes_down": self.stats.bytes_down + live_down,
             "refused": dict(self.stats.refused),
