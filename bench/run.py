@@ -2,7 +2,7 @@
 
     python bench/run.py [--bytes N] [--rounds N] [--runs N] [--streams K]
                         [--only direct,pyforward,roam,roam-chacha,roam-asyncio,roam-relay,ssh-aes,
-                               ssh-chacha]
+                               ssh-chacha,ssh-jump]
                         [--out docs/benchmarks.md] [--json bench/results/session.json]
 
 For each path it measures throughput to a sink that replies with the byte count after
@@ -13,7 +13,10 @@ request/response latency (p50 and p99 over R rounds). Every figure is the median
 --runs runs, interleaved across the paths (all of their daemons run from the start).
 ssh -L runs twice, with aes128-gcm@openssh.com and with chacha20-poly1305@openssh.com;
 roam runs with its default cipher (AES-GCM where the CPU has AES instructions) and with
---cipher chachapoly.
+--cipher chachapoly. One hop between the two ends costs each its own: roam through one
+`roam relay` (roam-relay) against roam, and `ssh -L` through a second sshd with ProxyJump
+(ssh-jump, aes128-gcm@openssh.com on both hops) against `ssh -L`; the section gives both
+costs side by side.
 
 The sink and echo servers (bench/servers.py) run in processes of their own; roam and
 OpenSSH are started with throwaway keys in temporary directories. All traffic stays on
@@ -68,13 +71,18 @@ HOST = "127.0.0.1"
 START, END = "<!-- bench:session:start -->", "<!-- bench:session:end -->"
 READY_LIMIT = 20.0  # seconds for a tunnel to carry its first echo
 SSHD = Path("/usr/sbin/sshd")
-SSH_CIPHERS = {"ssh-aes": "aes128-gcm@openssh.com", "ssh-chacha": "chacha20-poly1305@openssh.com"}
+SSH_CIPHERS = {"ssh-aes": "aes128-gcm@openssh.com", "ssh-chacha": "chacha20-poly1305@openssh.com",
+               "ssh-jump": "aes128-gcm@openssh.com"}
 LABELS = {"direct": "direct", "pyforward": "2 plain Python forwarders (uvloop)",
           "roam": "roam", "roam-chacha": "roam --cipher chachapoly",
           "roam-asyncio": "roam --event-loop asyncio", "roam-relay": "roam through one relay",
-          "ssh-aes": "ssh -L aes128-gcm", "ssh-chacha": "ssh -L chacha20-poly1305"}
+          "ssh-aes": "ssh -L aes128-gcm", "ssh-chacha": "ssh -L chacha20-poly1305",
+          "ssh-jump": "ssh -L aes128-gcm through a jump host (ssh -J)"}
 ALIASES = {"ssh": ["ssh-aes", "ssh-chacha"]}
 REFERENCE = "ssh-aes"  # the ratio is roam's single stream over this path's
+# One hop's cost: (path with the hop, the same path without it, what the hop is).
+HOPS = (("roam-relay", "roam", "one roam relay"),
+        ("ssh-jump", "ssh-aes", "one ssh jump host"))
 
 
 @dataclass
@@ -202,8 +210,7 @@ def setup_roam(sink: int, echo: int, procs: Procs, row: Row, cipher: str = "auto
     return lsink, lecho, [server.pid, client.pid, *relay_pids]
 
 
-def setup_ssh(sink: int, echo: int, procs: Procs, row: Row,
-              cipher: str = "") -> tuple[int, int, list[int]]:
+def check_ssh_tools() -> None:
     if not SSHD.exists():
         print(f"bench: {SSHD} is missing: install openssh-server (scripts/setup-env does "
               "it when run as root); the ssh -L rows are not run", file=sys.stderr)
@@ -213,20 +220,43 @@ def setup_ssh(sink: int, echo: int, procs: Procs, row: Row,
             raise NotRunError(f"{tool} missing")
     with contextlib.suppress(PermissionError):  # privilege separation dir
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+
+def start_sshd(procs: Procs, name: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """(port, process) of an sshd of its own on a loopback port: a throwaway host key
+    and config in the path's temporary directory, admitting the path's user_key (made
+    once per path)."""
     tmp = procs.tmp
-    for key in ("host_key", "user_key"):
-        run_ok(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)])
-    (tmp / "authorized_keys").write_text((tmp / "user_key.pub").read_text())
+    if not (tmp / "user_key").exists():
+        run_ok(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "user_key")])
+        (tmp / "authorized_keys").write_text((tmp / "user_key.pub").read_text())
+    host_key = tmp / f"{name}_host_key"
+    run_ok(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
     port = free_port()
-    config = tmp / "sshd_config"
+    config = tmp / f"{name}_config"
     config.write_text("\n".join([
-        f"Port {port}", f"ListenAddress {HOST}", f"HostKey {tmp / 'host_key'}",
-        f"PidFile {tmp / 'sshd.pid'}", f"AuthorizedKeysFile {tmp / 'authorized_keys'}",
+        f"Port {port}", f"ListenAddress {HOST}", f"HostKey {host_key}",
+        f"PidFile {tmp / (name + '.pid')}", f"AuthorizedKeysFile {tmp / 'authorized_keys'}",
         "StrictModes no", "UsePAM no", "PubkeyAuthentication yes",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password", "AllowTcpForwarding yes",
         "X11Forwarding no", "LogLevel INFO", ""]))
-    sshd = procs.start("sshd", [str(SSHD), "-D", "-e", "-f", str(config)])
+    sshd = procs.start(name, [str(SSHD), "-D", "-e", "-f", str(config)])
+    wait_until(procs, lambda: accepts(port), name)
+    return port, sshd
+
+
+def negotiated_ciphers(procs: Procs) -> list[str]:
+    """The client->server cipher of each ssh connection the path's ssh log shows
+    (a ProxyJump's inner ssh logs into the same file, with -v passed on)."""
+    return re.findall(r"kex: client->server cipher: (\S+)", tail(procs.tmp / "ssh.log", 10**6))
+
+
+def setup_ssh(sink: int, echo: int, procs: Procs, row: Row,
+              cipher: str = "") -> tuple[int, int, list[int]]:
+    check_ssh_tools()
+    tmp = procs.tmp
+    port, sshd = start_sshd(procs, "sshd")
     lsink, lecho = free_port(), free_port()
     user = pwd.getpwuid(os.getuid()).pw_name
     opts = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes",
@@ -235,15 +265,48 @@ def setup_ssh(sink: int, echo: int, procs: Procs, row: Row,
            "-L", f"{lsink}:{HOST}:{sink}", "-L", f"{lecho}:{HOST}:{echo}",
            *(x for o in opts for x in ("-o", o)),
            "-i", str(tmp / "user_key"), "-p", str(port), f"{user}@{HOST}"]
-    wait_until(procs, lambda: accepts(port), "sshd")
     ssh = procs.start("ssh", cmd)
     wait_until(procs, lambda: probe(lsink, lecho), "ssh -L forwards")
     row.notes["command"] = shlex.join(cmd)
-    match = re.search(r"kex: client->server cipher: (\S+)", tail(procs.tmp / "ssh.log", 10**6))
-    row.notes["cipher"] = match.group(1) if match else "unknown"
+    found = negotiated_ciphers(procs)
+    row.notes["cipher"] = found[0] if found else "unknown"
     if cipher and row.notes["cipher"] != cipher:
         raise RuntimeError(f"ssh negotiated {row.notes['cipher']}, not {cipher}")
     return lsink, lecho, [sshd.pid, ssh.pid]
+
+
+def setup_ssh_jump(sink: int, echo: int, procs: Procs, row: Row,
+                   cipher: str = SSH_CIPHERS["ssh-jump"]) -> tuple[int, int, list[int]]:
+    """`ssh -L` to a second sshd through a first one with ProxyJump (`ssh -J`): the
+    forwarded bytes cross ssh, the jump sshd (a direct-tcpip channel) and the target
+    sshd. ProxyJump runs a second ssh (`ssh -W`) as a child of the first and passes it
+    -F and -v but no -o, -i or -c: both hops are set up in one ssh_config, each with
+    `cipher`. CPU counts both sshds and the ssh process tree (the inner ssh included)."""
+    check_ssh_tools()
+    tmp = procs.tmp
+    jump_port, jump = start_sshd(procs, "sshd-jump")
+    target_port, target = start_sshd(procs, "sshd-target")
+    user = pwd.getpwuid(os.getuid()).pw_name
+    config = tmp / "ssh_config"
+    common = [f"  HostName {HOST}", f"  User {user}", f"  IdentityFile {tmp / 'user_key'}",
+              "  IdentitiesOnly yes", "  StrictHostKeyChecking no",
+              "  UserKnownHostsFile /dev/null", "  BatchMode yes", f"  Ciphers {cipher}"]
+    config.write_text("\n".join([
+        "Host roam-bench-jump", f"  Port {jump_port}", *common,
+        "Host roam-bench-target", f"  Port {target_port}", *common,
+        "  ExitOnForwardFailure yes", ""]))
+    lsink, lecho = free_port(), free_port()
+    cmd = ["ssh", "-v", "-N", "-F", str(config), "-J", "roam-bench-jump",
+           "-L", f"{lsink}:{HOST}:{sink}", "-L", f"{lecho}:{HOST}:{echo}", "roam-bench-target"]
+    ssh = procs.start("ssh", cmd)
+    wait_until(procs, lambda: probe(lsink, lecho), "ssh -J -L forwards")
+    row.notes["command"] = shlex.join(cmd)
+    found = negotiated_ciphers(procs)
+    row.notes["cipher"] = " / ".join(found) if found else "unknown"
+    if len(found) != 2 or any(c != cipher for c in found):
+        raise RuntimeError(f"ssh -J negotiated {row.notes['cipher']} (jump / target), "
+                           f"not {cipher} on both hops")
+    return lsink, lecho, [jump.pid, target.pid, ssh.pid]
 
 
 def setup_pyforward(sink: int, echo: int, procs: Procs, row: Row) -> tuple[int, int, list[int]]:
@@ -280,6 +343,7 @@ SETUPS: dict[str, Setup] = {
     "roam-relay": lambda s, e, p, r: setup_roam(s, e, p, r, relay=True),
     "ssh-aes": lambda s, e, p, r: setup_ssh(s, e, p, r, SSH_CIPHERS["ssh-aes"]),
     "ssh-chacha": lambda s, e, p, r: setup_ssh(s, e, p, r, SSH_CIPHERS["ssh-chacha"]),
+    "ssh-jump": setup_ssh_jump,
 }
 
 
@@ -408,6 +472,52 @@ def draw(rows: list[Row], args: argparse.Namespace) -> list[tuple[str, Path]]:
     return [(title, path) for title, path in figs if path is not None]
 
 
+def pct(value: float | None, reference: float | None) -> str:
+    share = ratio(value, reference)
+    return "—" if share is None else f"{100 * share:.0f}%"
+
+
+def added(value: float | None, reference: float | None, digits: int = 1) -> str:
+    return "—" if value is None or reference is None else f"{value - reference:+.{digits}f}"
+
+
+def hop_lines(by: dict[str, Row], k: int) -> list[str]:
+    """What one hop costs each kind of path, measured in this run: the path with the
+    hop against the same path without it (HOPS)."""
+    lines: list[str] = []
+    for key, base_key, what in HOPS:
+        hop, base = by.get(key), by.get(base_key)
+        if hop is None and base is None:
+            continue
+        vs = f"{LABELS[key]} against {LABELS[base_key]}"
+        if hop is None or base is None or hop.status != "ok" or base.status != "ok":
+            why = ", ".join(f"{LABELS[x]} {by[x].status if x in by else 'not selected'}"
+                            for x in (key, base_key))
+            lines.append(f"- {what.capitalize()} ({vs}): not available ({why}).")
+            continue
+        share = ratio(hop.mbps, base.mbps)
+        delta = (hop.p50_us - base.p50_us
+                 if hop.p50_us is not None and base.p50_us is not None else None)
+        tput = (f"single stream **{pct(hop.mbps, base.mbps)}** of the throughput without it "
+                f"({fmt(hop.mbps)} against {fmt(base.mbps)} MB/s")
+        lat = (f"p50 **{added(hop.p50_us, base.p50_us)} µs** ({fmt(hop.p50_us)} against "
+               f"{fmt(base.p50_us)} µs")
+        if key == "roam-relay":  # the relay's aims: 90% of the throughput, < 30 µs per hop
+            tput += "; aim: at least 90%, " + (
+                "—" if share is None else "met" if share >= 0.9 else "not met")
+            lat += "; aim: under 30 µs, " + (
+                "—" if delta is None else "met" if delta < 30 else "not met")
+        lines.append(
+            f"- {what.capitalize()} ({vs}): {tput}), {k} streams "
+            f"{pct(hop.mbps_par, base.mbps_par)}; {lat}); CPU "
+            f"{added(hop.cpu_gib, base.cpu_gib, 2)} s/GiB and "
+            f"{added(hop.cpu_rt_us, base.cpu_rt_us)} µs per round trip.")
+    if lines:
+        lines[:0] = ["", "One hop between the ends, for each kind of path (the path through the "
+                     "hop against the same path without it, in this run):", ""]
+    return lines
+
+
 def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace,
            figures: list[tuple[str, Path]]) -> str:
     by = {r.key: r for r in rows}
@@ -438,6 +548,7 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace,
         why = ", ".join(f"{LABELS[key]} {by[key].status if key in by else 'not selected'}"
                         for key in ("roam", REFERENCE))
         lines.append(f"roam / ssh -L (aes128-gcm) ratio: not available ({why}; see the table).")
+    lines += hop_lines(by, k)
     lines += [""] + [f"![{title}](img/{path.name})" for title, path in figures]
     if not figures:
         lines.append("(No figures: matplotlib is not installed; `pip install -e '.[bench]'`.)")
@@ -451,7 +562,10 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace,
         "byte count after the half-close; MB/s = 10^6 bytes/s from the first byte to the last "
         "reply. CPU s/GiB: user + system time of both daemons of the path (roam client and "
         "server; ssh and sshd with its children) during the throughput runs, per 2^30 bytes "
-        "moved; direct has no daemons. Latency: one connection, 64-byte request, 64-byte "
+        "moved; direct has no daemons. Through one relay it counts the relay too; through a "
+        "jump host, both sshds with their children and ssh with the second ssh that "
+        "ProxyJump starts (`ssh -W`, which adds its own encryption for the jump hop around "
+        "the end-to-end one). Latency: one connection, 64-byte request, 64-byte "
         f"echo, {args.rounds} rounds per run (TCP_NODELAY, {load.WARMUP} warm-up rounds not "
         "counted in the percentiles); CPU per round trip is the user + system time of both "
         "daemons over all rounds of the run, warm-up included, per round. The benchmark "
@@ -460,7 +574,8 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace,
         f"- Date: {facts['date']}",
         f"- Machine: {machine_line(facts)}",
         f"- OpenSSH: {facts['openssh']}; default cipher {facts['ssh cipher']}; rows run with "
-        "`ssh -c aes128-gcm@openssh.com` and `ssh -c chacha20-poly1305@openssh.com` "
+        "`ssh -c aes128-gcm@openssh.com` and `ssh -c chacha20-poly1305@openssh.com`, the jump "
+        "host's with `Ciphers aes128-gcm@openssh.com` for both hops in its ssh_config "
         "(negotiated: " + ", ".join(
             f"{r.path}: {r.notes.get('cipher', 'n/a')}" for r in rows if r.key in SSH_CIPHERS)
         + "); roam's default cipher is AES-256-GCM on a CPU with AES instructions",

@@ -95,18 +95,32 @@ def test_python_forwarder_row(tmp_path: Path) -> None:
 
 def test_relay_row(tmp_path: Path) -> None:
     """roam through one relay on loopback: measured like any path, with the CPU
-    of the three daemons a byte crosses."""
-    text, raw = run_bench(tmp_path, "roam-relay", 4_000_000, 100)
+    of the three daemons a byte crosses, and set against roam in the same run."""
+    text, raw = run_bench(tmp_path, "roam,roam-relay", 4_000_000, 100)
+    assert_measured(text, raw, "roam")
     assert_measured(text, raw, "roam through one relay")
+    line = next(x for x in text.splitlines() if x.startswith("- One roam relay"))
+    assert "(roam through one relay against roam): single stream **" in line
+    assert re.search(r"\*\*\d+%\*\* of the throughput without it", line), line
+    assert re.search(r"p50 \*\*[+-]\d+\.\d µs\*\*", line), line
+    assert "aim: at least 90%" in line
+    assert "aim: under 30 µs" in line
+    assert "One ssh jump host" not in text  # neither of its rows was selected
 
 
-def test_ssh_row(tmp_path: Path) -> None:
+def require_sshd() -> None:
     if not SSHD.exists():
         reason = f"{SSHD} missing (scripts/setup-env installs openssh-server as root)"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    text, raw = run_bench(tmp_path, "ssh-aes", 4_000_000, 100)
+
+
+def test_ssh_rows(tmp_path: Path) -> None:
+    """ssh -L, and ssh -L through a jump host (a second sshd, ProxyJump), in one run:
+    both hops on aes128-gcm, CPU of both sshds and of both ssh processes."""
+    require_sshd()
+    text, raw = run_bench(tmp_path, "ssh-aes,ssh-jump", 4_000_000, 100)
     assert_measured(text, raw, "ssh -L aes128-gcm")
     cells = table_row(text, "ssh -L aes128-gcm")
     assert cells[3] == "1.00"
@@ -115,6 +129,22 @@ def test_ssh_row(tmp_path: Path) -> None:
     assert float(cells[8]) > 0
     assert "OpenSSH_" in text
     assert "ssh -L aes128-gcm: aes128-gcm@openssh.com" in text
+
+    jump = bench_run.LABELS["ssh-jump"]
+    assert_measured(text, raw, jump)
+    cells = table_row(text, jump)
+    assert re.fullmatch(r"\d+\.\d\d", cells[3]), cells  # against ssh -L aes128-gcm
+    assert re.fullmatch(r"\d+\.\d\d", cells[4]), cells
+    assert float(cells[8]) > 0
+    row = next(r for r in raw["rows"] if r["key"] == "ssh-jump")
+    assert row["notes"]["cipher"] == "aes128-gcm@openssh.com / aes128-gcm@openssh.com"
+    assert " -J roam-bench-jump " in row["notes"]["command"]
+    # ProxyJump's second ssh is counted: the tree of the first ssh holds it.
+    assert sum(r["cpu_s"] for r in row["runs"] + row["par_runs"]) > 0
+    line = next(x for x in text.splitlines() if x.startswith("- One ssh jump host"))
+    assert f"({jump} against ssh -L aes128-gcm): single stream **" in line
+    assert re.search(r"p50 \*\*[+-]\d+\.\d µs\*\*", line), line
+    assert "aim" not in line
 
 
 # -- pure pieces -----------------------------------------------------------------------
@@ -182,6 +212,8 @@ def test_replace_section() -> None:
 def test_parse_only() -> None:
     assert bench_run.parse_only("ssh,direct") == ["direct", "ssh-aes", "ssh-chacha"]
     assert bench_run.parse_only("roam-chacha, roam") == ["roam", "roam-chacha"]
+    assert bench_run.parse_only("ssh-jump,roam-relay,ssh-aes") == [
+        "roam-relay", "ssh-aes", "ssh-jump"]
     with pytest.raises(ValueError, match="telnet"):
         bench_run.parse_only("telnet")
     with pytest.raises(ValueError, match="nothing"):
@@ -214,6 +246,42 @@ def test_render_reports_the_ratio_to_ssh_aes() -> None:
     assert table_row(text, "roam")[8] == "90.0"
 
 
+def test_render_reports_one_hop_for_each_kind_of_path() -> None:
+    args = bench_run.parse_args(["--runs", "1", "--streams", "8", "--rounds", "10"])
+    rows = []
+    for key, mbps, p50, cpu in (("roam", 500.0, 250.0, 3.0), ("roam-relay", 460.0, 270.0, 3.5),
+                                ("ssh-aes", 600.0, 180.0, 2.5), ("ssh-jump", 300.0, 300.0, 6.0)):
+        row = bench_run.Row(key, bench_run.LABELS[key])
+        row.runs = [{"mbps": mbps, "bytes": 1, "timed_out": False, "cpu_s_per_gib": cpu}]
+        row.par_runs = [{"mbps": mbps / 2, "bytes": 1, "timed_out": False}]
+        row.latency_runs = [{"p50_us": p50, "p99_us": 900.0, "rounds": 10,
+                             "cpu_us_per_round": p50 / 2}]
+        bench_run.summarize(row)
+        rows.append(row)
+    facts = {"date": "d", "nproc": "2", "cpu": "c", "kernel": "k", "python": "p",
+             "openssh": "o", "ssh cipher": "s", "command": "c", "reproduce": "r"}
+    text = bench_run.render(rows, facts, args, [])
+    assert ("- One roam relay (roam through one relay against roam): single stream **92%** of "
+            "the throughput without it (460.0 against 500.0 MB/s; aim: at least 90%, met), "
+            "8 streams 92%; p50 **+20.0 µs** (270.0 against 250.0 µs; aim: under 30 µs, met); "
+            "CPU +0.50 s/GiB and +10.0 µs per round trip.") in text
+    assert ("- One ssh jump host (ssh -L aes128-gcm through a jump host (ssh -J) against "
+            "ssh -L aes128-gcm): single stream **50%** of the throughput without it (300.0 "
+            "against 600.0 MB/s), 8 streams 50%; p50 **+120.0 µs** (300.0 against 180.0 µs); "
+            "CPU +3.50 s/GiB and +60.0 µs per round trip.") in text
+    assert table_row(text, bench_run.LABELS["ssh-jump"])[3] == "0.50"
+    # A hop whose other row failed or was not selected says so instead of a figure.
+    rows[0].status, rows[0].error = "failed", "boom"
+    text = bench_run.render(rows[:2] + rows[3:], facts, args, [])
+    assert ("- One roam relay (roam through one relay against roam): not available (roam "
+            "through one relay ok, roam failed).") in text
+    assert ("- One ssh jump host (ssh -L aes128-gcm through a jump host (ssh -J) against ssh -L "
+            "aes128-gcm): not available (ssh -L aes128-gcm through a jump host (ssh -J) ok, "
+            "ssh -L aes128-gcm not selected).") in text
+    only_direct = bench_run.render(rows[:0], facts, args, [])
+    assert "One hop" not in only_direct
+
+
 def test_tunnels_refuses_without_root(monkeypatch: pytest.MonkeyPatch,
                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -226,7 +294,8 @@ def test_tunnels_refuses_without_root(monkeypatch: pytest.MonkeyPatch,
 def test_all_commands() -> None:
     args = bench_all.parse_args(["--quick", "--runs", "5", "--skip", "handover"])
     cmds = bench_all.commands(args)
-    assert list(cmds) == ["run", "tunnels", "compression", "scale", "handover"]
+    assert list(cmds) == ["run", "tunnels", "compression", "scale", "relayscale", "handover"]
+    assert cmds["relayscale"][1:] == ["bench/relayscale.py", "--sessions", "2000"]
     assert cmds["scale"][1:] == ["bench/scale.py", "--workers", "2", "--sessions", "2000",
                                  "--handover", "500"]
     assert cmds["compression"][1:4] == ["bench/compression.py", "--runs", "5"]
