@@ -649,8 +649,8 @@ def render(res: RelayScaleResult, argv: list[str]) -> str:
     quota = res.pipe_quota.get("pipe-user-pages-soft")
     m = res.machine
     lines += [
-        "", "The relay is a real `roam relay` process (asyncio, splice(2) through a pipe per "
-        "direction) with --admit-keys listing one key per session; its next hop is a plain "
+        "", "The relay is a real `roam relay` process (asyncio, splice(2) through pipes from "
+        "one pool) with --admit-keys listing one key per session; its next hop is a plain "
         "TCP echo service in a process of its own, dialled at the address each header "
         "names. The load generator is one asyncio process: for each session it seals a "
         "client hop header with roam.relay.route.route_headers (the session's own key), "
@@ -661,20 +661,20 @@ def render(res: RelayScaleResult, argv: list[str]) -> str:
         "is not in the RSS: the slab figure is the whole machine's /proc/meminfo Slab "
         "before and after (every end of a session, blurred by other work on the machine); "
         "an empty pipe holds no page, a pipe holding bytes up to 16 (64 KiB). Open files: "
-        "a spliced session holds 2 sockets in the relay, and 4 pipe ends more where each "
-        "direction keeps a pipe of its own (about 60,000 descriptors for 10,000 sessions); "
+        "a spliced session holds 2 sockets in the relay; a pipe is borrowed from the pool "
+        "only while a direction's destination is behind (about 20,100 descriptors for "
+        "10,000 sessions); "
         f"the relay ran with a limit of {res.relay_nofile} (the hard limit this script found "
         f"was {res.nofile_found}; as root with CAP_SYS_RESOURCE it raises it for its "
         "children). At its limit a relay cannot accept (connections wait in its accept "
         "queue, its control socket too), answers BUSY when it cannot dial onward, and "
-        "closes a session it could not make pipes for."
+        "moves a read through Python when it cannot make a pipe."
         + (f" Pipes: an unprivileged relay's pipes past fs.pipe-user-pages-soft ({quota} "
            "pages: 1,024 default pipes) get 2 pages (8 KiB) instead of 16; root is not held "
            "to it." if quota else ""),
         "",
         f"- Date: {m.get('date')}; {machine_line(m)}",
-        f"- Command: `python bench/relayscale.py {shlex.join(argv)}`; raw results in "
-        "`bench/results/relayscale.json`"]
+        f"- Command: `python bench/relayscale.py {shlex.join(argv)}`"]
     return "\n".join(lines)
 
 
