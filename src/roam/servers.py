@@ -12,16 +12,15 @@ on it: the client itself may never be able to reach it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from roam.connector.allow import format_host_port, parse_port, split_host_port
 from roam.crypto.keys import decode_public_key
 from roam.errors import ConfigError, KeyFileError
+from roam.pinned import NAME_RULE, is_name
 
 DEFAULT_NAME = "server"  # what an unnamed --server is called in status and logs
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +36,7 @@ class ServerSpec:
 
 
 def is_server_name(text: str) -> bool:
-    return _NAME.fullmatch(text) is not None
+    return is_name(text)
 
 
 def parse_server(text: str, server_key: str | None) -> ServerSpec:
@@ -52,8 +51,7 @@ def parse_server(text: str, server_key: str | None) -> ServerSpec:
     if eq:
         name = name.strip()
         if not is_server_name(name):
-            raise fail("expected NAME=HOST:PORT,key=PUBLIC_KEY (NAME: letters, digits, '.', "
-                       "'_', '-')")
+            raise fail(f"expected NAME=HOST:PORT,key=PUBLIC_KEY (NAME: {NAME_RULE})")
     else:
         name, address = DEFAULT_NAME, named
     if comma:

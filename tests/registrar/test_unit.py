@@ -17,7 +17,7 @@ def test_a_registrar_is_an_address_and_a_pinned_key() -> None:
 
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("198.18.0.1:4440", "expected HOST:PORT,key=PUBLIC_KEY"),
+    ("198.18.0.1:4440", "missing key=PUBLIC_KEY (the registrar's identity"),
     (f"198.18.0.1,key={KEY}", "expected HOST:PORT"),
     ("198.18.0.1:4440,key=abc", "--registrar '198.18.0.1:4440,key=abc'"),
 ])

@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from roam.connector.allow import format_host_port, parse_port, split_host_port
-from roam.crypto.keys import decode_public_key, short_id
-from roam.errors import ConfigError, KeyFileError, ProtocolError
+from roam.connector.allow import format_host_port
+from roam.crypto.keys import short_id
+from roam.errors import ProtocolError
+from roam.pinned import parse_pinned
 from roam.registrar.channel import UnitChannel
 from roam.registrar.messages import (
     Answer,
@@ -53,19 +54,7 @@ class RegistrarSpec:
 
 def parse_registrar(text: str) -> RegistrarSpec:
     """`HOST:PORT,key=PUBLIC_KEY`; a ConfigError names the problem."""
-    address, comma, key_part = text.partition(",")
-    if not comma or not key_part.startswith("key="):
-        raise ConfigError(f"--registrar {text!r}: expected HOST:PORT,key=PUBLIC_KEY (the "
-                          "registrar's identity, from roam pubkey)")
-    host, port_text = split_host_port(address, "--registrar")
-    port = parse_port(port_text, "--registrar")
-    if port is None:
-        raise ConfigError(f"--registrar {text!r}: the registrar's address needs a port")
-    try:
-        key = decode_public_key(key_part[4:].strip())
-    except KeyFileError as exc:
-        raise ConfigError(f"--registrar {text!r}: {exc}") from None
-    return RegistrarSpec(host, port, key)
+    return RegistrarSpec(*parse_pinned(text, flag="--registrar", text=text, whose="registrar"))
 
 
 class RegistrarError(ProtocolError):

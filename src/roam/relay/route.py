@@ -15,19 +15,17 @@ Sans-IO: the wall clock comes in as an argument.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from roam.connector.allow import format_host_port, parse_port, split_host_port
-from roam.crypto.keys import decode_public_key
-from roam.errors import ConfigError, KeyFileError
+from roam.connector.allow import format_host_port
+from roam.errors import ConfigError
+from roam.pinned import NAME_RULE, is_name, parse_pinned
 from roam.relay.hop import Hop, HopKind, Next, Proof, seal_hop
 
 # The issue asks for chains of at least 4; each hop costs the client one
 # X25519 pair and the transport one header (at most 1 KiB) per connect.
 MAX_HOPS = 8
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,22 +50,11 @@ def parse_relay(text: str, *, flag: str = "--relay", name: str | None = None) ->
     if name is None:
         name, eq, rest = text.partition("=")
         name = name.strip()
-        if not eq or not _NAME.fullmatch(name):
-            raise fail("expected NAME=HOST:PORT,key=PUBLIC_KEY (NAME: letters, digits, '.', "
-                       "'_', '-')")
+        if not eq or not is_name(name):
+            raise fail(f"expected NAME=HOST:PORT,key=PUBLIC_KEY (NAME: {NAME_RULE})")
     else:
         rest = text
-    address, comma, key_part = rest.partition(",")
-    if not comma or not key_part.startswith("key="):
-        raise fail("missing key=PUBLIC_KEY (the relay's identity, from roam pubkey)")
-    host, port_text = split_host_port(address.strip(), f"{flag} {text!r}")
-    port = parse_port(port_text, f"{flag} {text!r}")
-    if port is None or port == 0:
-        raise fail("the relay's address needs a port")
-    try:
-        key = decode_public_key(key_part[4:].strip())
-    except KeyFileError as exc:
-        raise fail(str(exc)) from None
+    host, port, key = parse_pinned(rest, flag=flag, text=text, whose="relay")
     return RelayHop(name, host, port, key)
 
 
