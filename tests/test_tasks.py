@@ -14,17 +14,20 @@ from roam.tasks import Tasks
 def test_a_task_nobody_else_holds_runs_to_its_end() -> None:
     async def main() -> list[str]:
         done: list[str] = []
+        finished = asyncio.Event()
         tasks = Tasks("test")
 
         async def work() -> None:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
             gc.collect()  # the loop's weak reference alone would not keep it
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
             done.append("done")
+            finished.set()
 
         tasks.spawn(work(), name="work")
         assert len(tasks) == 1
-        await asyncio.sleep(0.1)
+        await finished.wait()
+        await asyncio.sleep(0)  # the done callback was queued right behind this wake-up
         assert len(tasks) == 0
         return done
 
