@@ -641,9 +641,9 @@ def render(res: RelayScaleResult, argv: list[str]) -> str:
     lines += [f"| {k.strip()} | {v.strip().replace('|', '/')} |" for k, v in
               (line.strip().split("  ", 1) for line in table(res).splitlines())]
     lines.append("")
-    held = "held" if res.opened == res.sessions else "did not hold"
-    lines.append(f"- One relay process {held} **{res.opened} of {res.sessions}** spliced "
-                 f"sessions at once: **{res.kib_per_session} KiB** of its RSS and "
+    held = "" if res.opened == res.sessions else " (not all of them)"
+    lines.append(f"- One relay process held **{res.opened} of {res.sessions}** spliced "
+                 f"sessions at once{held}: **{res.kib_per_session} KiB** of its RSS and "
                  f"{res.fds_per_session} open files per session; an echo across all of them "
                  f"came back byte-exact on {res.echo_exact}.")
     quota = res.pipe_quota.get("pipe-user-pages-soft")
@@ -674,7 +674,7 @@ def render(res: RelayScaleResult, argv: list[str]) -> str:
            "to it." if quota else ""),
         "",
         f"- Date: {m.get('date')}; {machine_line(m)}",
-        f"- Command: `python bench/relayscale.py {shlex.join(argv)}`"]
+        f"- Command: `{shlex.join(['python', 'bench/relayscale.py', *argv])}`"]
     return "\n".join(lines)
 
 
