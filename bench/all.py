@@ -7,7 +7,8 @@
 3. bench/compression.py  network lab, 2 Mbit/s and 100 ms: roam and ssh -C, bytes and time
 4. bench/scale.py        loopback: 10,000 sessions on one server, 1,000 resuming at once
 5. bench/relayscale.py   loopback: 10,000 spliced sessions on one relay, memory and descriptors
-6. bench/handover.py     network lab: handover stalls, roam against MPTCP and plain TCP
+6. bench/registrar.py    loopback: registrations and lookups per second of one registrar
+7. bench/handover.py     network lab: handover stalls, roam against MPTCP and plain TCP
 
 The lab benchmarks need root; without it they are skipped with a message and their
 sections are left as they are. Each step runs with a time limit and its own process;
@@ -25,10 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("run", "tunnels", "compression", "scale", "relayscale", "handover")
+STEPS = ("run", "tunnels", "compression", "scale", "relayscale", "registrar", "handover")
 # seconds per step
 LIMITS = {"run": 40 * 60, "tunnels": 30 * 60, "compression": 30 * 60, "scale": 30 * 60,
-          "relayscale": 15 * 60, "handover": 120 * 60}
+          "relayscale": 15 * 60, "registrar": 10 * 60, "handover": 120 * 60}
 ROOT_ONLY = {"tunnels", "compression", "handover"}
 
 
@@ -42,6 +43,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     # idle ones, so the generator is not what is measured.
     scale = [py, "bench/scale.py", "--workers", "2"]
     relayscale = [py, "bench/relayscale.py"]
+    registrar = [py, "bench/registrar.py"]
     handover = [py, "bench/handover.py", "--runs", str(args.handover_runs)]
     if args.quick:
         relayscale += ["--sessions", "2000"]
@@ -49,7 +51,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
         tunnels += ["--bytes", str(64 << 20)]
         scale += ["--sessions", "2000", "--handover", "500"]
     return {"run": run, "tunnels": tunnels, "compression": compression, "scale": scale,
-            "relayscale": relayscale, "handover": handover}
+            "relayscale": relayscale, "registrar": registrar, "handover": handover}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
