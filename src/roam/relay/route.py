@@ -23,7 +23,7 @@ from roam.errors import ConfigError
 from roam.pinned import NAME_RULE, is_name, parse_pinned
 from roam.relay.hop import Hop, HopKind, Next, Proof, seal_hop
 
-# The issue asks for chains of at least 4; each hop costs the client one
+# Chains of at least 4 relays are wanted (figure 4); each hop costs the client one
 # X25519 pair and the transport one header (at most 1 KiB) per connect.
 MAX_HOPS = 8
 
