@@ -180,9 +180,10 @@ _event_loop_flag = click.option(
 @click.option("--allow-listen", multiple=True, metavar="HOST:PORT",
               help="Where clients' reverse forwards may have the server listen "
                    "(repeatable). Default: nowhere.")
-@click.option("--registrar", "registrars", multiple=True, metavar="HOST:PORT,key=PUBKEY",
-              help="Register where this server can be reached at this registrar (repeatable; "
-                   "its authorized clients may look it up).")
+@click.option("--registrar", "registrars", multiple=True,
+              metavar="HOST:PORT,key=PUBKEY | sip:USER@DOMAIN,via=HOST:PORT,password-file=F",
+              help="Register where this server can be reached at this registrar, built-in "
+                   "or SIP (repeatable; its authorized clients may look it up).")
 @click.option("--advertise", multiple=True, metavar="HOST:PORT",
               help="The address to register (repeatable)  [default: the --listen address, "
                    "or every interface's when it listens on all]")
@@ -353,9 +354,10 @@ def lookup(public_key: str, registrars: tuple[str, ...], key: str) -> None:
               help="Compute the relays' one-time codes from this base32 secret (mode 600).")
 @click.option("--relay-otp-prompt", is_flag=True, default=False,
               help="Ask for the relays' one-time code at start (from an authenticator app).")
-@click.option("--registrar", "registrars", multiple=True, metavar="HOST:PORT,key=PUBKEY",
-              help="Ask this registrar where the server is, at start without --server and "
-                   "after a failed resume (repeatable).")
+@click.option("--registrar", "registrars", multiple=True,
+              metavar="HOST:PORT,key=PUBKEY | sip:USER@DOMAIN,via=HOST:PORT,password-file=F",
+              help="Ask this registrar where the server is, at start (without --server, or "
+                   "with --server sip:USER@DOMAIN) and after a failed resume (repeatable).")
 @_compress_flag
 @_control_flag
 @_log_level

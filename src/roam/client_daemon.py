@@ -39,6 +39,8 @@ from roam.links.driver import make_driver
 from roam.policy.paths import PathConfig, parse_paths
 from roam.policy.policy import Policy
 from roam.registrar.messages import Found
+from roam.registrar.sipunit import SipRegistrar, is_sip, parse_sip_registrar
+from roam.registrar.sipunit import locator as sip_locator
 from roam.registrar.unit import RegistrarSpec, lookup, parse_registrar
 from roam.relay.route import RelayHop, parse_relays, resolve_route
 from roam.servers import ServerSpec, parse_servers, server_for
@@ -170,9 +172,19 @@ async def run_client(servers: list[str], server_key: str | None, key: str,
                      compression: CompressionMode = AUTO,
                      relays: RelayOptions | None = None,
                      registrars: list[str] | None = None) -> int:
-    registrar_specs = [parse_registrar(r) for r in registrars or []]
+    registrar_specs = [parse_registrar(r) for r in registrars or [] if not is_sip(r)]
+    sip = [parse_sip_registrar(r) for r in registrars or [] if is_sip(r)]
     private = load_private_key(key)
-    if not servers and registrar_specs and server_key is not None:
+    sip_aor = servers[0] if len(servers) == 1 and is_sip(servers[0]) else None
+    if any(is_sip(s) for s in servers) and sip_aor is None:
+        raise ConfigError("--server sip:USER@DOMAIN names one server, alone")
+    if sip_aor is not None:
+        # Named by its address-of-record, as a phone number names a person.
+        if not sip or server_key is None:
+            raise ConfigError(f"--server {sip_aor}: needs --server-key and --registrar "
+                              "sip:USER@DOMAIN,via=HOST:PORT,password-file=FILE")
+        servers = [await _find(_sip_locators(sip, sip_aor), sip_aor)]
+    elif not servers and registrar_specs and server_key is not None:
         # Named by identity alone: where it is comes from its registrars.
         servers = [await _find_server(registrar_specs, private, server_key)]
     specs_of_servers = parse_servers(servers, server_key)
@@ -195,7 +207,8 @@ async def run_client(servers: list[str], server_key: str | None, key: str,
     events = EventLog(event_log)
     sessions = {s.name: ServerSession(s, Client(ClientConfig(
         s.host, s.port, s.key, private, SessionConfig(), suite, udp, compression, otp,
-        _locator(registrar_specs, private, s.key) if registrar_specs else None)), events)
+        _sip_locators(sip, sip_aor) if sip_aor is not None
+        else _locator(registrar_specs, private, s.key) if registrar_specs else None)), events)
         for s in specs_of_servers}
     first = sessions[specs_of_servers[0].name]
 
@@ -275,18 +288,34 @@ def _locator(specs: list[RegistrarSpec], private: bytes, server: bytes
     return locate
 
 
+def _sip_locators(registrars: list[SipRegistrar], aor: str
+                  ) -> Callable[[], Awaitable[tuple[str, int] | None]]:
+    """The first SIP registrar that has a contact for `aor`."""
+    each = [sip_locator(r, aor) for r in registrars]
+
+    async def locate() -> tuple[str, int] | None:
+        for one in each:
+            if (found := await one()) is not None:
+                return found
+        return None
+
+    return locate
+
+
 async def _find_server(specs: list[RegistrarSpec], private: bytes, server_key: str) -> str:
     """HOST:PORT of the server from its registrars, asked until one knows."""
     try:
         key = decode_public_key(server_key)
     except KeyFileError as exc:
         raise ConfigError(f"--server-key: {exc}") from None
-    locate = _locator(specs, private, key)
+    return await _find(_locator(specs, private, key), f"server {short_id(key)}")
+
+
+async def _find(locate: Callable[[], Awaitable[tuple[str, int] | None]], who: str) -> str:
     attempt = 0
     while (found := await locate()) is None:
         delay = BACKOFF[min(attempt + 2, len(BACKOFF) - 1)]
-        log.warning("no registrar knows where server %s is; asking again in %.1f s",
-                    short_id(key), delay)
+        log.warning("no registrar knows where %s is; asking again in %.1f s", who, delay)
         attempt += 1
         await asyncio.sleep(delay)
     log.info("the registrar has the server at %s", format_host_port(*found))

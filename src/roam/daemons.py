@@ -85,6 +85,7 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
     from roam.crypto.keys import encode_key
     from roam.registrar.addresses import reachable_at
     from roam.registrar.messages import check_address
+    from roam.registrar.sipunit import is_sip, keep_registered, parse_sip_registrar
     from roam.registrar.unit import Registration, parse_registrar
     from roam.relay.route import parse_relay
     from roam.transport.uplink import UplinkKeeper
@@ -95,13 +96,14 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
     if listen is None and not relays:
         raise ConfigError("give --listen HOST:PORT, or --uplink to relays (or both)")
     host, port = _address(listen, "--listen") if listen is not None else ("", 0)
-    specs = [parse_registrar(r) for r in registrars or []]
+    specs = [parse_registrar(r) for r in registrars or [] if not is_sip(r)]
+    sip = [parse_sip_registrar(r) for r in registrars or [] if is_sip(r)]
     for text in advertise or []:
         try:
             check_address(text)
         except RoamError as exc:
             raise ConfigError(f"--advertise {text!r}: {exc}") from None
-    if advertise and not specs:
+    if advertise and not (specs or sip):
         raise ConfigError("--advertise needs --registrar HOST:PORT,key=...: where to say it")
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
@@ -155,6 +157,10 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                 tasks.create_task(keeper.run(), name="uplinks")
             if registration is not None:
                 tasks.create_task(registration.run(), name="registration")
+            for n, registrar in enumerate(sip):
+                tasks.create_task(keep_registered(registrar,
+                                                  reachable_at(bound_at, advertise or [])),
+                                  name=f"sip-registration-{n}")
     finally:
         if ctl is not None:
             await ctl.close()

@@ -161,3 +161,58 @@ def test_a_client_named_only_by_key_finds_its_server_and_finds_it_again_after_it
         echo_conversation(fport, 1 << 20, 42, after, deadline=60)
         assert after.error is None, after.error
         assert after.received == 1 << 20
+
+
+def test_a_client_finds_its_server_by_sip_address_of_record_through_kamailio(
+        tmp_path: Path) -> None:
+    """The server registers its roam address at a real Kamailio as sip:server@roam.test;
+    the client, with an account of its own, reads the contact; the server comes
+    back on another port and the client finds it there."""
+    import os
+
+    from roam.lab.kamailio import Kamailio, find_kamailio
+    from roam.lab.kamailio import free_port as sip_port
+    from tests.conftest import require
+
+    from .harness import EchoResult, Keys, echo_conversation
+
+    require(find_kamailio() is not None, "kamailio is missing (scripts/setup-env installs it)")
+    keys = Keys.make(tmp_path / "keys")
+    for user in ("server", "laptop"):
+        (tmp_path / f"{user}.pass").write_text(f"{user}-secret\n")
+        os.chmod(tmp_path / f"{user}.pass", 0o600)
+    port = sip_port()
+
+    def registrar(user: str) -> str:
+        return (f"sip:{user}@roam.test,via=127.0.0.1:{port},"
+                f"password-file={tmp_path / (user + '.pass')}")
+
+    with Kamailio(tmp_path / "kamailio", {"server": "server-secret", "laptop": "laptop-secret"},
+                  port=port) as _sip, Procs(tmp_path) as procs:
+        echo = procs.service("echo")
+
+        def server(name: str) -> None:
+            procs.start(name, [
+                sys.executable, "-m", "roam", "server", "--listen", "127.0.0.1:0", "--key",
+                str(keys.server_key), "--authorized-keys", str(keys.authorized),
+                "--allow", f"127.0.0.1:{echo}", "--registrar", registrar("server")],
+                ready="listening")
+
+        server("server")
+        client = procs.start("client", [
+            sys.executable, "-m", "roam", "client", "--server", "sip:server@roam.test",
+            "--server-key", keys.server_pub, "--key", str(keys.client_key),
+            "--registrar", registrar("laptop"), "--no-udp",
+            "--forward", f"127.0.0.1:0=127.0.0.1:{echo}"], ready="forward", timeout=40)
+        fport = int(client.ready.split("=")[0].rsplit(":", 1)[1])
+        first = EchoResult()
+        echo_conversation(fport, 1 << 20, 43, first, deadline=60)
+        assert first.error is None, first.error
+        next(p for p in procs.procs if p.name == "server").popen.kill()
+        server("server-moved")
+        client.wait_log(r"the server moved: 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+", timeout=40)
+        client.wait_log(r"new session with[\s\S]*new session with", timeout=30)
+        after = EchoResult()
+        echo_conversation(fport, 1 << 20, 44, after, deadline=60)
+        assert after.error is None, after.error
+        assert after.received == 1 << 20
