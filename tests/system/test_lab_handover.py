@@ -83,12 +83,13 @@ class LabRoam:
         result: dict[str, Any] = json.loads(out.stdout)
         return result
 
-    def wait(self, condition: Any, what: str, timeout: float = 30.0) -> dict[str, Any]:
+    def wait(self, condition: Any, what: str, timeout: float = 30.0,
+             control: Path | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
             try:
-                last = self.status()
+                last = self.status(control)
                 if condition(last):
                     return last
             except AssertionError:

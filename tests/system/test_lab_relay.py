@@ -29,8 +29,8 @@ from roam.crypto.keys import encode_key, generate_private_key, public_key, write
 from roam.lab.netlab import NetLab
 from tests.conftest import require
 
-from .harness import ENV, ROOT, SERVICES, Keys
-from .test_lab_handover import App
+from .harness import SERVICES, Keys
+from .test_lab_handover import LabRoam
 from .test_survival import _report
 
 pytestmark = pytest.mark.root
@@ -49,8 +49,9 @@ def lab() -> Iterator[NetLab]:
         yield lab
 
 
-class RelayLab:
-    """Relays in their namespaces, the server inside, the client on `mobile`."""
+class RelayLab(LabRoam):
+    """Relays in their namespaces, the server inside, the client on `mobile`;
+    status, waits, logs and the application as LabRoam has them."""
 
     def __init__(self, lab: NetLab, tmp: Path, relays: int) -> None:
         self.lab, self.tmp = lab, tmp
@@ -83,7 +84,7 @@ class RelayLab:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
-    def start(self, route: tuple[int, ...], dwell: float = 1.0) -> None:
+    def start_through(self, route: tuple[int, ...], dwell: float = 1.0) -> None:
         """The relays, the service and the server (uplinks to the last relay
         of `route`), then the client with wifi and cell both through `route`."""
         for i in sorted(set(route)):
@@ -97,7 +98,7 @@ class RelayLab:
             "--uplink", f"{self.address(last)},key={self.relay_keys[last - 1][1]}",
             "--allow", f"127.0.0.1:{ECHO_PORT}", "--control", str(self.tmp / "server.sock")])
         self.wait(lambda s: s["uplinks"], f"the server's uplinks on relay{last}",
-                  self.tmp / f"relay{last}.sock")
+                  control=self.tmp / f"relay{last}.sock")
         via = "+".join(f"r{i}" for i in route)
         relays = [x for i in sorted(set(route)) for x in (
             "--relay", f"r{i}={self.address(i)},key={self.relay_keys[i - 1][1]}")]
@@ -112,45 +113,6 @@ class RelayLab:
             "--path", f"cell:dev=cell,priority=20,kind=cellular,via={via}",
             "--dwell", str(dwell), "--control", str(self.control)])
         self.wait(lambda s: s["active_path"] == "wifi" and s["session"], "session on wifi")
-
-    def _run(self, ns: str, name: str, argv: list[str]) -> subprocess.Popen[Any]:
-        log = (self.tmp / f"{name}.log").open("wb")
-        return self.lab.run(ns, argv, stdout=log, stderr=log, env=ENV, cwd=ROOT)
-
-    def status(self, control: Path | None = None) -> dict[str, Any]:
-        import json
-
-        out = subprocess.run([sys.executable, "-m", "roam", "status", "--json", "--control",
-                              str(control or self.control)], capture_output=True, text=True,
-                             timeout=30, env=ENV)
-        if out.returncode != 0:
-            raise AssertionError(out.stderr)
-        result: dict[str, Any] = json.loads(out.stdout)
-        return result
-
-    def wait(self, condition: Any, what: str, control: Path | None = None,
-             timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            try:
-                last = self.status(control)
-                if condition(last):
-                    return last
-            except AssertionError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"waited {timeout} s for {what}: {last}\n{self.logs()}")
-
-    def logs(self) -> str:
-        return "".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}\n"
-                       for p in sorted(self.tmp.glob("*.log")))
-
-    def app(self, total: int, seed: int) -> App:
-        proc = self.lab.run("mobile", [sys.executable, str(ROOT / "tests/system/lab_app.py"),
-                                       str(FORWARD_PORT), str(total), str(seed)],
-                            stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
-        return App(proc)
 
     def marker_exchange(self) -> None:
         """The application writes a recognisable text and reads its echo."""
@@ -188,7 +150,7 @@ def test_an_inside_server_behind_a_dmz_relay_survives_wifi_down_and_a_relay_rest
         lab: NetLab, tmp_path: Path) -> None:
     require(Path("/usr/bin/tcpdump").exists(), "tcpdump is missing")
     roam = RelayLab(lab, tmp_path, relays=1)
-    roam.start(route=(1,))
+    roam.start_through((1,))
     on_relay = capture(lab, "relay1", "rly", tmp_path / "relay.pcap")
     inside = capture(lab, "server", "lo", tmp_path / "inside.pcap")
     roam.marker_exchange()
@@ -240,7 +202,7 @@ def test_an_inside_server_behind_a_dmz_relay_survives_wifi_down_and_a_relay_rest
 def test_a_chain_of_three_relays_survives_its_middle_relay_restarting(
         lab: NetLab, tmp_path: Path) -> None:
     roam = RelayLab(lab, tmp_path, relays=3)
-    roam.start(route=(1, 2, 3))
+    roam.start_through((1, 2, 3))
     app = roam.app(TRANSFER, 22)
     app.wait_progress(TRANSFER // 3)
     before = app.received

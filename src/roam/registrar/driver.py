@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from roam.connector.allow import format_host_port
 from roam.crypto.keys import public_key, short_id
 from roam.errors import ProtocolError
+from roam.listener import listening_socket
 from roam.registrar.channel import MAX_FRAME, RegistrarChannel
 from roam.registrar.config import RegistrarConfig
 from roam.registrar.messages import Code, Lookup, Refused, decode_request
@@ -60,27 +61,16 @@ class Registrar:
         self._listener: socket.socket | None = None
 
     def open(self) -> tuple[str, int]:
-        host, port = self.config.listen
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        sock.listen(1024)
-        sock.setblocking(False)
-        self._listener = sock
-        bound = sock.getsockname()
+        """Bind the listening socket (before run: the caller learns the port)."""
+        bound = self._bind().getsockname()
         return bound[0], bound[1]
 
+    def _bind(self) -> socket.socket:
+        sock = self._listener = listening_socket(*self.config.listen)
+        return sock
+
     async def run(self) -> None:
-        listener = self._listener
-        if listener is None:
-            self.open()
-            listener = self._listener
-        if listener is None:  # open() sets it or raises
-            raise OSError("the registrar has no listening socket")
+        listener = self._listener if self._listener is not None else self._bind()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as tasks:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from roam.connector.allow import format_host_port, split_host_port
 from roam.crypto.keys import public_key, short_id
+from roam.listener import listening_socket
 from roam.names import Host, InvalidHost
 from roam.relay.admission import Admission
 from roam.relay.config import RelayConfig
@@ -103,18 +104,7 @@ class Relay:
         return bound[0], bound[1]
 
     def _bind(self) -> socket.socket:
-        host, port = self.config.listen
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        sock.listen(1024)
-        sock.setblocking(False)
-        self._listener = sock
+        sock = self._listener = listening_socket(*self.config.listen)
         bound = sock.getsockname()
         self.address = (bound[0], bound[1])
         return sock
