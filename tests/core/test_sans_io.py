@@ -32,7 +32,8 @@ def _imports(path: Path) -> set[str]:
 RELAY = [CORE.parent / "relay" / f"{name}.py"
          for name in ("hop", "admission", "core", "uplinks", "route")]
 REGISTRAR = [CORE.parent / "registrar" / f"{name}.py"
-             for name in ("messages", "channel", "records", "sip")]
+             for name in ("messages", "channel", "records", "sipsyntax", "sipuri",
+                          "sipmessage", "sipdigest", "sipregister", "sipbindings")]
 DECIDING = [*sorted(CORE.glob("*.py")), *sorted((CORE.parent / "crypto").glob("*.py")),
             *sorted((CORE.parent / "policy").glob("*.py")), CORE.parent / "links" / "state.py",
             *RELAY, *REGISTRAR]

@@ -1,4 +1,4 @@
-"""Fuzz the SIP module (roam.registrar.sip): any bytes a registrar sends,
+"""Fuzz the SIP messages (roam.registrar.sipmessage, sipdigest, sipregister): any bytes a registrar sends,
 whole or cut however a stream delivers them, parse or raise SipError, and a
 registration in progress turns any answer into an event or SipError."""
 
@@ -10,20 +10,12 @@ import itertools
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from roam.registrar.sip import (
-    Account,
-    Event,
-    MessageStream,
-    Registered,
-    Registration,
-    Response,
-    Send,
-    SipError,
-    parse_challenge,
-    parse_contact,
-    parse_response,
-    parse_uri,
-)
+from roam.registrar.sipbindings import Registration
+from roam.registrar.sipdigest import parse_challenge
+from roam.registrar.sipmessage import MessageStream, Response, parse_contact, parse_response
+from roam.registrar.sipregister import Account, Event, Registered, Send
+from roam.registrar.sipsyntax import SipError
+from roam.registrar.sipuri import parse_uri
 from tests.fuzz.conftest import fuzz_settings
 from tests.fuzz.mutate import apply_mutations, cut
 from tests.fuzz.provider import Provider, built

@@ -17,8 +17,9 @@ import pytest
 from roam.errors import TransportError
 from roam.lab.kamailio import Kamailio, find_kamailio, free_port
 from roam.registrar import sipdriver
-from roam.registrar.sip import Account, Response, parse_response
 from roam.registrar.sipdriver import SipRefused, SipRegistrarClient
+from roam.registrar.sipmessage import Response, parse_response
+from roam.registrar.sipregister import Account
 from tests.conftest import require
 
 ACCOUNTS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}

@@ -1,10 +1,11 @@
 """A unit's SIP registrar client: REGISTERs and lookups over UDP or TCP.
 
-Every decision is roam.registrar.sip's (what to send, what an answer
-means); this module owns the socket to one registrar, reads the clock,
-retransmits over UDP and gives up after a timeout. Transactions go one at a
-time over one connection or socket (RFC 3261 section 18: over TCP the
-answer comes back on the connection the request went out on).
+Every decision is roam.registrar.sipbindings' and sipregister's (what to
+send, what an answer means); this module owns the socket to one registrar,
+reads the clock, retransmits over UDP and gives up after a timeout.
+Transactions go one at a time over one connection or socket (RFC 3261
+section 18: over TCP the answer comes back on the connection the request
+went out on).
 
     client = SipRegistrarClient(Account("sip:alice@example.net", password),
                                 ("192.0.2.10", 5060), transport="tcp")
@@ -28,24 +29,21 @@ import time
 from collections.abc import Callable
 
 from roam.errors import ProtocolError, RoamError, TransportError
-from roam.registrar.sip import (
-    DEFAULT_EXPIRES_S,
+from roam.registrar.sipbindings import DEFAULT_EXPIRES_S, Lookup, Registration
+from roam.registrar.sipmessage import MessageStream, parse_response
+from roam.registrar.sipregister import (
     Account,
     Event,
     Found,
     Ignored,
-    Lookup,
-    MessageStream,
     Provisional,
     Random,
     Refused,
     Registered,
-    Registration,
     Send,
-    SipError,
     Unregistered,
-    parse_response,
 )
+from roam.registrar.sipsyntax import SipError
 
 log = logging.getLogger("roam")
 
@@ -59,7 +57,7 @@ T2_S = 4.0  # RFC 3261 section 17.1.2.2: the longest retransmission interval
 TRANSACTION_TIMEOUT_S = 8.0
 CONNECT_TIMEOUT_S = 5.0
 # One operation's requests: the first, a challenge answered, a stale nonce
-# answered twice, an interval raised (roam.registrar.sip allows no more).
+# answered twice, an interval raised (roam.registrar.sipregister allows no more).
 MAX_REQUESTS = 5
 READ_SIZE = 65536
 # keep_registered after a failure: tries again after 1 s, doubling to a minute.

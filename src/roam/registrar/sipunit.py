@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from roam.connector.allow import parse_port, split_host_port
 from roam.crypto.keys import read_text_file
 from roam.errors import ConfigError, KeyFileError, ProtocolError, TransportError
-from roam.registrar.sip import Account, SipError, contact_uri, parse_uri
 from roam.registrar.sipdriver import SipRefused, SipRegistrarClient
+from roam.registrar.sipregister import Account
+from roam.registrar.sipsyntax import SipError
+from roam.registrar.sipuri import contact_uri, parse_uri
 
 log = logging.getLogger("roam")
 
