@@ -6,6 +6,8 @@ never faster than the emulated link allows.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from roam.lab.netlab import LabError, NetLab
+from roam.lab.netlab import MAX_RELAYS, LabError, NetLab
 from tests.conftest import require
 
 pytestmark = pytest.mark.root
@@ -135,10 +137,10 @@ def start_server(lab: NetLab, code: str) -> subprocess.Popen[str]:
     return proc
 
 
-def peer_seen(lab: NetLab, device: str) -> str:
-    out = lab.check(
-        "mobile", [sys.executable, "-c", PEER_CLIENT, device, lab.addresses["server"], str(PORT)]
-    )
+def peer_seen(lab: NetLab, device: str, host: str | None = None) -> str:
+    """The address the server's PEER_SERVER saw for a connection from mobile."""
+    target = lab.addresses["server"] if host is None else host
+    out = lab.check("mobile", [sys.executable, "-c", PEER_CLIENT, device, target, str(PORT)])
     return out.strip()
 
 
@@ -150,7 +152,12 @@ class Ping:
 
 
 def ping(
-    lab: NetLab, device: str, count: int = 3, interval: float = 0.2, wait_s: float = 1.0
+    lab: NetLab,
+    device: str,
+    count: int = 3,
+    interval: float = 0.2,
+    wait_s: float = 1.0,
+    host: str | None = None,
 ) -> Ping:
     argv = [
         "ping",
@@ -164,7 +171,7 @@ def ping(
         str(interval),
         "-W",
         str(wait_s),
-        lab.addresses["server"],
+        lab.addresses["server"] if host is None else host,
     ]
     proc = lab.run("mobile", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=count * interval + wait_s + 10)
@@ -176,8 +183,8 @@ def ping(
     return Ping(int(counts[1]), int(counts[2]), float(rtt[1]) if rtt else None)
 
 
-def reaches(lab: NetLab, device: str) -> bool:
-    return ping(lab, device, count=2, interval=0.1).received > 0
+def reaches(lab: NetLab, device: str, host: str | None = None) -> bool:
+    return ping(lab, device, count=2, interval=0.1, host=host).received > 0
 
 
 def test_ping_server_over_each_link(lab: NetLab) -> None:
@@ -302,6 +309,9 @@ def test_errors_name_the_problem(lab: NetLab) -> None:
         lab.set_loss("wifi", 120)
     with pytest.raises(LabError, match="rate must be"):
         lab.set_rate("wifi", 0)
+    # A lab with one server link has no srv2.
+    with pytest.raises(LabError, match="unknown server link 'srv2'"):
+        lab.server_link_down("srv2")
 
 
 def test_methods_need_a_built_lab() -> None:
@@ -417,10 +427,10 @@ def test_block_udp_drops_udp_and_passes_tcp(lab: NetLab) -> None:
 
 
 # Connects to HOST:PORT from the given device ("-": any) and says what came of
-# it: "refused" (a RST: the host is reachable, nothing listens), "ok", or
-# "timeout" (dropped on the way).
+# it: "refused" (a RST: the host is reachable, nothing listens), "ok",
+# "timeout" (dropped on the way) or "unreachable" (a router said so).
 CONNECT = r"""
-import socket, sys
+import errno, socket, sys
 device, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = socket.socket()
 if device != "-":
@@ -433,6 +443,10 @@ except ConnectionRefusedError:
     print("refused")
 except (TimeoutError, socket.timeout):
     print("timeout")
+except OSError as exc:
+    if exc.errno not in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        raise
+    print("unreachable")
 """
 
 
@@ -466,3 +480,173 @@ def test_relay_namespaces_reach_everyone_and_the_firewall_keeps_the_server_insid
 def test_relay_count_is_checked() -> None:
     with pytest.raises(LabError, match=r"relays must be 0\.\.4"):
         NetLab(relays=5)
+
+
+# -- a mobile server: two server links, no NAT ---------------------------------
+
+
+def test_server_link_arguments_are_checked() -> None:
+    for bad in (0, 3, True, "2"):
+        with pytest.raises(LabError, match="server_links must be 1 or 2"):
+            NetLab(server_links=bad)  # type: ignore[arg-type]
+    with pytest.raises(LabError, match="not built"):
+        NetLab(server_links=2).server_link_down("srv")
+
+
+def test_second_server_net_stays_clear_of_the_relay_nets() -> None:
+    # Addresses are known before build(), so this needs no root.
+    lab = NetLab(server_links=2, relays=MAX_RELAYS)
+    a = lab.addresses
+    assert (a["server"], a["router_server"]) == ("198.19.0.2", "198.19.0.1")
+    assert (a["server2"], a["router_server2"]) == ("198.19.64.2", "198.19.64.1")
+    benchmarking = ipaddress.ip_network("198.18.0.0/15")
+    assert all(ipaddress.ip_address(x) in benchmarking for x in a.values())
+    # Every namespace sits on a /24 of its own, shared only with the router.
+    hosts = [x for key, x in a.items() if not key.startswith("router_")]
+    nets = [ipaddress.ip_network(f"{x}/24", strict=False) for x in hosts]
+    assert len(set(nets)) == len(nets) == 2 + 2 + MAX_RELAYS
+    assert "server2" not in NetLab().addresses
+
+
+@pytest.fixture(scope="module")
+def mobile_server_lab() -> Iterator[NetLab]:
+    """One lab shared by the tests below; each leaves it as it found it."""
+    require_lab()
+    with NetLab(wifi_delay_ms=1, cell_delay_ms=2, server_links=2, nat=False, relays=1) as lab:
+        yield lab
+    assert not lab.cleanup_errors
+
+
+@contextlib.contextmanager
+def serving(lab: NetLab, code: str) -> Iterator[None]:
+    """A listener in the server for the length of a test, then gone, so the
+    next test sharing the lab can bind the port again."""
+    proc = start_server(lab, code)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def server_route(lab: NetLab, to: str) -> str:
+    """The device the server's replies to `to` leave by."""
+    found = re.search(r"\bdev (\S+)", lab.check("server", ["ip", "route", "get", to]))
+    assert found is not None
+    return found[1]
+
+
+def test_mobile_reaches_both_server_addresses_over_each_link(mobile_server_lab: NetLab) -> None:
+    lab = mobile_server_lab
+    a = lab.addresses
+    for device in ("wifi", "cell"):
+        for host in (a["server"], a["server2"]):
+            assert ping(lab, device, count=1, wait_s=2, host=host).received == 1, (device, host)
+    # Both links up: srv, the lower metric, carries the server's answers.
+    assert server_route(lab, a["mobile_cell"]) == "srv"
+
+
+def test_without_nat_the_server_sees_the_real_cell_address(mobile_server_lab: NetLab) -> None:
+    lab = mobile_server_lab
+    a = lab.addresses
+    with serving(lab, PEER_SERVER):
+        for host in (a["server"], a["server2"]):
+            assert peer_seen(lab, "cell", host) == a["mobile_cell"]
+            assert peer_seen(lab, "wifi", host) == a["mobile_wifi"]
+
+
+def test_server_link_down_falls_back_to_the_other(mobile_server_lab: NetLab) -> None:
+    lab = mobile_server_lab
+    a = lab.addresses
+    with serving(lab, PEER_SERVER):
+        try:
+            lab.server_link_down("srv")
+            lab.server_link_down("srv")  # idempotent
+            for device in ("wifi", "cell"):
+                assert not reaches(lab, device, a["server"]), device
+                assert reaches(lab, device, a["server2"]), device
+                # TCP needs the answers too: they leave by srv2 now.
+                assert peer_seen(lab, device, a["server2"]) == a[f"mobile_{device}"]
+            assert server_route(lab, a["mobile_wifi"]) == "srv2"
+            assert server_route(lab, a["relay1"]) == "srv2"
+            # A registrar in relay1 and the server still find each other.
+            assert connect(lab, "server", a["relay1"]) == "refused"
+            assert connect(lab, "relay1", a["server2"]) == "ok"
+            # The router's neighbour lookup fails, or the packet just vanishes.
+            assert connect(lab, "relay1", a["server"]) in ("timeout", "unreachable")
+
+            lab.server_link_up("srv")
+            lab.server_link_up("srv")  # idempotent
+            assert server_route(lab, a["mobile_wifi"]) == "srv"
+            for device in ("wifi", "cell"):
+                for host in (a["server"], a["server2"]):
+                    assert reaches(lab, device, host), (device, host)
+                    assert peer_seen(lab, device, host) == a[f"mobile_{device}"]
+            assert connect(lab, "relay1", a["server"]) == "ok"
+
+            # The other way round: srv2 down leaves srv alone.
+            lab.server_link_down("srv2")
+            assert reaches(lab, "wifi", a["server"])
+            assert not reaches(lab, "wifi", a["server2"])
+            assert server_route(lab, a["relay1"]) == "srv"
+        finally:
+            lab.server_link_up("srv")
+            lab.server_link_up("srv2")
+    assert reaches(lab, "cell", a["server2"])
+
+
+def test_change_server_address(mobile_server_lab: NetLab) -> None:
+    lab = mobile_server_lab
+    with serving(lab, PEER_SERVER):
+        try:
+            new = lab.change_server_address("srv2", 9)
+            assert new == "198.19.64.9"
+            assert lab.addresses["server2"] == new
+            assert lab.change_server_address("srv2", 9) == new  # no change
+            shown = lab.check("server", ["ip", "-br", "addr", "show", "dev", "srv2"])
+            assert "198.19.64.9/24" in shown
+            assert "198.19.64.2/" not in shown
+            assert peer_seen(lab, "cell", new) == lab.addresses["mobile_cell"]
+            # With srv down, srv2's routes (rebuilt after the change) carry
+            # everything.
+            lab.server_link_down("srv")
+            assert peer_seen(lab, "wifi", new) == lab.addresses["mobile_wifi"]
+            # A change while the link is down takes effect when it comes up.
+            moved = lab.change_server_address("srv", 5)
+            assert moved == lab.addresses["server"] == "198.19.0.5"
+            lab.server_link_up("srv")
+            assert peer_seen(lab, "wifi", moved) == lab.addresses["mobile_wifi"]
+            assert not reaches(lab, "wifi", "198.19.0.2")
+            with pytest.raises(LabError, match="host octet"):
+                lab.change_server_address("srv2", 1)
+        finally:
+            lab.server_link_up("srv")
+            lab.change_server_address("srv", 2)
+            lab.change_server_address("srv2", 2)
+    assert reaches(lab, "wifi", "198.19.0.2")
+    assert reaches(lab, "wifi", "198.19.64.2")
+
+
+def test_firewall_covers_both_server_links(mobile_server_lab: NetLab) -> None:
+    lab = mobile_server_lab
+    a = lab.addresses
+    with serving(lab, PEER_SERVER):
+        try:
+            lab.firewall(True)
+            for host in (a["server"], a["server2"]):
+                assert connect(lab, "relay1", host) == "timeout", host
+            assert connect(lab, "server", a["relay1"]) == "refused"
+        finally:
+            lab.firewall(False)
+        assert connect(lab, "relay1", a["server2"]) == "ok"
+
+
+def test_server_link_errors_name_the_problem(mobile_server_lab: NetLab) -> None:
+    lab = mobile_server_lab
+    for call in (lab.server_link_down, lab.server_link_up):
+        with pytest.raises(LabError, match=r"unknown server link 'srv3': the lab has srv, srv2"):
+            call("srv3")
+    with pytest.raises(LabError, match="unknown server link 'wifi'"):
+        lab.change_server_address("wifi", 3)
+    with pytest.raises(LabError, match="host octet"):
+        lab.change_server_address("srv", 255)

@@ -1,17 +1,31 @@
 """A three-namespace network lab: a mobile device, a router and a server.
 
-    mobile ==wifi== router ==srv== server
-    mobile ==cell== router           (the router masquerades cell traffic)
-                    router ==rly== relay1 .. relayN   (optional, a DMZ each)
+    mobile ==wifi== router ==srv=== server   198.19.0.0/24
+    mobile ==cell== router ==srv2== server   198.19.64.0/24 (server_links=2)
+                    router ==rlyN== relayN   198.19.N.0/24  (relays=N, a DMZ each)
+    (with nat=True, the default, the router masquerades cell traffic)
 
 `mobile` has two uplinks, `wifi` (198.18.1.0/24) and `cell` (198.18.2.0/24),
 each with its own default route; wifi has the lower metric so unbound
 traffic prefers it, and a socket bound to a device with SO_BINDTODEVICE
 (`ping -I cell`) leaves by that device. `router` forwards between the uplinks
-and `server` (198.19.0.2, one fixed address on a veth pair). Cell traffic is
-masqueraded on its way to the server, as a carrier's NAT would; wifi traffic
-reaches the server with mobile's own address, so the server routes
-198.18.1.0/24 back through the router and has no route to the cell subnet.
+and `server` (198.19.0.2 on the veth pair `srv`; the router is 198.19.0.1).
+Cell traffic is masqueraded on its way to the server, as a carrier's NAT
+would; wifi traffic reaches the server with mobile's own address, so the
+server routes 198.18.1.0/24 back through the router and has no route to the
+cell subnet. `NetLab(nat=False)` drops the masquerade: both of mobile's
+networks then behave as public addresses, and the server routes
+198.18.2.0/24 back through the router as well.
+
+`NetLab(server_links=2)` makes the server mobile too: a second veth pair,
+`srv2` on both sides, gives it 198.19.64.2 (the router is 198.19.64.1), and
+`addresses` names them `server2` and `router_server2`. The server routes
+mobile's subnets and every relay's DMZ over both of its links, `srv` with
+the lower metric and `srv2` as the fallback, so with `srv` down it still
+answers (and reaches the relays) through `srv2`. `server_link_down(name)`,
+`server_link_up(name)` and `change_server_address(name, octet)` change the
+server's side of a link the way `link_down`, `link_up` and `change_address`
+change mobile's.
 
 Each uplink is a pair of TUN devices (`wifi` in mobile, `wifi-r` in router)
 joined by a `roam.lab.tunlink` process, which adds delay and can black-hole
@@ -22,9 +36,9 @@ This kernel-independent mix stands in for netem, which not every kernel has.
 `NetLab(relays=N)` adds N relay namespaces (`relay1`..), each on a veth of
 its own to the router (198.19.N.2; the router is 198.19.N.1), reachable from
 every other namespace: a DMZ for a relay. `firewall(True)` makes the server
-an inside server: its namespace drops every inbound connection (nftables,
-conntrack state new) while its own outbound connections and their answers
-pass.
+an inside server: its namespace drops every inbound connection on any of
+its links (nftables, conntrack state new) while its own outbound connections
+and their answers pass.
 
 Every name the lab creates carries a prefix made of the process id and a
 counter (`roam<pid>x<n>-mobile`), so parallel labs and leftovers of a crashed
@@ -55,11 +69,12 @@ from typing import Any, Final
 from roam.errors import RoamError
 from roam.lab.tunlink import DEFAULT_MTU
 
-__all__ = ["LINKS", "MAX_RELAYS", "LabError", "NetLab"]
+__all__ = ["LINKS", "MAX_RELAYS", "SERVER_LINKS", "LabError", "NetLab"]
 
 LINKS: Final = ("wifi", "cell")
+# The server's links, in order of preference; a lab has the first 1 or 2.
+SERVER_LINKS: Final = ("srv", "srv2")
 
-_SERVER_NET = "198.19.0"
 _SERVER_HOST = 2
 _ROUTER_HOST = 1
 _MOBILE_HOST = 2
@@ -102,9 +117,35 @@ _LINKS: Final = {
 _NAT_LINK: Final = "cell"
 
 
+@dataclass(frozen=True)
+class _ServerLink:
+    name: str  # the veth's name, the same in the router and in the server
+    net: str  # first three octets of the /24
+    metric: int  # of the server's routes through this link: lower is preferred
+    key: str  # the server's address in `addresses`; the router's is router_<key>
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.net}.{_ROUTER_HOST}"
+
+
+_SERVER_LINKS: Final = {
+    "srv": _ServerLink("srv", "198.19.0", 100, "server"),
+    # Far above the relay nets (198.19.1 .. 198.19.MAX_RELAYS), so raising
+    # MAX_RELAYS a little never makes them overlap.
+    "srv2": _ServerLink("srv2", "198.19.64", 200, "server2"),
+}
+
+
 def _relay_net(i: int) -> str:
     """relay<i>'s /24 (first three octets), beside the server's 198.19.0."""
     return f"198.19.{i}"
+
+
+# Overlapping nets would make the router's connected routes ambiguous; fail
+# at import rather than with a lab that routes to the wrong namespace.
+if {_relay_net(i) for i in range(1, MAX_RELAYS + 1)} & {x.net for x in _SERVER_LINKS.values()}:
+    raise ImportError("a relay net overlaps a server net: lower MAX_RELAYS")
 
 
 def _check_delay(delay_ms: float, what: str) -> float:
@@ -118,6 +159,8 @@ class NetLab:
 
     `wifi_delay_ms` and `cell_delay_ms` are one-way delays added in each
     direction of that link, so its round trip grows by twice as much.
+    `server_links` (1 or 2) is how many links the server has to the router;
+    `nat=False` lets cell traffic reach the server unmasqueraded.
     """
 
     def __init__(
@@ -127,6 +170,8 @@ class NetLab:
         cell_delay_ms: float = 0.0,
         mtu: int = DEFAULT_MTU,
         relays: int = 0,
+        server_links: int = 1,
+        nat: bool = True,
     ) -> None:
         self._initial_delay = {
             "wifi": _check_delay(wifi_delay_ms, "wifi_delay_ms"),
@@ -136,7 +181,12 @@ class NetLab:
             raise LabError(f"mtu must be between 576 and 65535, got {mtu}")
         if not isinstance(relays, int) or not 0 <= relays <= MAX_RELAYS:
             raise LabError(f"relays must be 0..{MAX_RELAYS}, got {relays!r}")
+        if (not isinstance(server_links, int) or isinstance(server_links, bool)
+                or server_links not in (1, 2)):
+            raise LabError(f"server_links must be 1 or 2, got {server_links!r}")
         self.mtu = mtu
+        self.nat = bool(nat)
+        self.server_link_names: tuple[str, ...] = SERVER_LINKS[:server_links]
         self.prefix = f"roam{os.getpid()}x{next(_counter)}"
         self.mobile = f"{self.prefix}-mobile"
         self.router = f"{self.prefix}-router"
@@ -157,6 +207,8 @@ class NetLab:
         self._loss = dict.fromkeys(LINKS, 0.0)
         self._rate: dict[str, int | None] = dict.fromkeys(LINKS, None)
         self._udp_blocked: set[str] = set()
+        self._server_hosts = dict.fromkeys(self.server_link_names, _SERVER_HOST)
+        self._server_down: set[str] = set()
 
     # -- names and addresses -------------------------------------------------
 
@@ -173,14 +225,18 @@ class NetLab:
     def addresses(self) -> dict[str, str]:
         """Current addresses: mobile_wifi, mobile_cell, router_wifi, router_cell,
         router_server (router's address toward the server, which is also what
-        the server sees for NATed cell traffic), server, and relay1.. for
-        each relay namespace."""
+        the server sees for NATed cell traffic), server (on srv), with
+        server_links=2 also server2 (the server on srv2) and router_server2
+        (the router on srv2, what the server sees for NATed cell traffic
+        arriving there), and relay1.. for each relay namespace."""
         out: dict[str, str] = {}
         for link in _LINKS.values():
             out[f"mobile_{link.name}"] = f"{link.net}.{self._hosts[link.name]}"
             out[f"router_{link.name}"] = link.gateway
-        out["router_server"] = f"{_SERVER_NET}.{_ROUTER_HOST}"
-        out["server"] = f"{_SERVER_NET}.{_SERVER_HOST}"
+        for name in self.server_link_names:
+            srv = _SERVER_LINKS[name]
+            out[f"router_{srv.key}"] = srv.gateway
+            out[srv.key] = f"{srv.net}.{self._server_hosts[name]}"
         for i in range(1, len(self.relays) + 1):
             out[f"relay{i}"] = f"{_relay_net(i)}.{_SERVER_HOST}"
         return out
@@ -207,6 +263,13 @@ class NetLab:
         if link is None:
             raise LabError(f"unknown link {name!r}: the lab has {', '.join(LINKS)}")
         return link
+
+    def _server_link(self, name: str) -> _ServerLink:
+        if name not in self.server_link_names:
+            raise LabError(
+                f"unknown server link {name!r}: the lab has {', '.join(self.server_link_names)}"
+            )
+        return _SERVER_LINKS[name]
 
     def _require_built(self) -> None:
         if not self._built:
@@ -273,52 +336,39 @@ class NetLab:
         for name, proc in self._tunlinks.items():
             self._wait_ready(name, proc, deadline)
 
-        router_ip = f"{_SERVER_NET}.{_ROUTER_HOST}/24"
-        server_ip = f"{_SERVER_NET}.{_SERVER_HOST}/24"
-        # Created inside the router namespace, so no name ever appears on the host.
-        self._ip(
-            self.router,
-            "link",
-            "add",
-            "srv",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "srv",
-            "netns",
-            self.server,
-        )
-        self._ip(self.router, "addr", "add", router_ip, "dev", "srv")
-        self._ip(self.router, "link", "set", "dev", "srv", "up")
-        self._ip(self.server, "addr", "add", server_ip, "dev", "srv")
-        self._ip(self.server, "link", "set", "dev", "srv", "up")
+        for name in self.server_link_names:
+            srv = _SERVER_LINKS[name]
+            # Created inside the router namespace, so no name ever appears on the host.
+            self._ip(self.router, "link", "add", srv.name, "type", "veth", "peer", "name",
+                     srv.name, "netns", self.server)
+            self._ip(self.router, "addr", "add", f"{srv.gateway}/24", "dev", srv.name)
+            self._ip(self.router, "link", "set", "dev", srv.name, "up")
+            self._ip(self.server, "addr", "add", f"{srv.net}.{_SERVER_HOST}/24", "dev", srv.name)
+            self._ip(self.server, "link", "set", "dev", srv.name, "up")
 
         for link in _LINKS.values():
             self._ip(self.router, "addr", "add", f"{link.gateway}/24", "dev", link.router_iface)
             self._ip(self.mobile, "addr", "add", f"{link.net}.{_MOBILE_HOST}/24", "dev", link.name)
             self._default_route(link)
-        self._ip(
-            self.server,
-            "route",
-            "add",
-            f"{_LINKS['wifi'].net}.0/24",
-            "via",
-            f"{_SERVER_NET}.{_ROUTER_HOST}",
-            "dev",
-            "srv",
-        )
 
         for i, ns in enumerate(self.relays, 1):
             self._relay_namespace(i, ns)
+        for name in self.server_link_names:
+            self._server_routes(_SERVER_LINKS[name])
 
         nat_net = f"{_LINKS[_NAT_LINK].net}.0/24"
+        # Without NAT the chain stays, empty, so the table has one shape.
+        masquerade = (
+            f'ip saddr {nat_net} oifname != "{_LINKS[_NAT_LINK].router_iface}" masquerade'
+            if self.nat
+            else ""
+        )
         self._nft(
             f"""
             table ip {_NFT_TABLE} {{
                 chain nat_postrouting {{
                     type nat hook postrouting priority srcnat; policy accept;
-                    ip saddr {nat_net} oifname != "{_LINKS[_NAT_LINK].router_iface}" masquerade
+                    {masquerade}
                 }}
                 chain loss_in {{
                     type filter hook prerouting priority raw; policy accept;
@@ -333,9 +383,27 @@ class NetLab:
             """
         )
 
+    def _server_routed_nets(self) -> list[str]:
+        """The /24s the server reaches through the router: mobile's public
+        ones (wifi; cell too without NAT) and every relay's DMZ. The server's
+        own nets are directly connected, and so need no route."""
+        nets = [_LINKS["wifi"].net]
+        if not self.nat:
+            nets.append(_LINKS[_NAT_LINK].net)
+        nets.extend(_relay_net(i) for i in range(1, len(self.relays) + 1))
+        return [f"{net}.0/24" for net in nets]
+
+    def _server_routes(self, srv: _ServerLink) -> None:
+        """(Re)install the server's routes through `srv`; each link's metric
+        differs, so the kernel keeps one route per link and uses the best one
+        whose device is up: srv2 takes over as soon as srv goes down."""
+        for net in self._server_routed_nets():
+            self._ip(self.server, "route", "replace", net, "via", srv.gateway, "dev", srv.name,
+                     "metric", str(srv.metric))
+
     def _relay_namespace(self, i: int, ns: str) -> None:
-        """relay<i>: a veth to the router, a default route through it; the
-        server routes the relay's /24 back through the router."""
+        """relay<i>: a veth to the router, a default route through it. The
+        server's route back to the relay's /24 is one of _server_routes."""
         net = _relay_net(i)
         veth = f"rly{i}"
         self._ip(self.router, "link", "add", veth, "type", "veth", "peer", "name", "rly",
@@ -345,16 +413,15 @@ class NetLab:
         self._ip(ns, "addr", "add", f"{net}.{_SERVER_HOST}/24", "dev", "rly")
         self._ip(ns, "link", "set", "dev", "rly", "up")
         self._ip(ns, "route", "add", "default", "via", f"{net}.{_ROUTER_HOST}", "dev", "rly")
-        self._ip(self.server, "route", "add", f"{net}.0/24", "via",
-                 f"{_SERVER_NET}.{_ROUTER_HOST}", "dev", "srv")
 
     def firewall(self, on: bool) -> None:
         """Make the server an inside server (on) or a reachable one (off):
         every connection that begins outside it is dropped, silently."""
         self._require_built()
+        # Every interface but loopback leads outside, srv2 as much as srv.
         script = (f"table inet {_FIREWALL_TABLE} {{\n chain input {{\n"
                   "  type filter hook input priority filter; policy accept;\n"
-                  '  iifname "srv" ct state new drop\n }\n}\n')
+                  '  iifname != "lo" ct state new drop\n }\n}\n')
         if on:
             self._cmd(["ip", "netns", "exec", self.server, "nft", "-f", "-"], stdin=script)
         else:
@@ -703,3 +770,48 @@ class NetLab:
     def link_stats(self, name: str) -> str:
         """The link's tunlink counters, as the JSON line `stats` returns."""
         return self.control(self._link(name).name, "stats")
+
+    # -- changing the server's links -----------------------------------------
+
+    def server_link_down(self, name: str) -> None:
+        """Take the server's side of link `name` (srv or srv2) down; the
+        kernel drops the server's routes through it, so another link's take
+        over. Doing it twice is harmless."""
+        self._require_built()
+        srv = self._server_link(name)
+        self._ip(self.server, "link", "set", "dev", srv.name, "down")
+        self._server_down.add(srv.name)
+
+    def server_link_up(self, name: str) -> None:
+        """Bring the server's side of link `name` back up, with its address
+        and routes. Doing it twice is harmless."""
+        self._require_built()
+        srv = self._server_link(name)
+        self._ip(self.server, "link", "set", "dev", srv.name, "up")
+        self._server_down.discard(srv.name)
+        # IPv4 addresses survive a down link, but restore it anyway, so the
+        # link comes back as the lab describes it whatever happened meanwhile.
+        self._ip(self.server, "addr", "replace", f"{srv.net}.{self._server_hosts[srv.name]}/24",
+                 "dev", srv.name)
+        # The routes through the link went when it went down.
+        self._server_routes(srv)
+
+    def change_server_address(self, name: str, new_host_octet: int) -> str:
+        """Give the server a new address on link `name` (same /24); returns it."""
+        self._require_built()
+        srv = self._server_link(name)
+        if not isinstance(new_host_octet, int) or not 2 <= new_host_octet <= 254:
+            raise LabError(f"host octet must be 2..254 (1 is the router), got {new_host_octet!r}")
+        old = f"{srv.net}.{self._server_hosts[srv.name]}"
+        new = f"{srv.net}.{new_host_octet}"
+        if new == old:
+            return new
+        # Delete first: with the old address primary, adding the new one as a
+        # secondary and then deleting the primary would take both away.
+        self._ip(self.server, "addr", "del", f"{old}/24", "dev", srv.name)
+        self._ip(self.server, "addr", "add", f"{new}/24", "dev", srv.name)
+        self._server_hosts[srv.name] = new_host_octet
+        if srv.name not in self._server_down:
+            # Removing the link's only address took its routes with it.
+            self._server_routes(srv)
+        return new
