@@ -186,14 +186,25 @@ _event_loop_flag = click.option(
                    "or SIP (repeatable; its authorized clients may look it up).")
 @click.option("--advertise", multiple=True, metavar="HOST:PORT",
               help="The address to register (repeatable)  [default: the --listen address, "
-                   "or every interface's when it listens on all]")
+                   "or every interface's when it listens on all, or the --path networks']")
+@click.option("--path", "paths", multiple=True,
+              metavar="NAME:dev=IFACE[,priority=N][,kind=K][,min-signal=N]",
+              help="A network this server may be reached on (repeatable; a mobile server): "
+                   "when the best one changes it tells its clients (MOVE) and registrars.")
+@click.option("--links", type=click.Choice(["linux", "static", "emulated"]), default="linux",
+              show_default=True, help="Link driver reporting the --path networks' state.")
+@click.option("--dwell", default=3.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a more preferred network must stay usable before moving to it.")
+@click.option("--event-log", type=_FilePath(), default=None,
+              help="Append JSON-lines events (network moves) to this file.")
 @_compress_flag
 @_control_flag
 @_log_level
 @_event_loop_flag
 def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_keys: str,
            allow: tuple[str, ...], linger: float, udp: bool, allow_listen: tuple[str, ...],
-           registrars: tuple[str, ...], advertise: tuple[str, ...],
+           registrars: tuple[str, ...], advertise: tuple[str, ...], paths: tuple[str, ...],
+           links: str, dwell: float, event_log: str | None,
            compression: CompressionMode, control: str | None, log_level: str,
            event_loop: str) -> None:
     """Run the server daemon beside the services."""
@@ -202,7 +213,8 @@ def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_ke
     _setup_logging(log_level, "server")
     _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp,
                               list(allow_listen), compression, list(uplinks),
-                              list(registrars), list(advertise)), event_loop)
+                              list(registrars), list(advertise), list(paths), links, dwell,
+                              event_log), event_loop)
 
 
 @main.command()
@@ -450,22 +462,38 @@ def status(control: str | None, of_server: bool, of_relay: bool, of_registrar: b
 @click.argument("name")
 @click.argument("change", metavar="up|down|signal=N")
 @click.option("--control", type=_FilePath(), default=None,
-              help="The client's control socket.")
-def link(name: str, change: str, control: str | None) -> None:
+              help="The daemon's control socket (default: the client's).")
+@click.option("--server", "of_server", is_flag=True,
+              help="Change the server daemon's network instead.")
+def link(name: str, change: str, control: str | None, of_server: bool) -> None:
     """Change an emulated link: up, down or signal=N."""
-    click.echo(json.dumps(_ask(control, "client", "link", {"path": name, "change": change})))
+    role = "server" if of_server else "client"
+    click.echo(json.dumps(_ask(control, role, "link", {"path": name, "change": change})))
 
 
 @main.command()
 @click.argument("name")
 @click.option("--control", type=_FilePath(), default=None,
-              help="The client's control socket.")
-def switch(name: str, control: str | None) -> None:
+              help="The daemon's control socket (default: the client's).")
+@click.option("--server", "of_server", is_flag=True,
+              help="Move the server daemon to its network NAME instead: it tells its "
+                   "clients, which follow it there.")
+def switch(name: str, control: str | None, of_server: bool) -> None:
     """Hand the session over to path NAME now (soft if the old path allows).
 
     The session stays on NAME until it stops working; `roam switch auto` gives
     the choice back to the policy.
     """
+    if of_server:
+        networks = _ask(control, "server", "switch", {"path": name})["networks"]
+        moves = networks["moves"]
+        if name == "auto":
+            click.echo("the policy chooses the network again")
+        elif moves:
+            last = moves[-1]
+            click.echo(f"{last['type']} move {last['from']} -> {last['to']}: reached at "
+                       f"{', '.join(last['addresses'])}; {last['sessions']} sessions told")
+        return
     result = _ask(control, "client", "switch", {"path": name})
     last = result["handovers"][-1] if result.get("handovers") else None
     if name == "auto":

@@ -137,7 +137,7 @@ class ServerSession:
                    "udp": driver.datagrams.status() if driver and driver.datagrams else None,
                    "transports": client.transport_roles(),
                    "handovers": [dataclasses.asdict(r) for r in self.history[-100:]]}
-        return {"server": self.spec.name, "address": self.spec.address, **out}
+        return {"server": self.spec.name, "address": self.client.server, **out}
 
     async def close(self) -> None:
         await self.client.shutdown()

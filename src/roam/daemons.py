@@ -12,15 +12,21 @@ import dataclasses
 import logging
 import resource
 import sys
+from typing import Any
 
 from roam.connector.allow import AccessList, format_host_port, parse_port, split_host_port
 from roam.connector.connector import Connector
+from roam.control.eventlog import EventLog
 from roam.control.server import ControlServer, Handler, default_control_path
 from roam.core.compress import AUTO, CompressionMode
 from roam.core.session import SessionConfig
 from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
 from roam.errors import ConfigError, KeyFileError, RoamError
+from roam.links.driver import make_driver
+from roam.policy.paths import parse_paths
+from roam.policy.policy import Policy
 from roam.transport.driver import SessionDriver
+from roam.transport.mobility import ServerNetworks
 from roam.transport.server import MAX_OPENINGS, Server, ServerConfig
 
 log = logging.getLogger("roam")
@@ -81,7 +87,9 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                      allow_listen: list[str] | None = None,
                      compression: CompressionMode = AUTO,
                      uplinks: list[str] | None = None, registrars: list[str] | None = None,
-                     advertise: list[str] | None = None) -> int:
+                     advertise: list[str] | None = None, paths: list[str] | None = None,
+                     links: str = "linux", dwell: float = 3.0,
+                     event_log: str | None = None) -> int:
     from roam.crypto.keys import encode_key
     from roam.registrar.addresses import reachable_at
     from roam.registrar.messages import check_address
@@ -105,6 +113,11 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
             raise ConfigError(f"--advertise {text!r}: {exc}") from None
     if advertise and not (specs or sip):
         raise ConfigError("--advertise needs --registrar HOST:PORT,key=...: where to say it")
+    networks_config = parse_paths(paths or [])
+    if networks_config and listen is None:
+        raise ConfigError("--path needs --listen: a server is reached on its networks at the "
+                          "port it listens on")
+    policy = Policy(networks_config, dwell=dwell) if networks_config else None
     private = load_private_key(key)
     authorized = load_authorized_keys(authorized_keys)
     if not authorized:
@@ -129,7 +142,7 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
     if keeper is not None:
         _ready("uplinks " + " ".join(r.address for r in relays))
 
-    async def status(_: dict[str, object]) -> object:
+    async def status(_: dict[str, object]) -> dict[str, Any]:
         return {"listening": where,
                 "uplinks": ({r.address: {"idle": keeper.idle[r.name],
                                          "taken": keeper.taken[r.name]} for r in relays}
@@ -142,14 +155,52 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                               "udp": d.datagrams.status() if d.datagrams else None}
                              for sid, d in server.sessions.items()]}
 
-    registration = None
+    wake_sip = [asyncio.Event() for _ in sip]
+    registration: Registration | None = None
+    networks: ServerNetworks | None = None
+
+    def addresses_changed() -> None:
+        if registration is not None:
+            registration.changed()
+        for event in wake_sip:
+            event.set()
+
+    reachable = reachable_at(bound_at, advertise or [])
+    if policy is not None and bound_at is not None:
+        networks = ServerNetworks(policy, make_driver(links, {p.name: p.device
+                                                              for p in networks_config}),
+                                  bound_at[1], server, addresses_changed, EventLog(event_log))
+        if not advertise:
+            reachable = networks.addresses
     if specs:
         registration = Registration(
-            specs, private, reachable_at(bound_at, advertise or []),
+            specs, private, reachable,
             lambda: [f"{r.name}={r.address},key={encode_key(r.key)}" for r in relays],
             frozenset(authorized))
-    ctl = await _control(control, "server", {"status": status})
+    async def with_networks(req: dict[str, object]) -> object:
+        return {**await status(req),
+                "networks": networks.status() if networks is not None else None}
+
+    def needs_networks() -> ServerNetworks:
+        if networks is None:
+            raise ConfigError("this server has no --path: it is reached where it listens")
+        return networks
+
+    async def switch(req: dict[str, object]) -> object:
+        try:
+            needs_networks().switch(str(req["path"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return await with_networks({})
+
+    async def link(req: dict[str, object]) -> object:
+        return needs_networks().set_link(str(req["path"]), str(req["change"]))
+
+    ctl = await _control(control, "server", {"status": with_networks, "switch": switch,
+                                             "link": link})
     try:
+        if networks is not None:
+            await networks.start()
         # One TaskGroup for what the daemon runs besides its listener.
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(asyncio.Event().wait(), name="serve")
@@ -158,10 +209,11 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
             if registration is not None:
                 tasks.create_task(registration.run(), name="registration")
             for n, registrar in enumerate(sip):
-                tasks.create_task(keep_registered(registrar,
-                                                  reachable_at(bound_at, advertise or [])),
+                tasks.create_task(keep_registered(registrar, reachable, wake_sip[n]),
                                   name=f"sip-registration-{n}")
     finally:
+        if networks is not None:
+            await networks.close()
         if ctl is not None:
             await ctl.close()
         await server.close()

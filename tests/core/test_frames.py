@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +18,8 @@ from roam.core.frames import (
     MAX_DATA_CHUNK,
     MAX_FRAME_BODY,
     MAX_HOST,
+    MAX_MOVE_ADDRESS,
+    MAX_MOVE_ADDRESSES,
     MAX_REASON,
     SWITCH_REINJECT,
     Ack,
@@ -30,6 +34,7 @@ from roam.core.frames import (
     HandoverReady,
     Join,
     Joined,
+    Move,
     Open,
     OpenFail,
     OpenOk,
@@ -53,7 +58,7 @@ U64 = 2**64 - 1
 
 FRAME_CLASSES = (
     Open, OpenOk, OpenFail, Data, Fin, Reset, Window, Close, Dgram, Ack, Ping, Pong, Resume,
-    Resumed, HandoverBegin, HandoverReady, Join, Joined, Switch,
+    Resumed, HandoverBegin, HandoverReady, Join, Joined, Switch, Move,
 )
 
 # One instance of every frame type, with values at the edges of their fields.
@@ -86,8 +91,10 @@ EXAMPLES: list[Frame] = [
     HandoverReady(23),
     Join(0),
     Joined(U64),
-    Switch(24),
-    Switch(U64, SWITCH_REINJECT),
+    Switch(24, 0, 1, 0),
+    Switch(U64, SWITCH_REINJECT, U32, U32),
+    Move(1, ("198.19.64.2:7000",)),
+    Move(U32, tuple(f"[2001:db8::{i}]:{U16}" for i in range(MAX_MOVE_ADDRESSES))),
 ]
 
 
@@ -143,7 +150,10 @@ frames_st: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Resumed, u64),
     st.builds(Join, u64),
     st.builds(Joined, u64),
-    st.builds(Switch, u64, st.sampled_from([0, SWITCH_REINJECT])),
+    st.builds(Switch, u64, st.sampled_from([0, SWITCH_REINJECT]), st.integers(1, U32), u32),
+    st.builds(Move, u32, st.lists(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+                                          min_size=1, max_size=MAX_MOVE_ADDRESS),
+                                  min_size=1, max_size=MAX_MOVE_ADDRESSES).map(tuple)),
 )
 
 # Records made of frame-shaped pieces with arbitrary type and body, so the
@@ -329,7 +339,7 @@ def test_oversized_declared_length(length: int) -> None:
     refused(HEADER.pack(FrameType.DATA, length) + b"x" * 100, "exceeds")
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x10, 0x15, 0x7F, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x10, 0x16, 0x7F, 0xFF])
 def test_unknown_frame_type(ftype: int) -> None:
     refused(raw(ftype, b""), f"unknown frame type {ftype:#04x}")
     refused(encode(Ack(1)) + raw(ftype, b"abc"), "unknown frame type")
@@ -410,7 +420,7 @@ FIXED_SIZES = [
     (FrameType.RESUMED, 8),
     (FrameType.JOIN, 8),
     (FrameType.JOINED, 8),
-    (FrameType.SWITCH, 9),
+    (FrameType.SWITCH, 17),
     (FrameType.WINDOW, 16),
     (FrameType.OPEN_OK, 16),
     (FrameType.FIN, 12),
@@ -431,6 +441,7 @@ MIN_SIZES = [
     (FrameType.OPEN_FAIL, 13),
     (FrameType.CLOSE, 10),
     (FrameType.DGRAM, 4),
+    (FrameType.MOVE, 5),
 ]
 
 
@@ -514,4 +525,31 @@ def test_truncation_at_every_offset(frames: list[Frame]) -> None:
 
 def test_switch_with_unknown_flags_is_refused() -> None:
     with pytest.raises(ProtocolError, match="SWITCH frame has unknown flags 0x2"):
-        decode_frames(raw(FrameType.SWITCH, bytes(8) + b"\x02"))
+        decode_frames(raw(FrameType.SWITCH, bytes(8) + b"\x02" + bytes(8)))
+
+
+def test_switch_serial_zero_is_refused() -> None:
+    refused(raw(FrameType.SWITCH, bytes(17)), "serial 0")
+
+
+MOVE_HEAD = struct.Struct("!IB")
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    (MOVE_HEAD.pack(1, 0), "names 0 addresses"),
+    (MOVE_HEAD.pack(1, MAX_MOVE_ADDRESSES + 1), f"names {MAX_MOVE_ADDRESSES + 1} addresses"),
+    (MOVE_HEAD.pack(1, 2) + b"\x03a:1", "ends before its last address"),
+    (MOVE_HEAD.pack(1, 1) + b"\x05a:1", "address of 5 bytes"),
+    (MOVE_HEAD.pack(1, 1) + b"\x00", "address of 0 bytes"),
+    (MOVE_HEAD.pack(1, 1) + b"\x03a 1", "not printable ASCII"),
+    (MOVE_HEAD.pack(1, 1) + b"\x03a:1x", "1 bytes after its addresses"),
+])
+def test_bad_move_frames_are_refused(body: bytes, fragment: str) -> None:
+    refused(raw(FrameType.MOVE, body), fragment)
+
+
+@pytest.mark.parametrize("move", [Move(1, ()), Move(1, ("",)), Move(1, ("a" * 81,)),
+                                  Move(1, ("a:1",) * (MAX_MOVE_ADDRESSES + 1))])
+def test_a_move_out_of_range_is_not_encoded(move: Move) -> None:
+    with pytest.raises(ValueError, match="MOVE"):
+        encode(move)

@@ -219,7 +219,7 @@ def test_a_switch_on_a_transport_that_has_not_joined_is_a_protocol_error() -> No
     s.transport_attached(0.0, resume=False, tid=0)
     s.transport_attached(0.0, resume=True, tid=1)
     with pytest.raises(ProtocolError, match="expected RESUME or JOIN first"):
-        s.receive_payload(fr.encode(fr.Switch(0)), 0.0, tid=1)
+        s.receive_payload(fr.encode(fr.Switch(0, 0, 1, 0)), 0.0, tid=1)
 
 
 def test_a_transport_starts_opening_and_moves_by_its_table() -> None:

@@ -112,6 +112,25 @@ class TransportSwitched:
 
 
 @dataclass(slots=True, frozen=True)
+class SwitchesCrossed:
+    """Both units switched before hearing of the other's (claim 17): ours
+    to `ours`, the peer's to `theirs`. `kept`: ours stands, this unit made
+    the session; else ours is abandoned and the session follows the peer's."""
+
+    ours: int
+    theirs: int
+    kept: bool
+
+
+@dataclass(slots=True, frozen=True)
+class PeerMoved:
+    """Client: the server can be reached at `addresses` now (MOVE): open
+    transports there and move the session onto them."""
+
+    addresses: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
 class HandoverReady:
     """Client: the server drained the old transport; resume on the new one now."""
 
@@ -137,5 +156,5 @@ Event = (
     ChannelOpenRequested | ChannelOpened | ChannelOpenFailed | ChannelRefused | DataReceived
     | DatagramReceived | EndOfStream
     | ChannelReset | ChannelClosed | TransportDead | SessionResumed | SessionClosed
-    | HandoverReady | TransportJoined | TransportSwitched
+    | HandoverReady | TransportJoined | TransportSwitched | SwitchesCrossed | PeerMoved
 )

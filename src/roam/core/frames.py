@@ -40,6 +40,7 @@ class FrameType(IntEnum):
     JOIN = 0x12
     JOINED = 0x13
     SWITCH = 0x14
+    MOVE = 0x15
 
 
 class ChannelKind(IntEnum):
@@ -71,7 +72,13 @@ _WINDOW = struct.Struct("!QII")
 _CH = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _CLOSE = struct.Struct("!QH")
-_SWITCH = struct.Struct("!QB")
+_SWITCH = struct.Struct("!QBII")
+# MOVE: a token, then each address as a length byte and ASCII HOST:PORT.
+_MOVE = struct.Struct("!IB")
+# A unit has a handful of networks: more addresses than this in one MOVE is
+# garbage, and a MOVE stays one small frame.
+MAX_MOVE_ADDRESSES = 16
+MAX_MOVE_ADDRESS = 80
 # SWITCH flags: the sender resent here every frame the receiver has not
 # acknowledged, and asks the receiver to do the same after `received`.
 SWITCH_REINJECT = 0x01
@@ -224,15 +231,33 @@ class Joined:
 class Switch:
     """The sender's new reliable frames travel on this transport from here on;
     the receiver's should too. With SWITCH_REINJECT, both resend here every
-    frame the other has not acknowledged."""
+    frame the other has not acknowledged.
+
+    `serial` numbers the sender's switches (1, 2, ...); `seen` is the
+    highest serial of the receiver's switches the sender had heard of when
+    it switched. A receiver whose own latest switch is above `seen` knows
+    the two crossed (claim 17; roam.core.crossing decides which stands)."""
 
     received: int
     flags: int = 0
+    serial: int = 0
+    seen: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class Move:
+    """Server: it can be reached at `addresses` (HOST:PORT, best first) from
+    now on; open transports there (a mobile server's handover, claim 16).
+    `token` rises with each move, so an older MOVE that arrives late on
+    another transport is ignored."""
+
+    token: int
+    addresses: tuple[str, ...]
 
 
 Frame = (
     Open | OpenOk | OpenFail | Data | Fin | Reset | Window | Close | Dgram | Ack | Ping | Pong
-    | Resume | Resumed | HandoverBegin | HandoverReady | Join | Joined | Switch
+    | Resume | Resumed | HandoverBegin | HandoverReady | Join | Joined | Switch | Move
 )
 ReliableFrame = Open | OpenOk | OpenFail | Data | Fin | Reset | Window | Close
 RELIABLE_CLASSES = (Open, OpenOk, OpenFail, Data, Fin, Reset, Window, Close)
@@ -331,9 +356,48 @@ def _encode(frame: Frame) -> bytes:
             return _frame(FrameType.JOIN, _U64.pack(n))
         case Joined(n):
             return _frame(FrameType.JOINED, _U64.pack(n))
-        case Switch(n, flags):
-            return _frame(FrameType.SWITCH, _SWITCH.pack(n, flags))
+        case Switch(n, flags, serial, seen):
+            return _frame(FrameType.SWITCH, _SWITCH.pack(n, flags, serial, seen))
+        case Move(token, addresses):
+            return _frame(FrameType.MOVE, _encode_move(token, addresses))
     raise ValueError(f"cannot encode {frame!r}")
+
+
+def _encode_move(token: int, addresses: tuple[str, ...]) -> bytes:
+    if not 1 <= len(addresses) <= MAX_MOVE_ADDRESSES:
+        raise ValueError(f"a MOVE carries 1 to {MAX_MOVE_ADDRESSES} addresses, "
+                         f"not {len(addresses)}")
+    body = [_MOVE.pack(token, len(addresses))]
+    for address in addresses:
+        raw = address.encode("ascii")
+        if not 0 < len(raw) <= MAX_MOVE_ADDRESS:
+            raise ValueError(f"MOVE address {address!r} is not 1 to {MAX_MOVE_ADDRESS} bytes")
+        body.append(bytes([len(raw)]) + raw)
+    return b"".join(body)
+
+
+def _decode_move(body: memoryview) -> Move:
+    _at_least(FrameType.MOVE, body, _MOVE.size)
+    token, count = _MOVE.unpack_from(body)
+    if not 1 <= count <= MAX_MOVE_ADDRESSES:
+        raise ProtocolError(f"MOVE frame names {count} addresses; 1 to {MAX_MOVE_ADDRESSES} "
+                            f"are allowed")
+    addresses: list[str] = []
+    offset = _MOVE.size
+    for _ in range(count):
+        if offset >= len(body):
+            raise ProtocolError("MOVE frame ends before its last address")
+        size = body[offset]
+        raw = bytes(body[offset + 1:offset + 1 + size])
+        if not 0 < size <= MAX_MOVE_ADDRESS or len(raw) != size:
+            raise ProtocolError(f"MOVE frame has an address of {size} bytes")
+        if not all(0x21 <= b < 0x7F for b in raw):
+            raise ProtocolError("MOVE frame has an address that is not printable ASCII")
+        addresses.append(raw.decode("ascii"))
+        offset += 1 + size
+    if offset != len(body):
+        raise ProtocolError(f"MOVE frame has {len(body) - offset} bytes after its addresses")
+    return Move(token, tuple(addresses))
 
 
 def _code(value: int) -> CloseCode:
@@ -425,10 +489,14 @@ def _decode_one(ftype: FrameType, body: memoryview) -> Frame:
         return HandoverReady(token)
     if ftype is FrameType.SWITCH:
         _fixed(ftype, body, _SWITCH.size)
-        received, flags = _SWITCH.unpack_from(body)
+        received, flags, serial, seen = _SWITCH.unpack_from(body)
         if flags & ~SWITCH_REINJECT:
             raise ProtocolError(f"SWITCH frame has unknown flags {flags:#x}")
-        return Switch(received, flags)
+        if serial == 0:
+            raise ProtocolError("SWITCH frame has serial 0; a sender's switches count from 1")
+        return Switch(received, flags, serial, seen)
+    if ftype is FrameType.MOVE:
+        return _decode_move(body)
     if ftype is FrameType.DGRAM:
         _at_least(ftype, body, _CH.size)
         (channel,) = _CH.unpack_from(body)

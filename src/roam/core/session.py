@@ -35,12 +35,14 @@ Per-channel credit (WINDOW) keeps one slow reader from stalling the others.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from roam.core import events as ev
 from roam.core import frames as fr
 from roam.core.channels import Channels
 from roam.core.compress import AUTO_MIN_RTT, CompressionMode, Compressor, History
+from roam.core.crossing import Switches, Verdict
 from roam.core.liveness import MAX_PINGS, idle_interval
 from roam.core.replay import Buffer, Entry, ReplayBuffer
 from roam.core.rtt import RttEstimator
@@ -160,18 +162,50 @@ class SessionStatistics:
     payload_bytes_received: int
     # Moves of this side's sending from one transport to another.
     switches: int
+    # Switches of both units that crossed (claim 17), settled by the rule.
+    crossings: int
 
 
 class Session:
     # A server holds one per session for as long as it lives, idle or not:
     # slots, where an instance dict would cost about 1.5 KiB.
-    __slots__ = ("_ack_due", "_ack_progress", "_ack_sent", "_active", "_active_since", "_ahead",
-                 "_ahead_bytes", "_close_sent", "_detached_since", "_drained", "_events",
-                 "_idle", "_last_activity", "_last_received", "_overlap", "_overlap_until",
-                 "_received", "_rtt", "_stall_retry", "_transports", "_unacked_bytes",
-                 "channels", "config", "datagrams_received", "datagrams_sent",
-                 "frames_overlapped", "frames_resent", "is_client", "replay", "resumes", "state",
-                 "switches")
+    __slots__ = (
+        "_ack_due",
+        "_ack_progress",
+        "_ack_sent",
+        "_active",
+        "_active_since",
+        "_ahead",
+        "_ahead_bytes",
+        "_close_sent",
+        "_detached_since",
+        "_drained",
+        "_events",
+        "_idle",
+        "_last_activity",
+        "_last_received",
+        "_moves",
+        "_overlap",
+        "_overlap_until",
+        "_received",
+        "_rtt",
+        "_serials",
+        "_stall_retry",
+        "_transports",
+        "_unacked_bytes",
+        "channels",
+        "config",
+        "crossings",
+        "datagrams_received",
+        "datagrams_sent",
+        "frames_overlapped",
+        "frames_resent",
+        "is_client",
+        "replay",
+        "resumes",
+        "state",
+        "switches",
+    )
 
     def __init__(self, *, is_client: bool, now: float, config: SessionConfig | None = None,
                  compression: CompressionMode | None = None, history: bool = False) -> None:
@@ -232,6 +266,11 @@ class Session:
         self._overlap_until = 0.0
         self.resumes = 0
         self.switches = 0
+        # Switch serials, ours and the peer's (claim 17: crossing switches).
+        self._serials = Switches(creator=is_client)
+        self.crossings = 0
+        # Server: the last MOVE's token; client: the last one heard.
+        self._moves = 0
         self.datagrams_sent = 0
         self.datagrams_received = 0
 
@@ -291,9 +330,25 @@ class Session:
         if previous is t and not reinject:
             return
         self._activate(t, now, TransportInput.SWITCH, reason, reinject=reinject)
-        flags = fr.SWITCH_REINJECT if reinject else 0
         # First on the transport, before the frames it carries from now on.
-        t.control.insert(0, fr.encode(fr.Switch(self._received, flags)))
+        t.control.insert(0, self._switch_frame(t, reinject))
+
+    def _switch_frame(self, t: Transport, reinject: bool) -> bytes:
+        serial, seen = self._serials.ours(t.id)
+        return fr.encode(fr.Switch(self._received, fr.SWITCH_REINJECT if reinject else 0,
+                                   serial, seen))
+
+    def announce_move(self, addresses: Sequence[str]) -> None:
+        """Server: this unit can be reached at `addresses` (HOST:PORT, best
+        first) from now on; MOVE goes on every transport that works, so the
+        first to arrive tells the client to open transports there."""
+        if self.is_client:
+            raise LocalError("only the server announces a move: the client dials")
+        self._moves += 1
+        frame = fr.encode(fr.Move(self._moves, tuple(addresses)))
+        for t in self._transports.values():
+            if t.usable:
+                t.control.append(frame)
 
     def _activate(self, t: Transport, now: float, event: TransportInput, reason: str, *,
                   reinject: bool) -> None:
@@ -826,16 +881,46 @@ class Session:
         elif isinstance(frame, fr.Join | fr.Joined):
             self._joined(frame, t, now)
         elif isinstance(frame, fr.Switch):
-            self._acked(frame.received, now)
-            reinject = bool(frame.flags & fr.SWITCH_REINJECT)
-            if t is not self._active or reinject:
-                self._activate(t, now, TransportInput.SWITCH_RECEIVED,
-                               "the peer found the active transport lost or stalled"
-                               if reinject else "the peer switched", reinject=reinject)
-            else:
-                t.move(TransportInput.SWITCH_RECEIVED)
+            self._switched(frame, t, now)
+        elif isinstance(frame, fr.Move):
+            if not self.is_client:
+                raise ProtocolError("MOVE from the client: only the server announces one")
+            if frame.token > self._moves:
+                self._moves = frame.token
+                self._events.append(ev.PeerMoved(frame.addresses))
         else:
             raise ProtocolError(f"{type(frame).__name__.upper()} frames are not handled yet")
+
+    def _switched(self, frame: fr.Switch, t: Transport, now: float) -> None:
+        """The peer's SWITCH: follow it, or not when it is stale or crossed
+        ours and ours stands (roam.core.crossing)."""
+        if not t.usable:
+            t.move(TransportInput.SWITCH_RECEIVED)  # GONE stays; OPENING is an error
+            return
+        self._acked(frame.received, now)
+        reinject = bool(frame.flags & fr.SWITCH_REINJECT)
+        ours = self._serials.target
+        alive = ours is not None and ours in self._transports
+        verdict = self._serials.theirs(frame.serial, frame.seen, t.id, ours_alive=alive)
+        if verdict is Verdict.KEEP_OURS or verdict is Verdict.YIELD:
+            self.crossings += 1
+            self._events.append(ev.SwitchesCrossed(ours if ours is not None else t.id, t.id,
+                                                   kept=verdict is Verdict.KEEP_OURS))
+        if verdict is Verdict.FOLLOW or verdict is Verdict.YIELD:
+            if t is not self._active or reinject:
+                why = ("the peer found the active transport lost or stalled" if reinject
+                       else "the peer switched" if verdict is Verdict.FOLLOW
+                       else "the peer's switch crossed ours, and the peer made the session")
+                self._activate(t, now, TransportInput.SWITCH_RECEIVED, why, reinject=reinject)
+            else:
+                t.move(TransportInput.SWITCH_RECEIVED)
+        elif reinject and self._active is not None:
+            # Ours stands (or theirs was overtaken), but the peer lost or
+            # stalled something: what it has not acknowledged goes again on
+            # our active transport.
+            resent, _ = self.replay.resend_all()
+            self.frames_resent += resent
+            self._ack_progress = now
 
     def _resumed(self, frame: fr.Resume | fr.Resumed, t: Transport, now: float) -> None:
         """RESUME (server) or RESUMED (client), first on a new transport: the
@@ -881,7 +966,7 @@ class Session:
         if self._active is None:
             self._activate(t, now, TransportInput.SWITCH, "the only transport left",
                            reinject=True)
-            t.control.append(fr.encode(fr.Switch(self._received, fr.SWITCH_REINJECT)))
+            t.control.append(self._switch_frame(t, True))
         if not self.is_client:
             # JOINED carries the mark and must come first: no ACK before it.
             self._ack_sent = self._received
@@ -1079,7 +1164,7 @@ class Session:
             compression=str(compressor.mode) if compressor else "off",
             payload_bytes_sent=channels.payload_bytes_sent,
             payload_bytes_received=channels.payload_bytes_received,
-            switches=self.switches,
+            switches=self.switches, crossings=self.crossings,
         )
 
 

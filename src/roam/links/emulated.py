@@ -4,7 +4,9 @@ Nothing here looks at the system: the control socket calls the setters and
 the driver reports whatever it was told. Every path starts present, up, with
 the placeholder address `emulated:<path>` and no signal. The placeholder is
 deliberately not an IP address, so nothing mistakes it for a source address
-to bind; `set_addresses` replaces it with real ones.
+to bind; `set_addresses` replaces it with real ones. A path whose device is
+itself an IP address starts with that address instead: on loopback, each
+emulated network of a test or the demo is one of 127.0.0.0/8's addresses.
 
 The fields are independent: an absent link may still read as up, because the
 emulator exists to put the policy in any state, including odd ones.
@@ -28,6 +30,13 @@ def placeholder_address(path: str) -> str:
     return f"{PLACEHOLDER_PREFIX}{path}"
 
 
+def _address_of(path: str, device: str) -> str:
+    try:
+        return str(ipaddress.ip_address(device))
+    except ValueError:
+        return placeholder_address(path)
+
+
 class EmulatedDriver(LinkDriver):
     """State set through `set_up`, `set_present`, `set_signal` and `set_addresses`.
 
@@ -43,8 +52,8 @@ class EmulatedDriver(LinkDriver):
         super().__init__(devices)
         self._states: dict[str, LinkState] = {
             path: LinkState(name=path, present=True, up=True,
-                            addresses=(placeholder_address(path),), signal=None)
-            for path in self._devices
+                            addresses=(_address_of(path, device),), signal=None)
+            for path, device in self._devices.items()
         }
 
     async def start(self, watcher: Watcher) -> None:
@@ -105,3 +114,22 @@ class EmulatedDriver(LinkDriver):
             return
         self._states[new.name] = new
         self._notify()
+
+
+def change_link(driver: LinkDriver, name: str, change: str, who: str) -> LinkState:
+    """`roam link NAME up|down|signal=N`: only the emulated driver takes it
+    (`who` names the daemon in the error)."""
+    if not isinstance(driver, EmulatedDriver):
+        raise ConfigError(f"roam link changes emulated links; this {who} runs --links "
+                          f"{driver.kind}")
+    if change in ("up", "down"):
+        driver.set_up(name, change == "up")
+    elif change.startswith("signal="):
+        value = change.removeprefix("signal=")
+        try:
+            driver.set_signal(name, None if value == "none" else int(value))
+        except ValueError:
+            raise ConfigError(f"signal={value!r}: not a whole number") from None
+    else:
+        raise ConfigError(f"unknown link change {change!r}: up, down or signal=N")
+    return driver.snapshot()[name]

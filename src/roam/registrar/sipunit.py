@@ -81,9 +81,21 @@ def _host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def keep_registered(registrar: SipRegistrar, addresses: Callable[[], list[str]]) -> None:
+async def keep_registered(registrar: SipRegistrar, addresses: Callable[[], list[str]],
+                          wake: asyncio.Event | None = None) -> None:
     """Keep the unit's first address registered as its contact; move it when
-    the address changes. Runs until cancelled."""
+    the address changes (read every ADDRESS_POLL_S, and at once when `wake`
+    is set: a mobile server's move). Runs until cancelled."""
+    wake = wake or asyncio.Event()
+
+    async def changed_or_due() -> None:
+        try:
+            async with asyncio.timeout(ADDRESS_POLL_S):
+                await wake.wait()
+        except TimeoutError:
+            pass
+        wake.clear()
+
     client = registrar.client()
     user = parse_uri(registrar.account.aor).user or "roam"
 
@@ -98,13 +110,13 @@ async def keep_registered(registrar: SipRegistrar, addresses: Callable[[], list[
     while current is None:
         log.warning("SIP registration of %s: no address to register yet",
                     registrar.account.aor)
-        await asyncio.sleep(ADDRESS_POLL_S)
+        await changed_or_due()
         current = contact()
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(client.keep_registered(current), name="sip-registration")
             while True:
-                await asyncio.sleep(ADDRESS_POLL_S)
+                await changed_or_due()
                 now = contact()
                 if now is not None and now != current:
                     log.info("SIP registration of %s moves to %s", registrar.account.aor, now)

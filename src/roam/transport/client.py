@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from roam.connector.allow import parse_port, split_host_port
 from roam.core import events as ev
 from roam.core.compress import AUTO, ZSTD_HISTORY, CompressionMode
 from roam.core.datagrams import DatagramPath
@@ -55,6 +56,10 @@ T = TypeVar("T")
 # Waits between reconnect attempts: the first at once (a reset is usually a
 # one-off), then doubling, capped so a returning network is found within 2 s.
 BACKOFF = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+# How often a move to the server's new address looks whether its transport
+# joined, and whether the old one drained: a tenth of a LAN round trip's
+# worth of waiting at most, and no busy loop.
+FOLLOW_POLL = 0.01
 # After BUSY the server is overloaded with openings, not unreachable: wait
 # longer, and with jitter, so that a thousand clients refused together do not
 # come back together ("equal jitter": half fixed, half random, doubling from
@@ -151,6 +156,9 @@ class Client:
         # The path of each transport the session has (by the core's number).
         self._paths: dict[int, Attachment | None] = {}
         self._tasks = Tasks("client")
+        # Moves to the server's new address under way: the path manager
+        # leaves the standby alone meanwhile (the new transport is it).
+        self.following = 0
         # Set when the core moves the session (a joined standby took over).
         self._switched: asyncio.Future[None] | None = None
         self._standby_key: CipherState | None = None
@@ -317,6 +325,7 @@ class Client:
         driver.on_resumed = self._on_resumed
         driver.on_closed = lambda e: self._session_closed(driver, e)
         driver.on_switched = lambda e: self._on_switched(driver, e)
+        driver.on_peer_moved = self._on_peer_moved
         self._paths = {0: via}
         session.transport_attached(now, resume=False)
         # The session lives on the path it was made on: a new session made
@@ -769,6 +778,86 @@ class Client:
         if tid is None or driver.session.transport_ids().get(tid) is not TransportState.STANDBY:
             return None
         return tid
+
+    def _on_peer_moved(self, addresses: tuple[str, ...]) -> None:
+        """The server said it moved (MOVE): follow it to the first address
+        that parses. A relayed path keeps its route; the last relay dials
+        the new address."""
+        for address in addresses:
+            try:
+                host, port_text = split_host_port(address, "MOVE address")
+                port = parse_port(port_text, f"MOVE address {address!r}")
+            except RoamError as exc:
+                log.warning("the server moved, to an address that does not parse: %s", exc)
+                continue
+            if port is None:
+                continue
+            if (host, port) != (self.config.server_host, self.config.server_port):
+                self._tasks.spawn(self._follow(host, port), name="follow-server")
+            return
+
+    async def _follow(self, host: str, port: int) -> None:
+        """The server moved while the session works (a mobile server's soft
+        handover): open a transport to its new address on the current path,
+        join it, and switch there softly; the transports to the old address
+        drain and go. A session that is not attached now resumes at the new
+        address (the reconnect loop reads it)."""
+        self.following += 1
+        try:
+            await self._follow_now(host, port)
+        finally:
+            self.following -= 1
+
+    async def _follow_now(self, host: str, port: int) -> None:
+        old = self.server
+        self.config.server_host, self.config.server_port = host, port
+        log.info("the server moved: %s -> %s (it said so); following it", old, self.server)
+        self.drop_standby()  # it was opened to the old address
+        driver = self.driver
+        if (driver is None or self.reconnecting
+                or driver.session.state is not SessionState.ATTACHED):
+            return
+        via = self.attachment or Attachment("default")
+        session = driver.session
+        timeout = self._attempt_timeout(session)
+        loop = asyncio.get_running_loop()
+        try:
+            await self.prepare_standby(via, timeout)
+        except TransportError as exc:
+            log.warning("cannot reach the server at its new address %s (%s); staying at %s "
+                        "while it works", self.server, exc, old)
+            return
+        deadline = loop.time() + timeout
+        while (tid := self._joined_standby(via)) is None:
+            if loop.time() >= deadline or driver is not self.driver or self.standby is None:
+                log.warning("the transport to %s did not join within %g s", self.server,
+                            timeout)
+                return
+            await asyncio.sleep(FOLLOW_POLL)
+        self.standby = None  # it is the session's own now; the old one must not stay
+        previous = driver.proto
+        self._switch(driver, tid, via, soft=True, reason=f"the server moved to {self.server}")
+        if previous is not None:
+            self._tasks.spawn(self._let_go_when_drained(driver, previous, old),
+                              name="drain-old-address")
+
+    async def _let_go_when_drained(self, driver: SessionDriver, proto: TransportProtocol,
+                                   where: str) -> None:
+        """Close the transport to the server's old address once nothing sent
+        on it waits for an acknowledgement (or after a few attempts' time:
+        what is still unacknowledged then is sent again on the others)."""
+        if self.standby is not None and self.standby[1] is proto:
+            self.standby = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * self._attempt_timeout(driver.session)
+        while loop.time() < deadline:
+            tid = driver.transport_of(proto)
+            if tid is None or driver.session.drained(tid):
+                break
+            await asyncio.sleep(FOLLOW_POLL)
+        if driver.transport_of(proto) is not None:
+            driver.drop_transport(proto, f"the server left {where}")
+        proto.abort()
 
     def _on_switched(self, driver: SessionDriver, e: ev.TransportSwitched) -> None:
         """The core moved the session to another transport: the active one was

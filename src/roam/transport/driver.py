@@ -253,6 +253,7 @@ class SessionDriver:
         "on_closed",
         "on_handover_ready",
         "on_open_request",
+        "on_peer_moved",
         "on_resumed",
         "on_switched",
         "on_transport_lost",
@@ -303,6 +304,8 @@ class SessionDriver:
         # The core moved its sending to another transport (a lost or stalled
         # one's standby took over, or the peer switched).
         self.on_switched: Callable[[ev.TransportSwitched], None] = _ignore
+        # Client: the server said where it can be reached now (MOVE).
+        self.on_peer_moved: Callable[[tuple[str, ...]], None] = _ignore
 
     # ---- transports ----------------------------------------------------------
 
@@ -634,6 +637,15 @@ class SessionDriver:
                     self.on_resumed(e.frames_resent)
                 elif isinstance(e, ev.HandoverReady):
                     self.on_handover_ready(e.token)
+                elif isinstance(e, ev.PeerMoved):
+                    log.info("%s: the peer moved: it can be reached at %s", self.name,
+                             ", ".join(e.addresses))
+                    self.on_peer_moved(e.addresses)
+                elif isinstance(e, ev.SwitchesCrossed):
+                    log.info("%s: our switch to transport %d crossed the peer's to %d: %s",
+                             self.name, e.ours, e.theirs,
+                             "ours stands (this side made the session)" if e.kept
+                             else "ours is abandoned (the peer made the session)")
                 elif isinstance(e, ev.SessionClosed):
                     who = "peer" if e.by_peer else "this side"
                     log.info("%s: session closed by %s: %s %s", self.name, who, e.code.name,

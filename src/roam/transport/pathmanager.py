@@ -25,7 +25,7 @@ from roam.core.paths import PathDecisions, Rebind
 from roam.core.states import SessionState
 from roam.errors import ConfigError, TransportError
 from roam.links.driver import LinkDriver
-from roam.links.emulated import EmulatedDriver
+from roam.links.emulated import change_link
 from roam.links.state import LinkState
 from roam.policy.policy import HandoverKind, NoUsablePath, Policy
 from roam.relay.route import RelayHop
@@ -215,7 +215,8 @@ class PathManager:
         # after it that takes them.
         self._tell_datagrams(self.paths.backup(now, current, self._no_copies)
                              if want in self._no_copies else want)
-        if self._standby_task is not None and not self._standby_task.done():
+        if ((self._standby_task is not None and not self._standby_task.done())
+                or self.client.following):
             return
         have = self.client.standby
         if have is not None and (have[1].lost or have[0].name != want):
@@ -356,17 +357,4 @@ class PathManager:
 
     def set_link(self, name: str, change: str) -> dict[str, Any]:
         """`roam link NAME up|down|signal=N`: only the emulated driver takes it."""
-        if not isinstance(self.driver, EmulatedDriver):
-            raise ConfigError(f"roam link changes emulated links; this client runs --links "
-                              f"{self.driver.kind}")
-        if change in ("up", "down"):
-            self.driver.set_up(name, change == "up")
-        elif change.startswith("signal="):
-            value = change.removeprefix("signal=")
-            try:
-                self.driver.set_signal(name, None if value == "none" else int(value))
-            except ValueError:
-                raise ConfigError(f"signal={value!r}: not a whole number") from None
-        else:
-            raise ConfigError(f"unknown link change {change!r}: up, down or signal=N")
-        return dataclasses.asdict(self.driver.snapshot()[name])
+        return dataclasses.asdict(change_link(self.driver, name, change, "client"))
