@@ -1,6 +1,7 @@
-"""Fuzz the SIP messages (roam.registrar.sipmessage, sipdigest, sipregister): any bytes a registrar sends,
-whole or cut however a stream delivers them, parse or raise SipError, and a
-registration in progress turns any answer into an event or SipError."""
+"""Fuzz the SIP messages (roam.registrar.sipmessage, sipdigest, sipregister):
+any bytes a registrar sends, whole or cut however a stream delivers them,
+parse or raise SipError, and a registration in progress turns any answer
+into an event or SipError."""
 
 from __future__ import annotations
 

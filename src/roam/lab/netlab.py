@@ -25,7 +25,9 @@ the lower metric and `srv2` as the fallback, so with `srv` down it still
 answers (and reaches the relays) through `srv2`. `server_link_down(name)`,
 `server_link_up(name)` and `change_server_address(name, octet)` change the
 server's side of a link the way `link_down`, `link_up` and `change_address`
-change mobile's.
+change mobile's. The router drops what arrives on a server link from an
+address outside that link's net (ingress filtering, BCP 38), as a provider
+would: a server that lost a network cannot go on using its address there.
 
 Each uplink is a pair of TUN devices (`wifi` in mobile, `wifi-r` in router)
 joined by a `roam.lab.tunlink` process, which adds delay and can black-hole
@@ -355,6 +357,8 @@ class NetLab:
             self._relay_namespace(i, ns)
         for name in self.server_link_names:
             self._server_routes(_SERVER_LINKS[name])
+            self._server_rule(_SERVER_LINKS[name],
+                              f"{_SERVER_LINKS[name].net}.{self._server_hosts[name]}", "add")
 
         nat_net = f"{_LINKS[_NAT_LINK].net}.0/24"
         # Without NAT the chain stays, empty, so the table has one shape.
@@ -363,6 +367,14 @@ class NetLab:
             if self.nat
             else ""
         )
+        # Ingress filtering (BCP 38), as a provider does: what arrives from a
+        # server link must come from that link's own net. Without it, a
+        # server that left a network would still send from its old address
+        # through the other one (the address stays on a link that is down,
+        # and its packets leave by whichever route is left).
+        source_check = "\n".join(
+            f'iifname "{name}" ip saddr != {_SERVER_LINKS[name].net}.0/24 drop'
+            for name in self.server_link_names)
         self._nft(
             f"""
             table ip {_NFT_TABLE} {{
@@ -378,6 +390,10 @@ class NetLab:
                 }}
                 chain udp_block {{
                     type filter hook forward priority filter; policy accept;
+                }}
+                chain source_check {{
+                    type filter hook prerouting priority filter; policy accept;
+                    {source_check}
                 }}
             }}
             """
@@ -400,6 +416,16 @@ class NetLab:
         for net in self._server_routed_nets():
             self._ip(self.server, "route", "replace", net, "via", srv.gateway, "dev", srv.name,
                      "metric", str(srv.metric))
+            # And in the link's own table, for what leaves from its address.
+            self._ip(self.server, "route", "replace", net, "via", srv.gateway, "dev", srv.name,
+                     "table", str(srv.metric))
+
+    def _server_rule(self, srv: _ServerLink, address: str, action: str) -> None:
+        """What the server sends from its address on `srv` leaves by `srv`
+        (a multihomed host's source routing): the router's ingress filter
+        drops it on the other link. Table and preference are the link's metric."""
+        self._ip(self.server, "rule", action, "from", address, "table", str(srv.metric),
+                 "pref", str(1000 + srv.metric))
 
     def _relay_namespace(self, i: int, ns: str) -> None:
         """relay<i>: a veth to the router, a default route through it. The
@@ -810,6 +836,8 @@ class NetLab:
         # secondary and then deleting the primary would take both away.
         self._ip(self.server, "addr", "del", f"{old}/24", "dev", srv.name)
         self._ip(self.server, "addr", "add", f"{new}/24", "dev", srv.name)
+        self._server_rule(srv, old, "del")
+        self._server_rule(srv, new, "add")
         self._server_hosts[srv.name] = new_host_octet
         if srv.name not in self._server_down:
             # Removing the link's only address took its routes with it.
