@@ -14,7 +14,7 @@ from roam.core import frames as fr
 from roam.core.crossing import Switches, Verdict
 from roam.core.session import Session
 from roam.errors import LocalError, ProtocolError
-from tests.core.multisim import MultiPair
+from tests.core.multisim import Link, MultiPair
 
 # ---- the rule ---------------------------------------------------------------
 
@@ -203,3 +203,21 @@ def test_a_move_from_the_client_is_a_protocol_error() -> None:
     s.transport_attached(0.0, resume=False, tid=0)
     with pytest.raises(ProtocolError, match="MOVE from the client"):
         s.receive_payload(fr.encode(fr.Move(1, ("198.18.1.2:1",))), 0.0, tid=0)
+
+
+def test_the_server_may_switch_to_a_transport_the_moment_it_joins() -> None:
+    # A mobile server switches to the client's transport to its new address
+    # as soon as JOIN arrives: JOINED still leaves first, then SWITCH.
+    p = MultiPair(delay=0.005)
+    cid = p.open()
+    p.run(30)
+    p.links[B] = Link(0.005)
+    p.client.join_transport(B, p.now)
+    p.server.transport_attached(p.now, resume=True, tid=B)
+    for payload in p.client.payloads_to_send(p.now, tid=B):
+        p.server.receive_payload(payload, p.now, B)
+    p.server.switch(B, p.now, reason="this server moved")
+    p.write(cid, b"on the new address", from_client=False)
+    p.run(100)
+    assert p.exact()
+    assert p.client.active_transport == p.server.active_transport == B

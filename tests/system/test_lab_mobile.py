@@ -187,3 +187,55 @@ def test_double_jump_with_kamailio_as_the_registrar(lab: NetLab, tmp_path: Path)
         _check(result, roam)
     _report("lab_double_jump", {"registrar": "kamailio", "mib": TRANSFER // MIB, **jump,
                                 "app_longest_stall_ms": round(result["longest_stall"] * 1000)})
+
+
+# Wifi's one-way delay in the crossing test: the server's SWITCH is on its
+# way that long, and the client's own switch must start meanwhile. The test
+# reacts to the server's log line within tens of ms; 250 ms leaves room.
+CROSSING_WIFI_DELAY_MS = 250.0
+
+
+def test_crossing_switches_resolve_by_the_creators_rule(tmp_path: Path) -> None:
+    """The server moves to net2 and switches to the client's new transport
+    there; while that SWITCH is on its way, the client switches to cell
+    (its own planned handover). The two cross: the client made the session,
+    so its switch stands and the server's is abandoned, on both sides. The
+    session is idle meanwhile (a bulk stream on a 500 ms wifi would itself
+    look stalled); an echo after it checks that every byte still gets
+    through, as the in-memory test checks under load for every timing."""
+    from roam.control.client import request
+
+    require(os.geteuid() == 0, "the network lab needs root")
+    with NetLab(wifi_delay_ms=CROSSING_WIFI_DELAY_MS, cell_delay_ms=30, relays=1,
+                server_links=2, nat=False) as lab:
+        roam = MobileLab(lab, tmp_path)
+        roam.start_units(*roam.builtin())
+        net1 = f"{lab.addresses['server']}:{ROAM_PORT}"
+        server_log = tmp_path / "roam-server.log"
+        roam.server_switch("net2")
+        deadline = time.monotonic() + 60
+        while "this server moved to net2" not in server_log.read_text():
+            assert time.monotonic() < deadline, roam.logs()
+            time.sleep(0.005)
+        request(str(roam.control), "switch", {"path": "cell"})
+        status = roam.wait(lambda s: "crossed" in (tmp_path / "roam-client.log").read_text()
+                           and s["active_path"] == "cell", "the crossing settled", timeout=60)
+        total = 4 * MIB
+        result = roam.app(total, 23).finish()
+        assert result["error"] is None, roam.logs()
+        assert result["mismatch_at"] is None
+        assert result["received"] == total
+        client_log = (tmp_path / "roam-client.log").read_text()
+        server_text = server_log.read_text()
+        assert "ours stands (this side made the session)" in client_log, roam.logs()
+        assert "ours is abandoned (the peer made the session)" in server_text, roam.logs()
+        assert "the server's is abandoned" in client_log
+        # Both ends on the client's choice: cell, at the server's old address.
+        assert status["address"] == net1
+        (session,) = roam.server_status()["sessions"]
+        assert session["crossings"] == 1
+        assert session["transport"].startswith("198.18.2.2:")  # mobile's cell address
+        assert status["session"]["crossings"] == 1
+        _report("lab_crossing", {"wifi_one_way_ms": CROSSING_WIFI_DELAY_MS,
+                                 "client_active_path": status["active_path"],
+                                 "server_peer": session["transport"]})

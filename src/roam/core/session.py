@@ -329,9 +329,14 @@ class Session:
         previous = self._active
         if previous is t and not reinject:
             return
-        self._activate(t, now, TransportInput.SWITCH, reason, reinject=reinject)
-        # First on the transport, before the frames it carries from now on.
-        t.control.insert(0, self._switch_frame(t, reinject))
+        # Server: a transport that just joined still owes its JOINED, which
+        # must be its first frame (it carries the mark: no ACK before it).
+        owed = (not self.is_client and bool(t.control)
+                and t.control[0][0] == fr.FrameType.JOINED)
+        self._activate(t, now, TransportInput.SWITCH, reason, reinject=reinject, acked=owed)
+        # First on the transport (after JOINED), before the frames it carries
+        # from now on.
+        t.control.insert(1 if owed else 0, self._switch_frame(t, reinject))
 
     def _switch_frame(self, t: Transport, reinject: bool) -> bytes:
         serial, seen = self._serials.ours(t.id)
@@ -351,15 +356,16 @@ class Session:
                 t.control.append(frame)
 
     def _activate(self, t: Transport, now: float, event: TransportInput, reason: str, *,
-                  reinject: bool) -> None:
+                  reinject: bool, acked: bool = False) -> None:
         previous = self._active
         t.move(event)
         if previous is not None and previous is not t:
             previous.move(TransportInput.SUPERSEDED)
         self._active = t
         self._rtt = t.live.rtt
-        # Our last ACK may have gone on the transport left behind.
-        self._ack_sent = min(self._ack_sent, self._received - 1)
+        if not acked:
+            # Our last ACK may have gone on the transport left behind.
+            self._ack_sent = min(self._ack_sent, self._received - 1)
         resent = 0
         self._overlap = None
         if reinject:

@@ -716,6 +716,17 @@ class Client:
         TransportError when the path cannot reach the server or the server
         refuses; an older standby is closed once the new one is parked.
         """
+        proto = await self._spare(via, timeout)
+        self.drop_standby()
+        self.standby = (via, proto)
+        if self._join(proto, via) is not None:
+            log.info("standby transport via %s joined the session at %s", via.name,
+                     self.server)
+        else:
+            log.info("standby transport via %s parked at %s", via.name, self.server)
+
+    async def _spare(self, via: Attachment, timeout: float) -> TransportProtocol:
+        """A transport on `via` whose STANDBY preamble the server accepted."""
         if self.session_id is None or self._standby_key is None:
             raise TransportError("no session to prepare a standby for")
         proto = await self._connect(timeout, via)
@@ -731,20 +742,20 @@ class Client:
                                  server=self.server, via=via.name)
         proto.write(opening.start())
         await self._reply(proto, opening, timeout)
-        self.drop_standby()
-        self.standby = (via, proto)
+        return proto
+
+    def _join(self, proto: TransportProtocol, via: Attachment) -> int | None:
+        """JOIN: the spare becomes the session's own, measured by its PINGs,
+        and takes over without a round trip (docs/protocol.md 5.2). None when
+        the session has no working transport to join (it stays parked)."""
         driver = self.driver
-        if driver is not None and driver.session.active_transport is not None:
-            # JOIN: the standby becomes the session's own, measured by its
-            # PINGs, and takes over without a round trip (docs/protocol.md 5.2).
-            tid = driver.next_transport()
-            self._paths[tid] = via
-            driver.session.join_transport(tid, asyncio.get_running_loop().time())
-            driver.attach(proto, tid=tid, alone=False)
-            log.info("standby transport via %s joined the session at %s", via.name,
-                     self.server)
-        else:
-            log.info("standby transport via %s parked at %s", via.name, self.server)
+        if driver is None or driver.session.active_transport is None:
+            return None
+        tid = driver.next_transport()
+        self._paths[tid] = via
+        driver.session.join_transport(tid, asyncio.get_running_loop().time())
+        driver.attach(proto, tid=tid, alone=False)
+        return tid
 
     def transport_roles(self) -> list[dict[str, object]]:
         """Each transport of the session: its number, role, path and the
@@ -809,10 +820,9 @@ class Client:
             self.following -= 1
 
     async def _follow_now(self, host: str, port: int) -> None:
-        old = self.server
+        old, old_at = self.server, (self.config.server_host, self.config.server_port)
         self.config.server_host, self.config.server_port = host, port
         log.info("the server moved: %s -> %s (it said so); following it", old, self.server)
-        self.drop_standby()  # it was opened to the old address
         driver = self.driver
         if (driver is None or self.reconnecting
                 or driver.session.state is not SessionState.ATTACHED):
@@ -822,22 +832,47 @@ class Client:
         timeout = self._attempt_timeout(session)
         loop = asyncio.get_running_loop()
         try:
-            await self.prepare_standby(via, timeout)
+            proto = await self._spare(via, timeout)
         except TransportError as exc:
             log.warning("cannot reach the server at its new address %s (%s); staying at %s "
                         "while it works", self.server, exc, old)
             return
-        deadline = loop.time() + timeout
-        while (tid := self._joined_standby(via)) is None:
-            if loop.time() >= deadline or driver is not self.driver or self.standby is None:
-                log.warning("the transport to %s did not join within %g s", self.server,
-                            timeout)
-                return
-            await asyncio.sleep(FOLLOW_POLL)
-        self.standby = None  # it is the session's own now; the old one must not stay
+        tid = self._join(proto, via) if driver is self.driver else None
+        if tid is None:
+            proto.abort()
+            return
+        # The server began this handover: once the transport joined, it
+        # switches, and the core follows. Should our own switch cross its
+        # SWITCH, ours stands (this unit made the session) and the server's
+        # move is abandoned; with no SWITCH at all, this side switches.
+        crossings = session.crossings
         previous = driver.proto
-        self._switch(driver, tid, via, soft=True, reason=f"the server moved to {self.server}")
-        if previous is not None:
+        deadline = loop.time() + 2 * timeout
+        while session.active_transport != tid:
+            if session.crossings != crossings:
+                log.info("the server's move to %s crossed our own handover: ours stands (this "
+                         "side made the session), the server's is abandoned", self.server)
+                self.config.server_host, self.config.server_port = old_at
+                driver.drop_transport(proto, "the server's move was abandoned")
+                proto.abort()
+                return
+            if (driver is not self.driver or session.closed
+                    or tid not in session.transport_ids()):
+                return
+            if loop.time() >= deadline and (
+                    session.transport_ids().get(tid) is TransportState.STANDBY):
+                self._switch(driver, tid, via, soft=True,
+                             reason=f"the server moved to {self.server}")
+                break
+            await asyncio.sleep(FOLLOW_POLL)
+        else:
+            # The server's SWITCH moved the session (the core followed it).
+            self._switched_to(proto, "soft", f"the server moved to {self.server}", via, via,
+                              0.0, 0)
+        if self.standby is not None and self.standby[1] is previous:
+            self.standby = None
+        self.drop_standby()  # it was opened to the old address
+        if previous is not None and previous is not proto:
             self._tasks.spawn(self._let_go_when_drained(driver, previous, old),
                               name="drain-old-address")
 

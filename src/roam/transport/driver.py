@@ -252,6 +252,7 @@ class SessionDriver:
         "name",
         "on_closed",
         "on_handover_ready",
+        "on_joined",
         "on_open_request",
         "on_peer_moved",
         "on_resumed",
@@ -304,6 +305,8 @@ class SessionDriver:
         # The core moved its sending to another transport (a lost or stalled
         # one's standby took over, or the peer switched).
         self.on_switched: Callable[[ev.TransportSwitched], None] = _ignore
+        # A transport joined the session as a standby (JOIN, JOINED).
+        self.on_joined: Callable[[int], None] = _ignore
         # Client: the server said where it can be reached now (MOVE).
         self.on_peer_moved: Callable[[tuple[str, ...]], None] = _ignore
 
@@ -637,6 +640,8 @@ class SessionDriver:
                     self.on_resumed(e.frames_resent)
                 elif isinstance(e, ev.HandoverReady):
                     self.on_handover_ready(e.token)
+                elif isinstance(e, ev.TransportJoined):
+                    self.on_joined(e.transport)
                 elif isinstance(e, ev.PeerMoved):
                     log.info("%s: the peer moved: it can be reached at %s", self.name,
                              ", ".join(e.addresses))

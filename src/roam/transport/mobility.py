@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from roam.links.emulated import change_link
 from roam.links.state import LinkState
 from roam.policy.policy import Decision, NoUsablePath, Policy
 from roam.tasks import Tasks
+from roam.transport.driver import SessionDriver
 from roam.transport.server import Server
 
 log = logging.getLogger("roam")
@@ -129,6 +131,29 @@ class ServerNetworks:
         elif isinstance(decision, Decision):
             self._move(decision.target, decision.kind.value, decision.reason)
 
+    def _local_on_current(self, driver: SessionDriver, tid: int | None) -> bool:
+        """Transport `tid` arrived at an address of the current network."""
+        proto = driver.carriers().get(tid) if tid is not None else None
+        sockname = (proto.transport.get_extra_info("sockname")
+                    if proto is not None and proto.transport is not None else None)
+        link = self._links.get(self.current) if self.current is not None else None
+        if not sockname or link is None:
+            return False
+        return str(sockname[0]) in link.addresses
+
+    def _joined(self, driver: SessionDriver, tid: int) -> None:
+        """A client followed the MOVE: its transport to the new address
+        joined. This unit began the handover, so it switches (SWITCH), and
+        the client follows; if the client switched elsewhere meanwhile, the
+        two cross and the client's stands (claim 17)."""
+        session = driver.session
+        if (session.closed or not self._local_on_current(driver, tid)
+                or self._local_on_current(driver, session.active_transport)):
+            return
+        session.switch(tid, asyncio.get_running_loop().time(),
+                       reason=f"this server moved to {self.current}")
+        driver.flush()
+
     def switch(self, name: str) -> dict[str, Any]:
         """`roam switch NAME --server`: be reached on network NAME now (a
         planned, soft move) and stay there while it works; `auto` gives the
@@ -155,6 +180,7 @@ class ServerNetworks:
             for driver in list(self.server.sessions.values()):
                 if driver.session.closed:
                     continue
+                driver.on_joined = functools.partial(self._joined, driver)
                 driver.session.announce_move(addresses)
                 driver.flush()
                 told += 1
