@@ -9,6 +9,8 @@
 5. bench/relayscale.py   loopback: 10,000 spliced sessions on one relay, memory and descriptors
 6. bench/registrar.py    loopback: registrations and lookups per second of one registrar
 7. bench/handover.py     network lab: handover stalls, roam against MPTCP and plain TCP
+8. bench/doublejump.py   network lab: both units lose their network at once, found again
+                         through the built-in registrar and through Kamailio
 
 The lab benchmarks need root; without it they are skipped with a message and their
 sections are left as they are. Each step runs with a time limit and its own process;
@@ -26,11 +28,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("run", "tunnels", "compression", "scale", "relayscale", "registrar", "handover")
+STEPS = ("run", "tunnels", "compression", "scale", "relayscale", "registrar", "handover",
+         "doublejump")
 # seconds per step
 LIMITS = {"run": 40 * 60, "tunnels": 30 * 60, "compression": 30 * 60, "scale": 30 * 60,
-          "relayscale": 15 * 60, "registrar": 10 * 60, "handover": 120 * 60}
-ROOT_ONLY = {"tunnels", "compression", "handover"}
+          "relayscale": 15 * 60, "registrar": 10 * 60, "handover": 120 * 60,
+          "doublejump": 20 * 60}
+ROOT_ONLY = {"tunnels", "compression", "handover", "doublejump"}
 
 
 def commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -45,13 +49,16 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     relayscale = [py, "bench/relayscale.py"]
     registrar = [py, "bench/registrar.py"]
     handover = [py, "bench/handover.py", "--runs", str(args.handover_runs)]
+    doublejump = [py, "bench/doublejump.py"]  # 10 runs per registrar, a fresh lab each
     if args.quick:
         relayscale += ["--sessions", "2000"]
         run += ["--bytes", str(256 << 20), "--rounds", "1000"]
         tunnels += ["--bytes", str(64 << 20)]
         scale += ["--sessions", "2000", "--handover", "500"]
+        doublejump += ["--runs", "3"]
     return {"run": run, "tunnels": tunnels, "compression": compression, "scale": scale,
-            "relayscale": relayscale, "registrar": registrar, "handover": handover}
+            "relayscale": relayscale, "registrar": registrar, "handover": handover,
+            "doublejump": doublejump}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,7 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--handover-runs", type=int, default=10,
                         help="runs of each event per system for handover.py")
     parser.add_argument("--quick", action="store_true",
-                        help="smaller loads (256 MiB loopback, 64 MiB lab, 1000 rounds)")
+                        help="smaller loads (256 MiB loopback, 64 MiB lab, 1000 rounds, "
+                        "3 double jumps per registrar)")
     parser.add_argument("--skip", default="", help=f"comma-separated steps of {','.join(STEPS)}")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
