@@ -299,3 +299,58 @@ def test_readings_are_asked_for_only_while_a_stall_may_build_and_the_driver_can_
     assert timer <= p.now + stall_after / 2 + 0.001
     p.server.delivery_unknown(WIFI)  # the socket no longer says
     assert p.server.delivery_due(p.now + stall_after) is None
+
+
+def _uploading(p: MultiPair, cid: int, ms: int) -> None:
+    for i in range(ms):
+        p.write(cid, bytes([i % 251]) * 1024)
+        p.step()
+
+
+def test_the_clients_last_transport_is_dead_once_tcp_beneath_delivers_nothing() -> None:
+    # Both units moved at once: the only transport leads to an address that
+    # is gone. TCP beneath shows it (nothing delivered for alone_dead_after),
+    # well before the 2 s dead floor.
+    p = MultiPair(delay=0.030, kernel=True)
+    cid = p.open()
+    p.run(100)
+    _uploading(p, cid, 200)
+    p.black_hole(0)
+    _uploading(p, cid, 1500)
+    dead = [e for name, e in p.events if name == "client" and isinstance(e, ev.TransportDead)]
+    assert len(dead) == 1
+    config = SessionConfig()
+    assert dead[0].silence >= config.alone_dead_after
+    assert p.client.state is SessionState.DETACHED
+    # Found a little after alone_dead_after from the hole (the last ACK
+    # came up to one RTT before), far sooner than the dead floor.
+    assert p.client.transport_ids() == {}
+    assert dead[0].silence < config.dead_floor / 2
+
+
+def test_a_paused_server_never_kills_the_clients_only_transport() -> None:
+    # The server's kernel goes on acknowledging while its process is paused.
+    p = MultiPair(delay=0.030, kernel=True)
+    cid = p.open()
+    p.run(100)
+    _uploading(p, cid, 200)
+    p.pause("server", 1.0)
+    _uploading(p, cid, 1500)
+    p.run(500)
+    assert p.exact()
+    assert not [e for name, e in p.events if isinstance(e, ev.TransportDead)]
+    assert p.client.state is SessionState.ATTACHED
+
+
+def test_without_tcp_readings_the_last_transport_waits_for_the_dead_floor() -> None:
+    p = MultiPair(delay=0.030)
+    cid = p.open()
+    p.run(100)
+    _uploading(p, cid, 200)
+    p.black_hole(0)
+    _uploading(p, cid, 1500)
+    assert not [e for name, e in p.events if isinstance(e, ev.TransportDead)]
+    p.run(5000)
+    dead = [e for name, e in p.events if name == "client" and isinstance(e, ev.TransportDead)]
+    assert dead
+    assert dead[0].silence >= SessionConfig().dead_floor

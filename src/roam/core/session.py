@@ -122,6 +122,16 @@ class SessionConfig:
     # TCP beneath the active transport this often (roam.core.delivery): a
     # path that delivers shows within two readings, well inside stall_floor.
     delivery_interval: float = 0.03
+    # Client, with no other transport to move to: the last one is dead when
+    # data is outstanding and neither the peer's ACKs nor TCP beneath
+    # (roam.core.delivery) delivered anything for this long, instead of
+    # after the 2 s of silence (`dead_floor`). By then TCP's own first two
+    # retransmissions (Linux's TCP_RTO_MIN, 200 ms, then 400 ms) have gone
+    # unanswered: no lost segment looks like that, a path that is gone does
+    # (both units moved at once, docs/mobility.md), and the resume that
+    # follows asks the registrars. A paused peer's kernel still acknowledges,
+    # so a pause never counts.
+    alone_dead_after: float = 0.6
 
 # Reliable frames held ahead of a gap at most (the sender's replay buffer
 # holds at most about replay_limit bytes of them; this bounds their count).
@@ -1006,6 +1016,13 @@ class Session:
         floor = self.config.stall_floor
         return floor if srtt is None else max(floor, self.config.stall_rtts * srtt)
 
+    def _stall_limit(self, t: Transport) -> float:
+        """How long `t` may deliver nothing: a stall with another transport
+        to move to, else (client) the time after which it is dead."""
+        if len(self._transports) > 1:
+            return self._stall_after(t)
+        return max(self.config.alone_dead_after, self._stall_after(t))
+
     def _stall_since(self, t: Transport) -> float:
         """Since when nothing shows that `t` delivers: the peer's last new
         ACK, or its TCP's (roam.core.delivery), whichever is later."""
@@ -1018,9 +1035,9 @@ class Session:
         building on it."""
         active = self._active
         if (active is None or not self.replay.unacked or self.state is not SessionState.ATTACHED
-                or len(self._transports) < 2):
+                or (len(self._transports) < 2 and not self.is_client)):
             return None
-        due = active.delivery.due(self._stall_since(active), self._stall_after(active),
+        due = active.delivery.due(self._stall_since(active), self._stall_limit(active),
                                   self.config.delivery_interval)
         return active.id if due is not None and due <= now else None
 
@@ -1081,8 +1098,9 @@ class Session:
                 deadline is None or ack < deadline):
             deadline = ack
         if (unacked and active is not None and state is SessionState.ATTACHED
-                and len(self._transports) > 1):
-            since, after = self._stall_since(active), self._stall_after(active)
+                and (len(self._transports) > 1
+                     or (self.is_client and active.delivery.reports))):
+            since, after = self._stall_since(active), self._stall_limit(active)
             stall = max(since + after, self._stall_retry)
             if deadline is None or stall < deadline:
                 deadline = stall
@@ -1122,6 +1140,16 @@ class Session:
                 else:
                     live.last_ping = now
         active = self._active
+        if (active is not None and len(self._transports) == 1 and self.is_client
+                and active.delivery.reports and self.replay.unacked
+                and self.state is SessionState.ATTACHED
+                and now - self._stall_since(active) >= self._stall_limit(active)):
+            # The last transport: nothing acknowledged, nothing delivered
+            # beneath, for alone_dead_after. Its path is gone.
+            silence = now - self._stall_since(active)
+            self.transport_lost(now, active.id)
+            self._events.append(ev.TransportDead(silence, active.id))
+            return
         if (active is not None and self.replay.unacked and self.state is SessionState.ATTACHED
                 and now - self._stall_since(active) >= self._stall_after(active)
                 and now >= self._stall_retry and len(self._transports) > 1):
