@@ -354,3 +354,42 @@ def test_without_tcp_readings_the_last_transport_waits_for_the_dead_floor() -> N
     dead = [e for name, e in p.events if name == "client" and isinstance(e, ev.TransportDead)]
     assert dead
     assert dead[0].silence >= SessionConfig().dead_floor
+
+
+def test_a_downloading_clients_last_transport_is_dead_soon_after_the_path_goes() -> None:
+    # Only the server sends: the client's ACKs into the hole are what TCP
+    # beneath never delivers.
+    p = MultiPair(delay=0.030, kernel=True)
+    cid = p.open()
+    p.run(100)
+    streaming(p, cid, 300)
+    p.black_hole(0)
+    streaming(p, cid, 1500)
+    dead = [e for name, e in p.events if name == "client" and isinstance(e, ev.TransportDead)]
+    assert len(dead) == 1
+    assert SessionConfig().alone_dead_after <= dead[0].silence < SessionConfig().dead_floor / 2
+
+
+def test_an_idle_clients_quiet_transport_is_not_read_while_nothing_is_unanswered() -> None:
+    p = MultiPair(delay=0.030, kernel=True)
+    p.open()
+    p.run(40_000)  # past idle_after: keepalives only, every one answered
+    assert p.client.state is SessionState.ATTACHED
+    assert not [e for name, e in p.events if isinstance(e, ev.TransportDead)]
+    assert p.client.delivery_due(p.now) is None
+
+
+def test_a_standby_that_takes_over_alone_is_not_dead_for_its_quiet_past() -> None:
+    # A standby hears only its keepalives' answers; when the active one is
+    # lost and it carries the session alone, its quiet counts from then.
+    p, cid = joined(kernel=True)
+    standby = p.client._transports[CELL].live
+    while p.now - standby.last_received < 0.7:  # its last PONG is 0.7 s old
+        p.write(cid, b"x" * 1024, from_client=False)
+        p.step()
+    p.cut(WIFI)
+    streaming(p, cid, 300)
+    p.run(300)
+    assert p.exact()
+    assert not [e for name, e in p.events if isinstance(e, ev.TransportDead)]
+    assert p.client.transport_ids() == {CELL: TransportState.ACTIVE}

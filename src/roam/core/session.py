@@ -123,14 +123,15 @@ class SessionConfig:
     # path that delivers shows within two readings, well inside stall_floor.
     delivery_interval: float = 0.03
     # Client, with no other transport to move to: the last one is dead when
-    # data is outstanding and neither the peer's ACKs nor TCP beneath
-    # (roam.core.delivery) delivered anything for this long, instead of
-    # after the 2 s of silence (`dead_floor`). By then TCP's own first two
-    # retransmissions (Linux's TCP_RTO_MIN, 200 ms, then 400 ms) have gone
-    # unanswered: no lost segment looks like that, a path that is gone does
-    # (both units moved at once, docs/mobility.md), and the resume that
-    # follows asks the registrars. A paused peer's kernel still acknowledges,
-    # so a pause never counts.
+    # nothing came on it and TCP beneath (roam.core.delivery) delivered
+    # nothing of what it had in flight (data, ACKs or a keepalive) for this
+    # long, and four of its RTTs, instead of after 2 s of silence
+    # (`dead_floor`). By then TCP's own first two retransmissions (Linux's
+    # TCP_RTO_MIN, 200 ms, then 400 ms) have gone unanswered: no lost
+    # segment looks like that, a path that is gone does (both units moved at
+    # once, docs/mobility.md), and the resume that follows asks the
+    # registrars. A paused peer's kernel still acknowledges, so a pause
+    # never counts.
     alone_dead_after: float = 0.6
 
 # Reliable frames held ahead of a gap at most (the sender's replay buffer
@@ -1016,11 +1017,29 @@ class Session:
         floor = self.config.stall_floor
         return floor if srtt is None else max(floor, self.config.stall_rtts * srtt)
 
-    def _stall_limit(self, t: Transport) -> float:
-        """How long `t` may deliver nothing: a stall with another transport
-        to move to, else (client) the time after which it is dead."""
-        if len(self._transports) > 1:
-            return self._stall_after(t)
+    def _alone(self) -> Transport | None:
+        """Client: its only transport, attached, while TCP beneath reports
+        what it delivered (roam.core.delivery)."""
+        if not self.is_client or len(self._transports) != 1:
+            return None
+        t = self._active
+        if t is None or not t.delivery.reports or self.state is not SessionState.ATTACHED:
+            return None
+        if self._idle and not self.replay.unacked and t.live.last_ping <= t.live.last_received:
+            # Idle, and no keepalive unanswered: nothing to watch (and no
+            # readings every few hundred ms on an idle mobile unit).
+            return None
+        return t
+
+    def _quiet_since(self, t: Transport) -> float:
+        """Since when nothing came on `t` and TCP beneath delivered nothing,
+        counted at the earliest from when it became the active one (a
+        standby hears only its keepalives' answers)."""
+        return max(t.live.last_received, t.delivery.at, self._ack_progress)
+
+    def _alone_limit(self, t: Transport) -> float:
+        # Four RTTs on a long path (a satellite's 600 ms): TCP's own ACK of
+        # a keepalive takes a round trip to come.
         return max(self.config.alone_dead_after, self._stall_after(t))
 
     def _stall_since(self, t: Transport) -> float:
@@ -1033,11 +1052,16 @@ class Session:
         """The transport whose delivery count the driver should read now
         (then `delivery_read`), if any: the active one while a stall may be
         building on it."""
+        alone = self._alone()
+        if alone is not None:
+            due = alone.delivery.due(self._quiet_since(alone), self._alone_limit(alone),
+                                     self.config.delivery_interval)
+            return alone.id if due is not None and due <= now else None
         active = self._active
         if (active is None or not self.replay.unacked or self.state is not SessionState.ATTACHED
-                or (len(self._transports) < 2 and not self.is_client)):
+                or len(self._transports) < 2):
             return None
-        due = active.delivery.due(self._stall_since(active), self._stall_limit(active),
+        due = active.delivery.due(self._stall_since(active), self._stall_after(active),
                                   self.config.delivery_interval)
         return active.id if due is not None and due <= now else None
 
@@ -1097,10 +1121,18 @@ class Session:
         if ack is not None and (attached or state is SessionState.DRAINING) and (
                 deadline is None or ack < deadline):
             deadline = ack
+        alone = self._alone()
+        if alone is not None:
+            since, after = self._quiet_since(alone), self._alone_limit(alone)
+            at = since + after
+            read = alone.delivery.due(since, after, self.config.delivery_interval)
+            if read is not None and read < at:
+                at = read
+            if deadline is None or at < deadline:
+                deadline = at
         if (unacked and active is not None and state is SessionState.ATTACHED
-                and (len(self._transports) > 1
-                     or (self.is_client and active.delivery.reports))):
-            since, after = self._stall_since(active), self._stall_limit(active)
+                and len(self._transports) > 1):
+            since, after = self._stall_since(active), self._stall_after(active)
             stall = max(since + after, self._stall_retry)
             if deadline is None or stall < deadline:
                 deadline = stall
@@ -1139,17 +1171,15 @@ class Session:
                     t.control.append(fr.encode(fr.Ping(live.ping(now))))
                 else:
                     live.last_ping = now
-        active = self._active
-        if (active is not None and len(self._transports) == 1 and self.is_client
-                and active.delivery.reports and self.replay.unacked
-                and self.state is SessionState.ATTACHED
-                and now - self._stall_since(active) >= self._stall_limit(active)):
-            # The last transport: nothing acknowledged, nothing delivered
-            # beneath, for alone_dead_after. Its path is gone.
-            silence = now - self._stall_since(active)
-            self.transport_lost(now, active.id)
-            self._events.append(ev.TransportDead(silence, active.id))
+        alone = self._alone()
+        if alone is not None and now - self._quiet_since(alone) >= self._alone_limit(alone):
+            # The last transport: nothing heard on it and nothing delivered
+            # beneath while something of ours was in flight. Its path is gone.
+            silence = now - self._quiet_since(alone)
+            self.transport_lost(now, alone.id)
+            self._events.append(ev.TransportDead(silence, alone.id))
             return
+        active = self._active
         if (active is not None and self.replay.unacked and self.state is SessionState.ATTACHED
                 and now - self._stall_since(active) >= self._stall_after(active)
                 and now >= self._stall_retry and len(self._transports) > 1):
