@@ -554,12 +554,12 @@ def reading(results: list[KindResult]) -> list[str]:
         "address.",
         f"- **The client** sees wifi go and moves the session to its standby on cell at "
         f"once ({took('standby')}). That standby also leads to the server's old address, "
-        "so nothing comes back on it. Liveness declares it dead after 2 s without a "
-        "record (the floor; four of cell's RTOs, at least 200 ms each, are less), counted "
-        "from the last record heard on the standby: the answer to its last keepalive (one "
-        "a second) or a record already on its way when the links went down. So it is "
-        f"found dead 1 to 2 s after the jump ({at('dead')}), and that wait is "
-        f"{' and '.join(shares)} of the time to resume: it dominates.",
+        "so nothing comes back on it. Being the client's only transport now, it is "
+        "declared dead once nothing came on it and TCP beneath delivered nothing of what "
+        "it had in flight for `alone_dead_after` (0.6 s, and at least four of its RTTs; "
+        "without TCP's word it would be the 2 s liveness floor), counted from the switch: "
+        f"found dead {at('dead')} after the jump, "
+        f"{' and '.join(shares)} of the time to resume.",
         "- **Then the registrar.** The client resumes at once: its first attempt goes to "
         f"the server's old address and fails within {took('retry')}{failure_note(measured)}."
         f" It then asks the registrar, which answers in {took('lookup')}; a cell round "
