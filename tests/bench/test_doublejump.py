@@ -76,7 +76,7 @@ def test_the_report_puts_the_registrars_side_by_side_and_names_failures() -> Non
     assert "- builtin run 3: not resumed at the server's net2 address" in text
     assert "Command: `python bench/doublejump.py --runs 3`" in text
     assert "### Reading the double jump figures" in text
-    assert "(1.80 (1.70-1.90) s built-in, 1.75 s Kamailio)" in text
+    assert "found dead 1.80 (1.70-1.90) s built-in, 1.75 s Kamailio after the jump" in text
     assert "in 3 of 3 runs: `cannot connect to x via wifi: Network is unreachable`" in text
     skipped = bench.KindResult("kamailio", skipped="kamailio is not installed")
     assert "| runs recovered / runs | 2/3 | — |" in bench.render(
