@@ -115,3 +115,17 @@ def test_a_registrar_shows_its_units_and_refusals() -> None:
                           "refused": {"REPLAYED": 1}, "connections": 0})
     assert text == ("registrar AbCd1234 listening 127.0.0.1:4440; 3 unit(s) on record "
                     "(reg.db); 7 registrations, 9 lookups (8 found) so far; refused: 1 REPLAYED")
+
+
+def test_a_mobile_servers_status_shows_its_network_and_moves() -> None:
+    text = render_status({"listening": "0.0.0.0:7000", "sessions": [], "networks": {
+        "current": "net2", "pinned": "net2", "addresses": ["198.19.64.2:7000"],
+        "networks": [], "moves": [
+            {"type": "initial", "from": None, "to": "net1", "reason": "best", "sessions": 0,
+             "addresses": [], "at": 0},
+            {"type": "soft", "from": "net1", "to": "net2", "reason": "asked for",
+             "sessions": 3, "addresses": [], "at": 1}]}})
+    lines = text.splitlines()
+    assert lines[1] == "network net2 (pinned by roam switch), reached at 198.19.64.2:7000"
+    assert lines[2] == "  moved - -> net1 (initial, best): 0 session(s) told"
+    assert lines[3] == "  moved net1 -> net2 (soft, asked for): 3 session(s) told"

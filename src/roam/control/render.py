@@ -59,6 +59,14 @@ def render_status(status: dict[str, Any]) -> str:
 def _server(status: dict[str, Any]) -> str:
     out: list[str] = []
     out.append(f"listening {status['listening']}; {len(status['sessions'])} session(s)")
+    networks = status.get("networks")
+    if networks:
+        pinned = " (pinned by roam switch)" if networks.get("pinned") else ""
+        out.append(f"network {_fmt(networks['current'])}{pinned}, reached at "
+                   f"{', '.join(networks['addresses']) or 'no address'}")
+        for m in networks.get("moves", [])[-3:]:
+            out.append(f"  moved {_fmt(m['from'])} -> {m['to']} ({m['type']}, {m['reason']}): "
+                       f"{m['sessions']} session(s) told")
     rows = [["session", "transport", "state", "channels", "rtt ms", "resumes", "switches",
              "transports"]]
     for s in status["sessions"]:
