@@ -4,14 +4,17 @@ losing a byte, and a network that fails while the other still works."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import ENV, EchoResult, Keys, Procs, echo_conversation
+from .harness import ENV, EchoResult, Keys, Proc, Procs, echo_conversation
 
 TOTAL = 24 * 1024 * 1024
 
@@ -47,7 +50,22 @@ def wait_for(what: str, check: object, timeout: float = 20.0) -> None:
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
-def test_clients_follow_a_server_that_moves_to_another_network(tmp_path: Path) -> None:
+@dataclass
+class Units:
+    """A mobile server on 127.0.0.2 (net1) and 127.0.0.3 (net2), a client on
+    net1's address, and an echo conversation running through them."""
+
+    server: Proc
+    client: Proc
+    port: int
+    server_sock: Path
+    client_sock: Path
+    result: EchoResult
+    conversation: threading.Thread
+
+
+@contextlib.contextmanager
+def units(tmp_path: Path, seed: int) -> Iterator[Units]:
     keys = Keys.make(tmp_path / "keys")
     with Procs(tmp_path) as procs:
         echo = procs.service("echo")
@@ -66,9 +84,15 @@ def test_clients_follow_a_server_that_moves_to_another_network(tmp_path: Path) -
         forward = int(client.ready.split("=")[0].rsplit(":", 1)[1])
         result = EchoResult()
         conversation = threading.Thread(target=echo_conversation,
-                                        args=(forward, TOTAL, 7, result), daemon=True)
+                                        args=(forward, TOTAL, seed, result), daemon=True)
         conversation.start()
         wait_for("the stream runs", lambda: result.received > TOTAL // 8)
+        yield Units(server, client, port, server_sock, client_sock, result, conversation)
+
+
+def test_clients_follow_a_server_that_moves_to_another_network(tmp_path: Path) -> None:
+    with units(tmp_path, 7) as u:
+        server_sock, client_sock, port, client = u.server_sock, u.client_sock, u.port, u.client
         assert peers(client_sock) == {f"127.0.0.2:{port}"}
 
         moved = roam("switch", "net2", "--server", "--control", str(server_sock))
@@ -77,9 +101,8 @@ def test_clients_follow_a_server_that_moves_to_another_network(tmp_path: Path) -
         wait_for("the client follows to 127.0.0.3",
                  lambda: peers(client_sock) == {f"127.0.0.3:{port}"})
         client.wait_log("the server moved: 127.0.0.2")
-        conversation.join(120)
-        check(result)
-        assert result.received == TOTAL
+        u.conversation.join(120)
+        check(u.result)
         networks = status(server_sock, "--server")["networks"]
         assert networks["current"] == "net2"  # type: ignore[index]
         assert networks["moves"][-1]["sessions"] == 1  # type: ignore[index]
@@ -91,35 +114,16 @@ def test_clients_follow_a_server_that_moves_to_another_network(tmp_path: Path) -
 
 
 def test_a_server_network_that_fails_moves_it_to_the_other_one(tmp_path: Path) -> None:
-    keys = Keys.make(tmp_path / "keys")
-    with Procs(tmp_path) as procs:
-        echo = procs.service("echo")
-        server_sock, client_sock = tmp_path / "server.sock", tmp_path / "client.sock"
-        server = procs.start("server", [
-            sys.executable, "-m", "roam", "server", "--listen", "0.0.0.0:0", "--key",
-            str(keys.server_key), "--authorized-keys", str(keys.authorized), "--allow",
-            f"127.0.0.1:{echo}", "--links", "emulated", "--path", "net1:dev=127.0.0.2",
-            "--path", "net2:dev=127.0.0.3,priority=200", "--control", str(server_sock)],
-            ready="listening")
-        port = int(server.ready.rsplit(":", 1)[1])
-        client = procs.start("client", [
-            sys.executable, "-m", "roam", "client", "--server", f"127.0.0.2:{port}",
-            "--server-key", keys.server_pub, "--key", str(keys.client_key), "--forward",
-            f"127.0.0.1:0=127.0.0.1:{echo}", "--control", str(client_sock)], ready="forward")
-        forward = int(client.ready.split("=")[0].rsplit(":", 1)[1])
-        result = EchoResult()
-        conversation = threading.Thread(target=echo_conversation,
-                                        args=(forward, TOTAL, 8, result), daemon=True)
-        conversation.start()
-        wait_for("the stream runs", lambda: result.received > TOTAL // 8)
+    with units(tmp_path, 8) as u:
+        server_sock, client_sock, port, server = u.server_sock, u.client_sock, u.port, u.server
         # The link is emulated: the loopback address still answers, so the
         # old transport goes on working; what the test shows is the policy's
         # hard move and the MOVE it sends.
         roam("link", "net1", "down", "--server", "--control", str(server_sock))
         wait_for("the client follows to 127.0.0.3",
                  lambda: peers(client_sock) == {f"127.0.0.3:{port}"})
-        conversation.join(120)
-        check(result)
+        u.conversation.join(120)
+        check(u.result)
         moves = status(server_sock, "--server")["networks"]["moves"]  # type: ignore[index]
         assert (moves[-1]["type"], moves[-1]["to"]) == ("hard", "net2"), moves
         server.wait_log("server network net1 -> net2")
