@@ -37,7 +37,7 @@ from roam.core.states import CHANNEL, ChannelInput, ChannelState
 from roam.errors import CloseCode, ProtocolError
 
 if TYPE_CHECKING:
-    from roam.core.session import SessionConfig
+    from roam.core.sessionconfig import SessionConfig
 
 CI, CS = ChannelInput, ChannelState
 # Where data flows from us (the peer's credit counts) and to us.

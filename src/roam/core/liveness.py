@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from roam.core.rtt import RttEstimator
 
 if TYPE_CHECKING:
-    from roam.core.session import SessionConfig
+    from roam.core.sessionconfig import SessionConfig
 
 # Pings outstanding at once; a silent path is declared dead long before more.
 MAX_PINGS = 32
