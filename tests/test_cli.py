@@ -5,6 +5,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -696,3 +697,47 @@ def test_client_starts_with_each_link_driver(tmp_path: Path, keys: Keys,
     assert client.stop() == 0, client.stderr
     assert "Traceback" not in client.stderr
     assert server.stop() == 0, server.stderr
+
+
+def test_every_commands_help_ends_with_an_example() -> None:
+    from click.testing import CliRunner
+
+    from roam.cli import EXAMPLES, main
+
+    assert set(main.commands) == set(EXAMPLES)
+    runner = CliRunner()
+    for name in main.commands:
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Example:\n" in result.output, name
+        assert f"roam {name}" in result.output.split("Example:")[1], name
+
+
+def test_bash_completes_a_command_and_its_options(tmp_path: Path) -> None:
+    """The script `roam completion bash` prints, loaded in a real bash,
+    completes `roam sw` to switch and lists switch's options."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is missing")
+    script = run_roam(tmp_path, "completion", "bash", code=0).stdout
+    assert "_roam_completion" in script
+    shim = tmp_path / "roam"
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m roam \"$@\"\n")
+    shim.chmod(0o755)
+    probe = tmp_path / "probe.sh"
+    probe.write_text(script + "\n"
+                     "COMP_WORDS=(roam sw); COMP_CWORD=1; _roam_completion roam sw roam; "
+                     "echo \"words: ${COMPREPLY[*]}\"\n"
+                     "COMP_WORDS=(roam switch --); COMP_CWORD=2; _roam_completion roam -- switch; "
+                     "echo \"options: ${COMPREPLY[*]}\"\n")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = subprocess.run([bash, str(probe)], capture_output=True, text=True, env=env,
+                         timeout=60, check=True).stdout
+    assert "words: switch" in out, out
+    options = out.split("options: ")[1].split()
+    assert {"--control", "--server", "--help"} <= set(options), out
+
+
+def test_completion_refuses_an_unknown_shell(tmp_path: Path) -> None:
+    run_roam(tmp_path, "completion", "tcsh", code=2, err=["'tcsh' is not one of"])

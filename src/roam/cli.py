@@ -91,13 +91,40 @@ def _run(role: str, main: Coroutine[Any, Any, int], event_loop: str) -> None:
     sys.exit(code)
 
 
+# One example per command, shown by its --help: what a person types first.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "keygen": ("roam keygen ~/.config/roam/client.key",),
+    "pubkey": ("roam pubkey ~/.config/roam/client.key >> authorized_keys",),
+    "server": ("roam server --listen 0.0.0.0:4433 --key server.key",
+               "--authorized-keys authorized_keys --allow db.internal:5432"),
+    "relay": ("roam relay --listen 0.0.0.0:4434 --key relay.key --admit-keys admitted",),
+    "registrar": ("roam registrar --listen 0.0.0.0:4440 --key registrar.key",
+                  "--db registrar.db"),
+    "lookup": ("roam lookup SERVER_PUB --key client.key",
+               "--registrar 198.51.100.9:4440,key=REGISTRAR_PUB"),
+    "client": ("roam client --server 198.51.100.7:4433 --server-key SERVER_PUB",
+               "--key client.key --forward 127.0.0.1:5432=db.internal:5432",
+               "--path wifi:dev=wlan0 --path cell:dev=wwan0,priority=200"),
+    "status": ("roam status --server --json",),
+    "link": ("roam link wifi down",),
+    "switch": ("roam switch cell",),
+    "demo": ("roam demo --duration 20",),
+    "completion": ("roam completion bash > /etc/bash_completion.d/roam",),
+}
+
+
+def _example(command: str) -> str:
+    # \b keeps click from rewrapping the lines.
+    return "\b\nExample:\n  " + " \\\n      ".join(EXAMPLES[command])
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="roam")
 def main() -> None:
     """roam keeps applications' TCP connections alive while the network under them changes."""
 
 
-@main.command()
+@main.command(epilog=_example("keygen"))
 @click.argument("path", type=_FilePath())
 def keygen(path: str) -> None:
     """Write a new private key to PATH (mode 0600); print only its public key."""
@@ -113,7 +140,7 @@ def keygen(path: str) -> None:
     click.echo(encode_key(public_key(key)))
 
 
-@main.command()
+@main.command(epilog=_example("pubkey"))
 @click.argument("path", type=_FilePath())
 def pubkey(path: str) -> None:
     """Print the public key of the private key in PATH."""
@@ -159,7 +186,7 @@ _event_loop_flag = click.option(
          "with many connections.")
 
 
-@main.command()
+@main.command(epilog=_example("server"))
 @_config_option
 @click.option("--listen", default=None, metavar="HOST:PORT",
               help="Address for transports (not needed with --uplink).")
@@ -217,7 +244,7 @@ def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_ke
                               event_log), event_loop)
 
 
-@main.command()
+@main.command(epilog=_example("relay"))
 @_config_option
 @click.option("--listen", required=True, metavar="HOST:PORT",
               help="Address where clients' transports and servers' uplinks arrive.")
@@ -255,7 +282,7 @@ def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
                             list(dial_allow)), "asyncio")
 
 
-@main.command()
+@main.command(epilog=_example("registrar"))
 @_config_option
 @click.option("--listen", required=True, metavar="HOST:PORT",
               help="Address where units register and look each other up.")
@@ -283,7 +310,7 @@ def registrar(listen: str, key: str, db: str | None, allow_lookup: str | None,
     _run("registrar", run_registrar(listen, key, db, allow_lookup, control), "asyncio")
 
 
-@main.command()
+@main.command(epilog=_example("lookup"))
 @click.argument("public_key", metavar="PUBLIC_KEY")
 @click.option("--registrar", "registrars", multiple=True,
               metavar="HOST:PORT,key=PUBKEY", help="A registrar to ask (repeatable).")
@@ -301,7 +328,7 @@ def lookup(public_key: str, registrars: tuple[str, ...], key: str) -> None:
     _run("lookup", run_lookup(public_key, key, list(registrars)), "asyncio")
 
 
-@main.command()
+@main.command(epilog=_example("client"))
 @_config_option
 @click.option("--server", "server_addr", multiple=True,
               metavar="HOST:PORT | NAME=HOST:PORT,key=PUBKEY",
@@ -434,7 +461,7 @@ def _ask(control: str | None, role: str, cmd: str, fields: dict[str, Any] | None
         raise click.ClickException(str(exc)) from None
 
 
-@main.command()
+@main.command(epilog=_example("status"))
 @click.option("--control", type=_FilePath(), default=None,
               help="The daemon's control socket (default: the client's).")
 @click.option("--server", "of_server", is_flag=True, help="Ask the server daemon instead.")
@@ -458,7 +485,7 @@ def status(control: str | None, of_server: bool, of_relay: bool, of_registrar: b
         click.echo(render_status(result))
 
 
-@main.command()
+@main.command(epilog=_example("link"))
 @click.argument("name")
 @click.argument("change", metavar="up|down|signal=N")
 @click.option("--control", type=_FilePath(), default=None,
@@ -471,7 +498,7 @@ def link(name: str, change: str, control: str | None, of_server: bool) -> None:
     click.echo(json.dumps(_ask(control, role, "link", {"path": name, "change": change})))
 
 
-@main.command()
+@main.command(epilog=_example("switch"))
 @click.argument("name")
 @click.option("--control", type=_FilePath(), default=None,
               help="The daemon's control socket (default: the client's).")
@@ -503,7 +530,7 @@ def switch(name: str, control: str | None, of_server: bool) -> None:
                    f"stall {last['stall_ms']:.0f} ms, {last['frames_resent']} frames resent")
 
 
-@main.command()
+@main.command(epilog=_example("demo"))
 @click.option("--duration", default=12.0, show_default=True, type=click.FloatRange(min=4),
               help="Seconds of traffic.")
 def demo(duration: float) -> None:
@@ -515,3 +542,15 @@ def demo(duration: float) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command(epilog=_example("completion"))
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for roam (bash, zsh or fish)."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    if cls is None:
+        raise click.ClickException(f"no completion for {shell}")
+    click.echo(cls(main, {}, "roam", "_ROAM_COMPLETE").source())
