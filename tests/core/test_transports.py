@@ -307,14 +307,20 @@ def _uploading(p: MultiPair, cid: int, ms: int) -> None:
         p.step()
 
 
+def _alone(kernel: bool = True) -> tuple[MultiPair, int]:
+    """One transport (60 ms RTT), 200 ms of upload on it."""
+    p = MultiPair(delay=0.030, kernel=kernel)
+    cid = p.open()
+    p.run(100)
+    _uploading(p, cid, 200)
+    return p, cid
+
+
 def test_the_clients_last_transport_is_dead_once_tcp_beneath_delivers_nothing() -> None:
     # Both units moved at once: the only transport leads to an address that
     # is gone. TCP beneath shows it (nothing delivered for alone_dead_after),
     # well before the 2 s dead floor.
-    p = MultiPair(delay=0.030, kernel=True)
-    cid = p.open()
-    p.run(100)
-    _uploading(p, cid, 200)
+    p, cid = _alone()
     p.black_hole(0)
     _uploading(p, cid, 1500)
     dead = [e for name, e in p.events if name == "client" and isinstance(e, ev.TransportDead)]
@@ -330,10 +336,7 @@ def test_the_clients_last_transport_is_dead_once_tcp_beneath_delivers_nothing() 
 
 def test_a_paused_server_never_kills_the_clients_only_transport() -> None:
     # The server's kernel goes on acknowledging while its process is paused.
-    p = MultiPair(delay=0.030, kernel=True)
-    cid = p.open()
-    p.run(100)
-    _uploading(p, cid, 200)
+    p, cid = _alone()
     p.pause("server", 1.0)
     _uploading(p, cid, 1500)
     p.run(500)
@@ -343,10 +346,7 @@ def test_a_paused_server_never_kills_the_clients_only_transport() -> None:
 
 
 def test_without_tcp_readings_the_last_transport_waits_for_the_dead_floor() -> None:
-    p = MultiPair(delay=0.030)
-    cid = p.open()
-    p.run(100)
-    _uploading(p, cid, 200)
+    p, cid = _alone(kernel=False)
     p.black_hole(0)
     _uploading(p, cid, 1500)
     assert not [e for name, e in p.events if isinstance(e, ev.TransportDead)]

@@ -869,9 +869,15 @@ class Client:
             # The server's SWITCH moved the session (the core followed it).
             self._switched_to(proto, "soft", f"the server moved to {self.server}", via, via,
                               0.0, 0)
-        if self.standby is not None and self.standby[1] is previous:
-            self.standby = None
-        self.drop_standby()  # it was opened to the old address
+        # Every transport but the new one runs to the old address: the one
+        # the session was on drains first, the others (standbys) go now.
+        if self.standby is not None and self.standby[1] is not previous:
+            self.drop_standby()
+        self.standby = None
+        for other in list(driver.carriers().values()):
+            if other is not proto and other is not previous:
+                driver.drop_transport(other, f"the server left {old}")
+                other.abort()
         if previous is not None and previous is not proto:
             self._tasks.spawn(self._let_go_when_drained(driver, previous, old),
                               name="drain-old-address")
@@ -881,8 +887,6 @@ class Client:
         """Close the transport to the server's old address once nothing sent
         on it waits for an acknowledgement (or after a few attempts' time:
         what is still unacknowledged then is sent again on the others)."""
-        if self.standby is not None and self.standby[1] is proto:
-            self.standby = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 3 * self._attempt_timeout(driver.session)
         while loop.time() < deadline:
