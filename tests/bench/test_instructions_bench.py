@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,18 @@ needs_valgrind = pytest.mark.skipif(
     reason="valgrind is not installed (scripts/setup-env installs it as root)")
 
 
+def counts(workload: str, *rounds: int) -> list[int]:
+    """bench.count for each number of rounds, the runs side by side: each is
+    mostly the interpreter starting under callgrind, and counts do not depend
+    on what else the machine runs."""
+    bench = load_bench("instructions")
+    with ThreadPoolExecutor(len(rounds)) as pool:
+        return list(pool.map(lambda n: int(bench.count(ROOT, n, workload)), rounds))
+
+
 @needs_valgrind
 def test_a_round_trip_costs_a_plausible_count_of_instructions() -> None:
-    bench = load_bench("instructions")
-    small, large = bench.count(ROOT, 20), bench.count(ROOT, 120)
+    small, large = counts("latency", 20, 120)
     per = (large - small) / 100
     # Measured 351k: a count far off means the subtraction broke.
     assert 100_000 < per < 2_000_000
@@ -26,8 +35,7 @@ def test_a_round_trip_costs_a_plausible_count_of_instructions() -> None:
 
 @needs_valgrind
 def test_a_64_kib_upload_arrives_whole_and_is_counted() -> None:
-    bench = load_bench("instructions")
-    small, large = bench.count(ROOT, 5, "bulk"), bench.count(ROOT, 25, "bulk")
+    small, large = counts("bulk", 5, 25)
     per = (large - small) / 20
     # Measured 1,112k; the run itself checks that every byte arrived.
     assert 300_000 < per < 5_000_000
