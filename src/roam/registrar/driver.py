@@ -2,7 +2,12 @@
 
 Every decision is records.py's and every byte's meaning channel.py's and
 messages.py's; this module reads and writes sockets, reads the clock, and
-writes accepted registrations to the store before it answers them. One
+writes accepted registrations to the store before it answers them. A store
+of its own (SQLite) is read once at start and then mirrored in memory; a
+shared one (Redis, several registrars) is read per request, so what another
+registrar accepted is seen at once, and a registration is written only if
+no newer one got there first. A store that fails is a refusal (UNAVAILABLE)
+of the request in hand, never the end of the daemon. One
 TaskGroup holds the accept loop, the expiry sweep and one task per
 connection, each named; a connection's task catches whatever its peer
 causes, so no peer can end the daemon.
@@ -22,9 +27,9 @@ from roam.errors import ProtocolError
 from roam.listener import listening_socket
 from roam.registrar.channel import MAX_FRAME, RegistrarChannel
 from roam.registrar.config import RegistrarConfig
-from roam.registrar.messages import Code, Lookup, Refused, decode_request
+from roam.registrar.messages import Code, Lookup, Refused, Register, decode_request
 from roam.registrar.records import Record, Registry
-from roam.registrar.store import Store
+from roam.registrar.store import StoreError, open_store
 
 log = logging.getLogger("roam")
 
@@ -55,10 +60,24 @@ class Registrar:
         self.config = config
         self.identity = public_key(config.private_key)
         self.registry = Registry(config.policy)
-        self.store = Store(config.db)
-        self.registry.load(self.store.load())
+        self.store = open_store(config.db)
         self.stats = RegistrarStatistics()
         self._listener: socket.socket | None = None
+        self._connected = False
+        self._store_down = False
+        self._shared_units = 0  # counted at each sweep when the store is shared
+
+    async def connect(self) -> None:
+        """Reach the store (a ConfigError naming --db when it cannot be); a
+        store of its own is read into memory."""
+        if self._connected:
+            return
+        await self.store.open()
+        if self.store.shared:
+            self._shared_units = await self.store.count()
+        else:
+            self.registry.load(await self.store.load())
+        self._connected = True
 
     def open(self) -> tuple[str, int]:
         """Bind the listening socket (before run: the caller learns the port)."""
@@ -70,6 +89,7 @@ class Registrar:
         return sock
 
     async def run(self) -> None:
+        await self.connect()
         listener = self._listener if self._listener is not None else self._bind()
         loop = asyncio.get_running_loop()
         try:
@@ -93,14 +113,20 @@ class Registrar:
                     tasks.create_task(self._serve(sock, peer), name=f"registrar-conn-{peer}")
         finally:
             listener.close()
-            self.store.close()
+            await self.store.close()
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_S)
+            if self.store.shared:  # Redis expires the records itself
+                try:
+                    self._shared_units = await self.store.count()
+                except StoreError as exc:
+                    self._store_failed(exc)
+                continue
             gone = self.registry.expire(time.time())
             if gone:
-                self.store.delete(gone)
+                await self.store.delete(gone)
 
     async def _serve(self, sock: socket.socket, peer: str) -> None:
         try:
@@ -131,13 +157,13 @@ class Registrar:
                 identity = channel.identity
                 if identity is None:  # request() sets it or raises
                     raise ProtocolError("no identity after the first request")
-                answer = self._answer(identity, request, peer)
+                answer = await self._answer(identity, request, peer)
                 await loop.sock_sendall(sock, channel.answer(answer))
             if channel.frames.held > MAX_FRAME + 2:
                 raise ProtocolError("a frame larger than any request")
             timeout = IDLE_TIMEOUT_S
 
-    def _answer(self, identity: bytes, body: bytes, peer: str) -> bytes:
+    async def _answer(self, identity: bytes, body: bytes, peer: str) -> bytes:
         now = time.time()
         who = short_id(identity)
         try:
@@ -146,25 +172,62 @@ class Registrar:
             self._count(Code.BAD_REQUEST)
             log.info("registrar: %s at %s: bad request: %s", who, peer, exc)
             return Refused(Code.BAD_REQUEST, str(exc)).encode()
+        try:
+            return await self._decide(identity, request, who, peer, now)
+        except StoreError as exc:
+            self._store_failed(exc)
+            self._count(Code.UNAVAILABLE)
+            return Refused(Code.UNAVAILABLE, "the registrar cannot reach its records just "
+                                             "now; ask another registrar").encode()
+
+    async def _registry(self, identity: bytes) -> Registry:
+        """Who decides: the registry in memory, or for a shared store one
+        holding only what the store has of `identity` now (the store's own
+        memory bounds it, not MAX_RECORDS)."""
+        if not self.store.shared:
+            return self.registry
+        view = Registry(self.config.policy)
+        record = await self.store.get(identity)
+        if self._store_down:
+            self._store_down = False
+            log.warning("registrar: its store %s answers again", self.store.name)
+        if record is not None:
+            view.load([record])
+        return view
+
+    async def _decide(self, identity: bytes, request: Lookup | Register, who: str, peer: str,
+                      now: float) -> bytes:
         if isinstance(request, Lookup):
             self.stats.lookups += 1
-            found = self.registry.lookup(identity, request.target, now)
+            registry = await self._registry(request.target)
+            found = registry.lookup(identity, request.target, now)
             if isinstance(found, Refused):
                 self._count(found.code)
                 log.debug("registrar: %s", found.reason)
             else:
                 self.stats.found += 1
             return found.encode()
-        result = self.registry.register(identity, request, now)
+        registry = await self._registry(identity)
+        result = registry.register(identity, request, now)
+        # Stored before the unit hears it is registered; a shared store may
+        # hold a newer registration that another registrar took meanwhile.
+        if not isinstance(result, Refused) and not await self.store.save(result):
+            result = Refused(Code.REPLAYED, f"{who}: a registration no newer than the last "
+                                            "(replayed)")
         if isinstance(result, Refused):
             self._count(result.code)
             log.info("registrar: refused %s at %s: %s", who, peer, result.reason)
             return result.encode()
         self._saved(result, who, peer)
-        return self.registry.answer_registered(result, now).encode()
+        return registry.answer_registered(result, now).encode()
+
+    def _store_failed(self, exc: StoreError) -> None:
+        # Once per outage: every request fails alike until the store is back.
+        if not self._store_down:
+            self._store_down = True
+            log.warning("registrar: refusing requests until its store answers: %s", exc)
 
     def _saved(self, record: Record, who: str, peer: str) -> None:
-        self.store.save(record)  # on disk before the unit hears it is registered
         self.stats.registrations += 1
         log.info("registrar: %s at %s registered %s%s", who, peer,
                  ", ".join(record.addresses) or "no address",
@@ -175,8 +238,9 @@ class Registrar:
 
     def status(self) -> dict[str, object]:
         return {"role": "registrar", "identity": short_id(self.identity),
-                "units": len(self.registry), "registrations": self.stats.registrations,
+                "units": self._shared_units if self.store.shared else len(self.registry),
+                "registrations": self.stats.registrations,
                 "lookups": self.stats.lookups, "found": self.stats.found,
                 "refused": dict(self.stats.refused), "connections": self.stats.connections,
-                "db": self.config.db}
+                "db": self.store.name}
 

@@ -42,6 +42,9 @@ class Code(StrEnum):
     CLOCK = "CLOCK"
     FULL = "FULL"
     NOT_FOUND = "NOT_FOUND"
+    # The registrar cannot reach its records (a shared Redis that is down):
+    # nothing was decided; the unit asks its next registrar, or again later.
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 @dataclass(frozen=True, slots=True)

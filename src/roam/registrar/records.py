@@ -4,7 +4,7 @@ Per identity (a unit's public key) the current record: its addresses, the
 relays it can be reached through, who may look it up, the stamp of the
 registration that made it, and when it expires. Sans-IO: the wall clock
 comes in as `now` (seconds), requests as decoded messages, and the store
-(SQLite, store.py) is written by the driver from what `register` returns.
+(SQLite or Redis, store.py) is written by the driver from what `register` returns.
 
 Rules:
 - A registration's stamp is the unit's wall clock. One more than WINDOW_S
