@@ -84,6 +84,24 @@ def test_a_relay_shows_its_splices_refusals_and_uplinks() -> None:
                            "uplinks": {}})
     assert "refused: none" in quiet
     assert "uplinks: none" in quiet
+    assert "fleet" not in quiet
+
+
+def test_a_relay_of_a_fleet_shows_its_directory_peers_and_claims() -> None:
+    base = {"role": "relay", "identity": "x", "listening": "y", "spliced": 0, "active": 0,
+            "bytes_up": 0, "bytes_down": 0, "refused": {}, "uplinks": {}}
+    fleet = {"directory": "redis://:***@10.0.0.5:6379/0", "reachable": True,
+             "address": "198.18.3.2:4434", "peers": {"PeerKey1": {"address": "198.18.4.2:4434",
+                                                                 "expires_in_s": 5.1}},
+             "claims": {"SrvKey12": 7}, "suspects": [], "bad_records": 0}
+    text = render_status({**base, "fleet": fleet})
+    assert "fleet redis://:***@10.0.0.5:6379/0 (reachable); dialled at 198.18.3.2:4434" in text
+    assert "fleet peers: PeerKey1 at 198.18.4.2:4434" in text
+    assert "fleet claims: SrvKey12 (epoch 7)" in text
+    away = render_status({**base, "fleet": {**fleet, "reachable": False, "peers": {},
+                                            "claims": {}, "last_error": "Connection refused"}})
+    assert "(unreachable: Connection refused)" in away
+    assert "fleet peers: none" in away
 
 
 def test_each_path_shows_its_route_direct_or_through_relays() -> None:

@@ -30,7 +30,7 @@ def _imports(path: Path) -> set[str]:
 # the policy, the link states roam.core.paths reads): the same rule holds.
 # The relay's decisions (hop headers, admission, arrivals, uplinks, routes) too.
 RELAY = [CORE.parent / "relay" / f"{name}.py"
-         for name in ("hop", "admission", "core", "uplinks", "route")]
+         for name in ("hop", "admission", "core", "uplinks", "route", "directory")]
 REGISTRAR = [CORE.parent / "registrar" / f"{name}.py"
              for name in ("messages", "channel", "records", "sipsyntax", "sipuri",
                           "sipmessage", "sipdigest", "sipregister", "sipbindings")]

@@ -150,3 +150,39 @@ def test_uplinks_are_admitted_by_the_servers_identities() -> None:
 def test_a_short_totp_secret_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="at least 16"):
         admission(totp={CODED: b"x" * 10})
+
+
+def test_a_relay_of_the_fleet_passes_as_it_is_and_gets_no_ticket() -> None:
+    a = admission()
+    a.peers = {STRANGER: "198.18.3.2:4434"}
+    verdict = a.admit(hop(STRANGER), WALL)
+    assert verdict.admitted
+    assert verdict.peer
+    assert verdict.ticket == b""
+    assert "of the fleet (198.18.3.2:4434)" in verdict.reason
+    # Only with its key as proof: a peer's code or ticket is not how peers pass.
+    assert not a.admit(hop(STRANGER, WALL + 1, proof=Proof.TOTP, code=1), WALL).admitted
+
+
+def test_a_code_reports_its_step_for_the_fleet_to_confirm() -> None:
+    verdict = admission().admit(hop(CODED, proof=Proof.TOTP, code=code(WALL)), WALL)
+    assert verdict.admitted
+    assert verdict.step == int(WALL // TOTP_STEP_S)
+    assert admission().admit(hop(LISTED), WALL).step is None
+
+
+def test_tickets_under_the_fleet_key_pass_at_every_relay_of_the_fleet() -> None:
+    secret = b"f" * 32
+    here, there = admission(), admission(relay_private=generate_private_key())
+    old = here.admit(hop(LISTED), WALL).ticket  # issued before the relay joined the fleet
+    here.fleet_ticket_key(secret)
+    there.fleet_ticket_key(secret)
+    ticket = here.admit(hop(LISTED, WALL + 1), WALL).ticket
+    assert there.admit(hop(LISTED, WALL + 2, proof=Proof.TICKET, ticket=ticket), WALL).admitted
+    # The relay's own tickets from before still pass here, not there.
+    assert here.admit(hop(LISTED, WALL + 3, proof=Proof.TICKET, ticket=old), WALL).admitted
+    assert not there.admit(hop(LISTED, WALL + 4, proof=Proof.TICKET, ticket=old),
+                           WALL).admitted
+    # The fleet's key changed (its store lost it): the old fleet tickets still pass.
+    there.fleet_ticket_key(b"g" * 32)
+    assert there.admit(hop(LISTED, WALL + 5, proof=Proof.TICKET, ticket=ticket), WALL).admitted

@@ -79,3 +79,22 @@ def test_dial_allow_is_parsed_as_the_servers_allow_rules_and_named_in_errors(
         relay_config(("127.0.0.1", 0), key, None, None, "any", ["10.0.0.0/33:1"])
     with pytest.raises(ConfigError, match=r"--dial-allow 'h:x'.*port 'x'"):
         relay_config(("127.0.0.1", 0), key, None, None, "any", ["h:x"])
+
+
+def test_a_fleet_needs_a_redis_url_and_an_address_the_others_can_dial(tmp_path: Path) -> None:
+    write_private_key(tmp_path / "relay.key", generate_private_key())
+    key = str(tmp_path / "relay.key")
+    url = "redis://10.0.0.5:6379/0"
+    config = relay_config(("198.18.3.2", 4434), key, None, None, "any", None, url)
+    assert (config.directory, config.fleet_address) == (url, "198.18.3.2:4434")
+    config = relay_config(("0.0.0.0", 4434), key, None, None, "any", None, url,
+                          "relay1.example:4434")
+    assert config.fleet_address == "relay1.example:4434"
+    with pytest.raises(ConfigError, match=r"needs --fleet-address"):
+        relay_config(("0.0.0.0", 4434), key, None, None, "any", None, url)
+    with pytest.raises(ConfigError, match=r"--fleet-address 'x:0'"):
+        relay_config(("0.0.0.0", 4434), key, None, None, "any", None, url, "x:0")
+    with pytest.raises(ConfigError, match=r"give --directory too"):
+        relay_config(("0.0.0.0", 4434), key, None, None, "any", None, None, "x:1")
+    with pytest.raises(ConfigError, match=r"--directory 'mysql://h:1'"):
+        relay_config(("198.18.3.2", 4434), key, None, None, "any", None, "mysql://h:1")

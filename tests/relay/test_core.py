@@ -77,3 +77,15 @@ def test_an_uplink_that_sends_more_than_its_header_is_refused() -> None:
     decision = arrival().feed(header + b"x", WALL)
     assert isinstance(decision, Refuse)
     assert decision.status is Status.BAD_HEADER
+
+
+def test_a_splice_carries_a_codes_step_and_whether_a_fleet_relay_sent_it() -> None:
+    admission = Admission(keys={}, totp={}, admit_any=False, relay_private=RELAY)
+    admission.peers = {public_key(SERVER): "198.18.3.2:4434"}
+    decision = Arrival(RELAY, admission).feed(client_header(SERVER), WALL)
+    assert isinstance(decision, Splice)
+    assert decision.peer
+    assert decision.step is None
+    status, body, _ = decode_reply(decision.reply) or (None, b"x", 0)
+    assert status is Status.OK
+    assert body == b""  # no ticket for a relay of the fleet

@@ -39,3 +39,29 @@ def test_more_spares_than_the_limit_close_the_oldest() -> None:
     u.offer(A, FIRST, 2)
     assert u.offer(A, FIRST, 3) == [1]
     assert u.idle() == {A: 2}
+
+
+def test_held_names_each_instance_and_drop_closes_an_old_instances_uplinks() -> None:
+    u = Uplinks()
+    u.offer(A, FIRST, 1)
+    u.offer(A, FIRST, 2)
+    u.offer(B, FIRST, 3)
+    assert u.held() == {A: FIRST, B: FIRST}
+    assert u.drop(A, RESTARTED) == []  # not the instance held here
+    assert sorted(u.drop(A, FIRST)) == [1, 2]
+    assert u.held() == {B: FIRST}
+    u.lost(1)  # its watcher ends later: nothing left to forget
+    assert u.take(A) is None
+    assert u.take(B) == 3
+    assert u.held() == {}
+
+
+def test_an_identity_stays_known_while_its_spares_are_all_taken() -> None:
+    u = Uplinks()
+    assert not u.known(A)
+    u.offer(A, FIRST, 1)
+    assert u.take(A) == 1
+    assert u.known(A)
+    assert u.held() == {}
+    u.drop(A, FIRST)
+    assert not u.known(A)

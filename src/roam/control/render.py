@@ -35,6 +35,18 @@ def _relay(status: dict[str, Any]) -> str:
                             or "none"),
              "uplinks: " + (", ".join(f"{n} of {who}" for who, n in sorted(uplinks.items()))
                             or "none")]
+    fleet = status.get("fleet")
+    if fleet:
+        peers = fleet.get("peers") or {}
+        claims = fleet.get("claims") or {}
+        state = ("reachable" if fleet["reachable"]
+                 else f"unreachable: {fleet.get('last_error', '')}")
+        lines += [f"fleet {fleet['directory']} ({state}); dialled at {fleet['address']}",
+                  "fleet peers: " + (", ".join(f"{who} at {p['address']}"
+                                               for who, p in sorted(peers.items())) or "none"),
+                  "fleet claims: " + (", ".join(f"{who} (epoch {e})"
+                                                for who, e in sorted(claims.items()))
+                                      or "none")]
     return "\n".join(lines)
 
 

@@ -15,7 +15,12 @@ twice:
   every admitted client gets a fresh one, so its resumes and standby
   transports (and a restart of the relay: the ticket key comes from the
   relay's own key) need no new code;
-- `--admit any` lets every identity pass; without it nobody does.
+- `--admit any` lets every identity pass; without it nobody does;
+- in a fleet (roam.relay.fleet), another relay of the fleet passes as it
+  is (`peers`, kept by the fleet's driver), a ticket issued by any relay of
+  the fleet passes (`fleet_ticket_key`), and a code's step, accepted here,
+  is confirmed once fleet-wide by the driver (`Verdict.step`) before the
+  client is let through.
 
 Every header carries the sender's wall clock; one more than `WINDOW_S` away
 from the relay's is refused, and a (sender, stamp) pair is accepted once
@@ -68,6 +73,11 @@ class Verdict:
     admitted: bool
     reason: str  # why not, or how (for the relay's log and status)
     ticket: bytes = b""  # for an admitted client: to present next time
+    # Admitted by a one-time code of this step: in a fleet the driver checks,
+    # once for the whole fleet, that no relay accepted this step (or a
+    # later one) for this identity before letting the client through.
+    step: int | None = None
+    peer: bool = False  # the sender is another relay of this relay's fleet
 
 
 class Admission:
@@ -85,8 +95,23 @@ class Admission:
         self.admit_any = admit_any
         # From the relay's own key: tickets outlive a restart of the relay.
         self._ticket = AESGCM(hmac.digest(relay_private, _TICKET_AD, hashlib.sha256))
+        # In a fleet, tickets are issued under the fleet's key, and checked
+        # under it, the keys the fleet had before, and the relay's own.
+        self._accepting: list[AESGCM] = [self._ticket]
+        # Other relays of the fleet (key: address), admitted as they are.
+        self.peers: dict[bytes, str] = {}
         self._seen: dict[tuple[bytes, int], float] = {}
         self._seen_prune_at = 0.0
+
+    def fleet_ticket_key(self, secret: bytes) -> None:
+        """Issue tickets under the fleet's secret from now on; keep accepting
+        those issued under the keys used before (they run out by themselves)."""
+        fleet = AESGCM(hmac.digest(secret, _TICKET_AD, hashlib.sha256))
+        self._accepting.insert(0, fleet)
+        # The relay's own key and the last few fleet keys: a fleet's key
+        # changes only when its store lost it, so this list stays short.
+        del self._accepting[4:]
+        self._ticket = fleet
 
     def admit(self, hop: Hop, wall: float) -> Verdict:
         who = short_id(hop.sender)
@@ -104,8 +129,8 @@ class Admission:
         if len(self._seen) >= MAX_REMEMBERED:
             return Verdict(False, f"{who}: too many admissions within {WINDOW_S:.0f} s")
         self._seen[key] = wall + WINDOW_S
-        if hop.kind is HopKind.CLIENT:
-            return Verdict(True, verdict.reason, self._issue(hop.sender, wall))
+        if hop.kind is HopKind.CLIENT and not verdict.peer:
+            return Verdict(True, verdict.reason, self._issue(hop.sender, wall), verdict.step)
         return verdict
 
     def _proof(self, hop: Hop, wall: float, who: str) -> Verdict:
@@ -115,6 +140,9 @@ class Admission:
             if self.admit_any:
                 return Verdict(True, f"uplink of {who} (any admitted)")
             return Verdict(False, f"server {who} is not among the relay's admitted keys")
+        if hop.proof is Proof.KEY and hop.sender in self.peers:
+            return Verdict(True, f"relay {who} of the fleet ({self.peers[hop.sender]})",
+                           peer=True)
         if hop.proof is Proof.TICKET:
             return self._check_ticket(hop, wall, who)
         if hop.proof is Proof.TOTP:
@@ -138,7 +166,7 @@ class Admission:
                 if step <= self._used_step.get(hop.sender, -1):
                     return Verdict(False, f"{who}: this one-time code was already used")
                 self._used_step[hop.sender] = step
-                return Verdict(True, f"{who} admitted by one-time code")
+                return Verdict(True, f"{who} admitted by one-time code", step=step)
         return Verdict(False, f"{who}: wrong or expired one-time code")
 
     def _issue(self, identity: bytes, wall: float) -> bytes:
@@ -148,9 +176,14 @@ class Admission:
 
     def _check_ticket(self, hop: Hop, wall: float, who: str) -> Verdict:
         ticket = hop.ticket
-        try:
-            body = self._ticket.decrypt(ticket[:_NONCE], ticket[_NONCE:], _TICKET_AD)
-        except (InvalidTag, ValueError):
+        body = b""
+        for key in self._accepting:
+            try:
+                body = key.decrypt(ticket[:_NONCE], ticket[_NONCE:], _TICKET_AD)
+                break
+            except (InvalidTag, ValueError):
+                continue
+        else:
             return Verdict(False, f"{who}: the ticket was not issued by this relay")
         if len(body) != _TICKET_BODY.size:
             return Verdict(False, f"{who}: the ticket was not issued by this relay")

@@ -7,7 +7,7 @@ import binascii
 import os
 from dataclasses import dataclass, field
 
-from roam.connector.allow import AccessList
+from roam.connector.allow import AccessList, format_host_port, split_host_port
 from roam.crypto.keys import (
     decode_public_key,
     load_authorized_keys,
@@ -29,6 +29,10 @@ class RelayConfig:
     # Where the relay may dial for a client (the next relay, or a server
     # without an uplink here): None dials wherever an admitted client asks.
     dial_allow: AccessList | None = None
+    # A fleet's shared directory (roam.relay.fleet): a Redis URL, and the
+    # address the fleet's other relays dial this one at.
+    directory: str | None = None
+    fleet_address: str | None = None
 
 
 def load_totp_secrets(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
@@ -57,7 +61,8 @@ def load_totp_secrets(path: str | os.PathLike[str]) -> dict[bytes, bytes]:
 
 def relay_config(listen: tuple[str, int], key: str, admit_keys: str | None,
                  admit_totp: str | None, admit: str | None,
-                 dial_allow: list[str] | None = None) -> RelayConfig:
+                 dial_allow: list[str] | None = None, directory: str | None = None,
+                 fleet_address: str | None = None) -> RelayConfig:
     if admit not in (None, "any"):
         raise ConfigError(f"--admit {admit!r}: the only value is 'any' (admit every identity)")
     config = RelayConfig(listen, load_private_key(key), admit_any=admit == "any",
@@ -70,7 +75,35 @@ def relay_config(listen: tuple[str, int], key: str, admit_keys: str | None,
     if not (config.admit_keys or config.admit_totp or config.admit_any):
         raise ConfigError("the relay would admit nobody: give --admit-keys, --admit-totp, "
                           "or --admit any")
+    if fleet_address is not None and directory is None:
+        raise ConfigError("--fleet-address is for a relay of a fleet: give --directory too")
+    if directory is not None:
+        from roam.relay.fleet import check_directory  # the Redis client only for a fleet
+
+        check_directory(directory)
+        config.directory = directory
+        config.fleet_address = _fleet_address(fleet_address, listen)
     return config
+
+
+def _fleet_address(given: str | None, listen: tuple[str, int]) -> str:
+    """Where the fleet's other relays dial this one: --fleet-address, else
+    the listen address when it names one host (not a wildcard, not port 0)."""
+    if given is None:
+        host, port = listen
+        if host in ("", "0.0.0.0", "::") or port == 0:
+            raise ConfigError("a relay of a fleet listening on "
+                              f"{format_host_port(host, port)} needs --fleet-address "
+                              "HOST:PORT: where the fleet's other relays reach it")
+        return format_host_port(host, port)
+    try:
+        host, port_text = split_host_port(given, "--fleet-address")
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"--fleet-address {given!r}: expected HOST:PORT") from None
+    if not host or not 0 < port < 65536 or len(given.encode()) > 255:
+        raise ConfigError(f"--fleet-address {given!r}: expected HOST:PORT (port 1-65535)")
+    return format_host_port(host, port)
 
 
 def load_otp_secret(path: str | os.PathLike[str]) -> bytes:

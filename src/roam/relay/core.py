@@ -53,6 +53,10 @@ class Splice:
     reply: bytes
     rest: bytes  # what came after the header: the next header, or the roam preamble
     how: str  # how it was admitted, for the log
+    # Admitted by a one-time code of this step: in a fleet the driver
+    # confirms it unused fleet-wide before the splice (roam.relay.fleet).
+    step: int | None = None
+    peer: bool = False  # sent by another relay of the fleet: its uplinks here only
 
 
 Decision = Refuse | Register | Splice
@@ -93,7 +97,7 @@ class Arrival:
                                                    "bytes after an uplink's header")))
             return self._decide(Register(hop, encode_reply(Status.OK), verdict.reason))
         return self._decide(Splice(hop, encode_reply(Status.OK, verdict.ticket), rest,
-                                   verdict.reason))
+                                   verdict.reason, verdict.step, verdict.peer))
 
     @property
     def held(self) -> int:

@@ -20,12 +20,25 @@ from dataclasses import dataclass, field
 
 from roam.connector.allow import format_host_port, split_host_port
 from roam.crypto.keys import public_key, short_id
+from roam.errors import ProtocolError
 from roam.listener import listening_socket
 from roam.names import Host, InvalidHost
 from roam.relay.admission import Admission
 from roam.relay.config import RelayConfig
 from roam.relay.core import Arrival, Refuse, Register, Splice
-from roam.relay.hop import Next, Status, refusal
+from roam.relay.directory import Onward
+from roam.relay.fleet import Fleet
+from roam.relay.hop import (
+    Hop,
+    HopKind,
+    Next,
+    Proof,
+    Status,
+    decode_reply,
+    refusal,
+    reply_wanted,
+    seal_hop,
+)
 from roam.relay.splice import PipePool, SpliceStats, splice
 from roam.relay.uplinks import Uplinks
 
@@ -57,10 +70,29 @@ ACCEPT_BACKOFF_S = 0.1
 # sends its header in its first segment: a thousand at once is a flood or a
 # mass reconnect, which backs off (the client's BUSY backoff) and comes back.
 MAX_PENDING = 1024
+# A server dials a new spare uplink as soon as one is taken (one connect and
+# one header); when a burst of clients takes every spare at once (the
+# sessions of a relay that died all resuming here), a client waits for the
+# next one rather than being refused: in the fleet's lab test, sessions
+# resuming at once after a relay was killed found no spare at the relay
+# holding their server's uplinks, were refused UNKNOWN_TARGET and waited
+# out their reconnect backoff (the last resumed 2.75 s after the kill). A
+# server that is really gone costs a client this much more before
+# UNKNOWN_TARGET.
+UPLINK_WAIT_S = 2.0
 
 
 class DialRefused(Exception):
     """The address a client asked the relay to dial is not in its --dial-allow."""
+
+
+class Refused(Exception):
+    """Another relay of the fleet refused the hop (its status and reason)."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(f"{status.name}: {reason}")
+        self.status = status
+        self.reason = reason
 
 
 @dataclass
@@ -97,6 +129,15 @@ class Relay:
         self._live: dict[int, SpliceStats] = {}
         self._listener: socket.socket | None = None
         self.address: tuple[str, int] | None = None
+        self.fleet: Fleet | None = None
+        if config.directory is not None:
+            self.fleet = Fleet(config.directory, identity=self.identity,
+                               address=config.fleet_address or format_host_port(*config.listen),
+                               admission=self.admission, uplinks=self.uplinks,
+                               drop=self._drop_instance)
+        self._hop_stamp = 0  # this relay's own hop headers (to the fleet): rising
+        # Set when an uplink of the identity arrives: clients wait for a spare.
+        self._offered: dict[bytes, asyncio.Event] = {}
 
     def open(self) -> tuple[str, int]:
         """Bind the listening socket (before run: the caller learns the port)."""
@@ -115,6 +156,8 @@ class Relay:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
+                if self.fleet is not None:
+                    tasks.create_task(self.fleet.run(), name="relay-fleet")
                 while True:
                     try:
                         sock, addr = await loop.sock_accept(listener)
@@ -136,6 +179,10 @@ class Relay:
             for idle in self._idle.values():
                 idle.sock.close()
             self._idle.clear()
+            if self.fleet is not None:
+                # Out of the directory at once, rather than when the records run out.
+                await self.fleet.leave()
+                await self.fleet.close()
 
     # ---- one connection -----------------------------------------------------------
 
@@ -184,8 +231,14 @@ class Relay:
             await loop.sock_sendall(sock, decision.reply)
             conn = next(self._ids)
             idle = self._idle[conn] = _Idle(sock, decision.hop.sender)
+            new = self.uplinks.held().get(decision.hop.sender) != decision.hop.instance
             for gone in self.uplinks.offer(decision.hop.sender, decision.hop.instance, conn):
                 self._drop_idle(gone)
+            if new and self.fleet is not None:
+                self.fleet.wake()  # claim it in the directory now, not at the next refresh
+            offered = self._offered.pop(decision.hop.sender, None)
+            if offered is not None:
+                offered.set()  # clients waiting for a spare of this server
             idle.watcher = self._tasks.create_task(self._watch(conn, idle),
                                                    name=f"relay-uplink-{conn}")
             log.info("relay: %s at %s", decision.how, peer)
@@ -196,17 +249,44 @@ class Relay:
     async def _splice(self, sock: socket.socket, peer: str, decision: Splice) -> None:
         loop = asyncio.get_running_loop()
         hop = decision.hop
+        if decision.step is not None and self.fleet is not None:
+            # A code is accepted once in the whole fleet, not once per relay.
+            fresh = await self.fleet.use_step(hop.sender, decision.step)
+            if not fresh:
+                await self._refuse(sock, Status.NOT_ADMITTED, (
+                    f"{short_id(hop.sender)}: this one-time code was already used (at another "
+                    "relay of the fleet)") if fresh is False else (
+                    "the fleet's directory does not answer: a one-time code cannot be checked "
+                    "now; a ticket or an admitted key still passes"))
+                return
         onward: socket.socket | None = None
+        by = ""  # where it goes, for the log
+        crossed = None
         # The last hop: the server's uplink if it keeps one here (it may be
         # unreachable from outside), else the address the client gave.
-        if hop.next is Next.UPLINK_OF_TARGET or hop.next_key == hop.target:
+        if hop.next is Next.UPLINK_OF_TARGET or hop.next_key == hop.target or decision.peer:
             onward = await self._take_uplink(hop.target)
-            if onward is None and hop.next is Next.UPLINK_OF_TARGET:
+            if onward is not None:
+                by = f"the uplink of {short_id(hop.target)}"
+            if onward is None and self.fleet is not None and not decision.peer:
+                # Another relay of the fleet may hold it: one more hop, never
+                # two (a relay does not pass a fleet peer's hop on).
+                try:
+                    crossed = await self._cross(hop, decision.rest)
+                except Refused as exc:
+                    await self._refuse(sock, exc.status, exc.reason)
+                    return
+                if crossed is not None:
+                    onward, by = crossed
+            if onward is None and (hop.next is Next.UPLINK_OF_TARGET or decision.peer):
+                where = ("in the fleet" if self.fleet is not None and not decision.peer
+                         else "at this relay")
                 await self._refuse(sock, Status.UNKNOWN_TARGET,
-                                   f"no uplink of server {short_id(hop.target)} at this relay")
+                                   f"no uplink of server {short_id(hop.target)} {where}")
                 return
-        by_uplink = onward is not None
-        if onward is not None:
+        if crossed is not None:
+            first = b""  # the other relay has had the client's bytes since its header
+        elif onward is not None:
             first = GO + decision.rest
         else:
             try:
@@ -227,12 +307,14 @@ class Relay:
                                    f"{exc or type(exc).__name__}")
                 return
             first = decision.rest
+            by = hop.address
+        if onward is None:  # every branch above gave one or returned
+            raise RuntimeError("no onward connection")
         conn = next(self._ids)
         stats = self._live[conn] = SpliceStats()
         self.stats.spliced += 1
         self.stats.active += 1
-        log.info("relay: %s (%s) spliced to %s", short_id(hop.sender), decision.how,
-                 f"the uplink of {short_id(hop.target)}" if by_uplink else hop.address)
+        log.info("relay: %s (%s) spliced to %s", short_id(hop.sender), decision.how, by)
         try:
             await loop.sock_sendall(sock, decision.reply)
             await splice(sock, onward, stats=stats, first_to_b=first, pool=self.pipes)
@@ -242,6 +324,74 @@ class Relay:
             self.stats.bytes_up += stats.a_to_b
             self.stats.bytes_down += stats.b_to_a
             del self._live[conn]
+
+    async def _cross(self, hop: Hop, rest: bytes) -> tuple[socket.socket, str] | None:
+        """A connection to the relay of the fleet that holds an uplink of
+        `hop.target`, its reply read: this relay's own hop header went first
+        (sealed to that relay, next: the uplink held there), then `rest`.
+        None when no relay of the fleet claims one; Refused when every one
+        that does failed."""
+        assert self.fleet is not None
+        candidates = await self.fleet.onward(hop.target)
+        if not candidates:
+            return None
+        failures: list[str] = []
+        status = Status.UNREACHABLE
+        for other in candidates:
+            try:
+                sock = await self._hop_to(other, hop.target, rest)
+            except Refused as exc:
+                failures.append(f"relay {short_id(other.relay)}: {exc}")
+                if exc.status is Status.UNKNOWN_TARGET:
+                    status = Status.UNKNOWN_TARGET  # its uplinks went meanwhile
+                continue
+            except (OSError, TimeoutError, ValueError, ProtocolError) as exc:
+                self.fleet.suspect(other.relay)
+                failures.append(f"relay {short_id(other.relay)} ({other.address}): "
+                                f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}")
+                continue
+            return sock, (f"the uplink of {short_id(hop.target)} at relay "
+                          f"{short_id(other.relay)} ({other.address})")
+        raise Refused(status, f"the relays holding uplinks of server {short_id(hop.target)} "
+                              f"refused or did not answer: {'; '.join(failures)}")
+
+    async def _hop_to(self, other: Onward, target: bytes, rest: bytes) -> socket.socket:
+        """Dial `other`, send this relay's hop header and `rest`, read its reply."""
+        loop = asyncio.get_running_loop()
+        host, port = split_host_port(other.address, "fleet relay")
+        # Stamps rise: the other relay takes a (sender, stamp) pair once.
+        self._hop_stamp = max(time.time_ns(), self._hop_stamp + 1)
+        header = seal_hop(Hop(HopKind.CLIENT, self._hop_stamp, target, Next.UPLINK_OF_TARGET,
+                              proof=Proof.KEY), self.config.private_key, other.relay)
+        async with asyncio.timeout(DIAL_TIMEOUT_S):
+            infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            family, kind, proto, _, addr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, addr)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Everything at once: the other relay's answer is read after.
+                await loop.sock_sendall(sock, header + rest)
+                reply = b""
+                while (decoded := decode_reply(reply)) is None:
+                    # Exactly the reply: what follows is the server's, for the client.
+                    data = await loop.sock_recv(sock, reply_wanted(reply))
+                    if not data:
+                        raise ConnectionError("it closed the connection without a reply")
+                    reply += data
+                status, body, _ = decoded
+                if status is not Status.OK:
+                    raise Refused(status, body.decode("utf-8", "replace"))
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+    def _drop_instance(self, identity: bytes, instance: bytes) -> None:
+        """The fleet saw a newer instance of this server uplinked elsewhere."""
+        for conn in self.uplinks.drop(identity, instance):
+            self._drop_idle(conn)
 
     async def _refuse(self, sock: socket.socket, status: Status, reason: str) -> None:
         self._count_refusal(status)
@@ -284,6 +434,21 @@ class Relay:
     # ---- idle uplinks -------------------------------------------------------------
 
     async def _take_uplink(self, identity: bytes) -> socket.socket | None:
+        """An idle uplink of `identity`; when this relay holds uplinks of it
+        but none is idle right now (a burst of clients took the spares), the
+        next one the server dials, up to UPLINK_WAIT_S."""
+        deadline = asyncio.get_running_loop().time() + UPLINK_WAIT_S
+        while (sock := await self._idle_uplink(identity)) is None and self.uplinks.known(
+                identity):
+            offered = self._offered.setdefault(identity, asyncio.Event())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await offered.wait()
+            except TimeoutError:
+                return None
+        return sock
+
+    async def _idle_uplink(self, identity: bytes) -> socket.socket | None:
         while (conn := self.uplinks.take(identity)) is not None:
             idle = self._idle.pop(conn)
             watcher = idle.watcher
@@ -343,4 +508,5 @@ class Relay:
             "bytes_down": self.stats.bytes_down + live_down,
             "refused": dict(self.stats.refused),
             "uplinks": {short_id(k): n for k, n in self.uplinks.idle().items()},
+            **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
         }

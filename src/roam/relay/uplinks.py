@@ -70,6 +70,27 @@ class Uplinks:
         pool = self._pools[identity]
         pool.idle.remove(conn)
 
+    def known(self, identity: bytes) -> bool:
+        """This relay has held uplinks of `identity` (idle now or not): the
+        server dials a new spare whenever one is taken."""
+        return identity in self._pools
+
+    def held(self) -> dict[bytes, bytes]:
+        """The server instance of each identity with idle uplinks here (what
+        a relay of a fleet claims in the directory)."""
+        return {identity: pool.instance for identity, pool in self._pools.items() if pool.idle}
+
+    def drop(self, identity: bytes, instance: bytes) -> list[int]:
+        """The fleet found a newer instance of `identity` elsewhere: every
+        idle uplink of `instance`, for the driver to close."""
+        pool = self._pools.get(identity)
+        if pool is None or pool.instance != instance:
+            return []
+        del self._pools[identity]
+        for conn in pool.idle:
+            self._owner.pop(conn, None)
+        return list(pool.idle)
+
     def idle(self) -> dict[bytes, int]:
         """Idle uplinks per identity (for status)."""
         return {identity: len(pool.idle) for identity, pool in self._pools.items() if pool.idle}
