@@ -11,6 +11,7 @@
 7. bench/handover.py     network lab: handover stalls, roam against MPTCP and plain TCP
 8. bench/doublejump.py   network lab: both units lose their network at once, found again
                          through the built-in registrar and through Kamailio
+9. bench/workers.py      loopback: 8 sessions in parallel, one server process and --workers 2
 
 The lab benchmarks need root; without it they are skipped with a message and their
 sections are left as they are. Each step runs with a time limit and its own process;
@@ -29,11 +30,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("run", "tunnels", "compression", "scale", "relayscale", "registrar", "handover",
-         "doublejump")
+         "doublejump", "workers")
 # seconds per step
 LIMITS = {"run": 40 * 60, "tunnels": 30 * 60, "compression": 30 * 60, "scale": 30 * 60,
           "relayscale": 15 * 60, "registrar": 10 * 60, "handover": 120 * 60,
-          "doublejump": 20 * 60}
+          "doublejump": 20 * 60, "workers": 15 * 60}
 ROOT_ONLY = {"tunnels", "compression", "handover", "doublejump"}
 
 
@@ -50,15 +51,17 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
     registrar = [py, "bench/registrar.py"]
     handover = [py, "bench/handover.py", "--runs", str(args.handover_runs)]
     doublejump = [py, "bench/doublejump.py"]  # 10 runs per registrar, a fresh lab each
+    workers = [py, "bench/workers.py"]
     if args.quick:
         relayscale += ["--sessions", "2000"]
         run += ["--bytes", str(256 << 20), "--rounds", "1000"]
         tunnels += ["--bytes", str(64 << 20)]
         scale += ["--sessions", "2000", "--handover", "500"]
         doublejump += ["--runs", "3"]
+        workers += ["--runs", "3"]
     return {"run": run, "tunnels": tunnels, "compression": compression, "scale": scale,
             "relayscale": relayscale, "registrar": registrar, "handover": handover,
-            "doublejump": doublejump}
+            "doublejump": doublejump, "workers": workers}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -295,7 +295,8 @@ def test_all_commands() -> None:
     args = bench_all.parse_args(["--quick", "--runs", "5", "--skip", "handover"])
     cmds = bench_all.commands(args)
     assert list(cmds) == ["run", "tunnels", "compression", "scale", "relayscale", "registrar",
-                          "handover", "doublejump"]
+                          "handover", "doublejump", "workers"]
+    assert cmds["workers"][1:] == ["bench/workers.py", "--runs", "3"]
     assert cmds["relayscale"][1:] == ["bench/relayscale.py", "--sessions", "2000"]
     assert cmds["scale"][1:] == ["bench/scale.py", "--workers", "2", "--sessions", "2000",
                                  "--handover", "500"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 
 import pytest
@@ -231,6 +232,55 @@ def test_idle_openings_from_one_address_are_bounded_and_keep_no_resume_out() -> 
         finally:
             for writer in holders:
                 writer.transport.abort()
+            await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_handed_transport_is_opened_from_the_bytes_read_before() -> None:
+    """A transport another worker accepted (docs/workers.md): its preamble was
+    read there, and the server answers as if it had read it itself."""
+
+    async def main() -> None:
+        stack = await Stack().start()
+        loop = asyncio.get_running_loop()
+        with socket.socket() as elsewhere:  # the listener of "another worker"
+            elsewhere.bind(("127.0.0.1", 0))
+            elsewhere.listen()
+            elsewhere.setblocking(False)
+            try:
+                reader, writer = await asyncio.open_connection(*elsewhere.getsockname())
+                conn, _ = await loop.sock_accept(elsewhere)
+                unknown = Preamble(TransportKind.RESUME, Suite.AESGCM_SHA256,
+                                   os.urandom(16)).encode()
+                writer.write(unknown + b"first record")
+                data = b""
+                while len(data) < len(unknown) + 12:
+                    data += await loop.sock_recv(conn, 100)
+                await stack.server.accept_handed(conn, data)
+                status, _ = REPLY.unpack(await asyncio.wait_for(reader.readexactly(REPLY.size),
+                                                                5))
+                assert Status(status) is Status.UNKNOWN_SESSION
+                writer.close()
+            finally:
+                await stack.close()
+
+    asyncio.run(main())
+
+
+def test_a_hello_another_worker_took_is_a_replay_here() -> None:
+    async def main() -> None:
+        stack = await Stack().start()
+        try:
+            stamp = time.time_ns()
+            stack.server.heard_hello(public_key(stack.client_key), stamp)
+            stack.server.heard_hello(public_key(stack.client_key), stamp - 5)  # older: no change
+            status, body = await _raw(stack.server_port, _hello(stack, stamp))
+            assert status is Status.HANDSHAKE_FAILED
+            assert b"replay" in body
+            status, _ = await _raw(stack.server_port, _hello(stack, stamp + 1))
+            assert status is Status.OK
+        finally:
             await stack.close()
 
     asyncio.run(main())

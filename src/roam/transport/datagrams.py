@@ -383,11 +383,16 @@ class DatagramListener(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.unknown = 0
         self._closed = asyncio.Event()
+        # A worker of several (docs/workers.md): a packet for a session not
+        # here goes to the worker holding it, if `elsewhere(tag, packet,
+        # source)` says one does (True).
+        self.elsewhere: Callable[[bytes, bytes, Address], bool] | None = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+            await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port),
+                                                reuse_port=reuse_port or None)
         except OSError as exc:
             raise TransportError(f"cannot listen for UDP on {host}:{port}: "
                                  f"{exc.strerror or exc}") from None
@@ -409,6 +414,11 @@ class DatagramListener(asyncio.DatagramProtocol):
             self.transport.sendto(packet, addr)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.receive(data, addr, handed=False)
+
+    def receive(self, data: bytes, addr: Address, *, handed: bool) -> None:
+        """A packet from `addr`; `handed`: another worker passed it here, so
+        it stops here (at most one hop)."""
         try:
             _, tag, _, _ = parse_packet(data)
         except FramingError as exc:
@@ -416,6 +426,9 @@ class DatagramListener(asyncio.DatagramProtocol):
             log.debug("UDP from %s dropped: %s", addr, exc)
             return
         target = self.sessions.get(tag)
+        if target is None and not handed and self.elsewhere is not None \
+                and self.elsewhere(tag, data, addr):
+            return
         if target is None:
             self.unknown += 1
             log.debug("UDP from %s for no session here", addr)

@@ -55,10 +55,13 @@ class TransportProtocol(asyncio.BufferedProtocol):
                  "_on_made", "_paused", "_sink", "_waiter", "lost", "lost_reason", "peer",
                  "peer_host", "transport", "write_paused")
 
-    def __init__(self, on_made: Callable[[TransportProtocol], None] | None = None) -> None:
+    def __init__(self, on_made: Callable[[TransportProtocol], None] | None = None,
+                 prefix: bytes = b"") -> None:
+        """`prefix`: bytes read from the connection before it came here (a
+        transport another worker of the server handed over, roam.transport.handoff)."""
         self._on_made = on_made
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
+        self._buf = bytearray(prefix)
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[Records], None] | None = None
         self._framer: RecordFramer | None = None
@@ -174,6 +177,12 @@ class TransportProtocol(asyncio.BufferedProtocol):
                 self._waiter = None
         data = bytes(self._buf[:n])
         del self._buf[:n]
+        return data
+
+    def take_buffered(self) -> bytes:
+        """What was read and not yet taken by read_exactly, now the caller's."""
+        data = bytes(self._buf)
+        self._buf.clear()
         return data
 
     def _resume_reading(self) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from roam.connector.connector import Connector
 from roam.core.admission import Openings, source_of
@@ -27,7 +29,7 @@ from roam.core.opening_server import (
     ServerOpening,
     StandbyState,
 )
-from roam.core.preamble import Status, reply_error
+from roam.core.preamble import PREAMBLE, Status, reply_error
 from roam.core.session import Session, SessionConfig
 from roam.core.states import TransportState
 from roam.crypto.keys import short_id
@@ -101,6 +103,18 @@ class _Sessions:
         return self._standby.get(session_id)
 
 
+class Router(Protocol):
+    """Where transports go among a server's workers (roam.transport.handoff)."""
+
+    def take(self, preamble: bytes, proto: TransportProtocol) -> bool:
+        """True when `proto`, whose preamble this is, went to another worker."""
+
+    def created(self, session_id: bytes, client_key: bytes, stamp: int) -> None:
+        """A session began here, with this client's HELLO timestamp."""
+
+    def ended(self, session_id: bytes) -> None: ...
+
+
 @dataclass
 class ServerConfig:
     host: str
@@ -113,6 +127,8 @@ class ServerConfig:
     udp: bool = True
     # Compression this server allows, and does with what it sends.
     compression: CompressionMode = AUTO
+    # One of several workers on one port (SO_REUSEPORT, docs/workers.md).
+    reuse_port: bool = False
 
 
 class Server:
@@ -134,16 +150,22 @@ class Server:
         self._standby: dict[bytes, _Standby] = {}
         self._table = _Sessions(self.sessions, self._standby)
         self.udp: DatagramListener | None = None
+        # Set by a worker of several (roam.workers): RESUME and STANDBY
+        # transports whose session another worker holds go there.
+        self.router: Router | None = None
+        # Each new session's driver, for what watches sessions (--metrics).
+        self.on_session: Callable[[SessionDriver], None] = lambda driver: None
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._accept, self.config.host, self.config.port,
-                                                backlog=LISTEN_BACKLOG)
+                                                backlog=LISTEN_BACKLOG,
+                                                reuse_port=self.config.reuse_port or None)
         sock = self._server.sockets[0].getsockname()
         if self.config.udp:
             self.udp = DatagramListener()
             try:
-                await self.udp.start(sock[0], sock[1])
+                await self.udp.start(sock[0], sock[1], reuse_port=self.config.reuse_port)
             except TransportError:
                 self._server.close()
                 raise
@@ -178,7 +200,21 @@ class Server:
         client): from here on, as if it had been accepted on the listener."""
         await asyncio.get_running_loop().connect_accepted_socket(self._accept, sock=sock)
 
-    def _admit(self, proto: TransportProtocol) -> None:
+    async def accept_handed(self, sock: socket.socket, data: bytes) -> None:
+        """A transport another worker accepted and read `data` from (its
+        preamble, and what came with it): opened here as if accepted here,
+        and never handed on again."""
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: TransportProtocol(on_made=lambda p: self._admit(p, handed=True),
+                                      prefix=data), sock=sock)
+
+    def heard_hello(self, client_key: bytes, stamp: int) -> None:
+        """Another worker of this server accepted a NEW handshake from this
+        client with this timestamp: a replay of it is refused here too."""
+        if stamp > self._last_hello.get(client_key, 0):
+            self._last_hello[client_key] = stamp
+
+    def _admit(self, proto: TransportProtocol, handed: bool = False) -> None:
         """A connection arrived: admit it as an opening, or refuse it before
         it costs a task (a flood's connections must be cheap to turn away)."""
         admission = self.openings.admit(proto, source_of(proto.peer_host))
@@ -191,12 +227,12 @@ class Server:
         if not admission.admitted:
             self._refuse_busy(proto, admission.reason)
             return
-        self._tasks.spawn(self._handle(proto), name="opening")
+        self._tasks.spawn(self._handle(proto, handed), name="opening")
 
-    async def _handle(self, proto: TransportProtocol) -> None:
+    async def _handle(self, proto: TransportProtocol, handed: bool = False) -> None:
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                await self._opening(proto)
+                await self._opening(proto, handed)
         except TimeoutError:
             log.debug("transport from %s: handshake not finished in %g s", proto.peer,
                       HANDSHAKE_TIMEOUT)
@@ -208,14 +244,21 @@ class Server:
             self.handshakes.release(proto)
             self.openings.release(proto)
 
-    async def _opening(self, proto: TransportProtocol) -> None:
+    async def _opening(self, proto: TransportProtocol, handed: bool = False) -> None:
+        first: bytes | None = None
+        if self.router is not None and not handed:
+            # The preamble names the session in cleartext: one read decides
+            # whether this worker opens the transport or the one holding it.
+            first = await proto.read_exactly(PREAMBLE.size, HANDSHAKE_TIMEOUT)
+            if self.router.take(first, proto):
+                return
         cfg = self.config
         opening = ServerOpening(private_key=cfg.private_key, authorized=cfg.authorized,
                                 compression=cfg.compression, sessions=self._table,
                                 last_hello=self._last_hello,
                                 admit_handshake=lambda: self._admit_handshake(proto),
                                 peer=proto.peer)
-        outcome = await self._outcome(proto, opening, HANDSHAKE_TIMEOUT)
+        outcome = await self._outcome(proto, opening, HANDSHAKE_TIMEOUT, first)
         if isinstance(outcome, NewSession):
             self._new(proto, outcome)
         elif isinstance(outcome, Resume):
@@ -226,12 +269,15 @@ class Server:
             self._refused(proto, outcome)
 
     @staticmethod
-    async def _outcome(proto: TransportProtocol, opening: ServerOpening,
-                       timeout: float) -> Refuse | Busy | NewSession | Resume | Park:
-        """Feed the opening what it asks for until it decides. The first read
-        may wait `timeout`; each next one HANDSHAKE_TIMEOUT. Exact reads: what
-        follows the opening stays in `proto`'s buffer for the records."""
-        outcome = opening.receive_data(await proto.read_exactly(opening.needed, timeout))
+    async def _outcome(proto: TransportProtocol, opening: ServerOpening, timeout: float,
+                       first: bytes | None = None) -> Refuse | Busy | NewSession | Resume | Park:
+        """Feed the opening what it asks for until it decides, starting with
+        `first` when read already. The first read may wait `timeout`; each
+        next one HANDSHAKE_TIMEOUT. Exact reads: what follows the opening
+        stays in `proto`'s buffer for the records."""
+        if first is None:
+            first = await proto.read_exactly(opening.needed, timeout)
+        outcome = opening.receive_data(first)
         while isinstance(outcome, NeedMore):
             outcome = opening.receive_data(await proto.read_exactly(outcome.size,
                                                                     HANDSHAKE_TIMEOUT))
@@ -253,6 +299,8 @@ class Server:
         self.config.connector.attach(driver)
         self.sessions[sid] = driver
         self._standby[sid] = _Standby(keys.standby)
+        if self.router is not None:
+            self.router.created(sid, new.client_key, self._last_hello.get(new.client_key, 0))
         if self.udp is not None:
             datagrams = SessionDatagrams(driver, DatagramPath(
                 sid[:8], keys.datagram_send, keys.datagram_receive, now, is_client=False))
@@ -261,6 +309,7 @@ class Server:
         driver.on_transport_lost = lambda reason: log.info(
             "%s: transport lost (%s); waiting for the client to resume", driver.name, reason)
         driver.closed.add_callback(lambda: self._reap(sid, driver))
+        self.on_session(driver)
         proto.write(new.reply)
         session.transport_attached(now, resume=False)
         driver.attach(proto)
@@ -276,6 +325,8 @@ class Server:
                 standby.proto.abort()
             if self.udp is not None:
                 self.udp.remove(sid[:8])
+            if self.router is not None:
+                self.router.ended(sid)
 
     def _resume(self, proto: TransportProtocol, resume: Resume) -> None:
         """Move the session onto `proto`: its first record authenticated."""
