@@ -90,6 +90,7 @@ def test_a_black_hole_on_the_active_transport_moves_the_session_in_a_few_rtts(
     p, cid = joined(kernel)
     streaming(p, cid, 300)
     p.longest_gap["client"] = 0.0
+    holed_at = p.now
     p.black_hole(WIFI)
     streaming(p, cid, 1000)
     p.run(500)
@@ -100,6 +101,12 @@ def test_a_black_hole_on_the_active_transport_moves_the_session_in_a_few_rtts(
     assert len(switched) == 1
     assert "stalled" in switched[0].reason
     assert switched[0].frames_resent > 0
+    # The stall a handover reports runs from the last thing heard on the old
+    # transport (within a wifi RTT of the black hole), not from the standby's
+    # last ping.
+    heard = switched[0].previous_heard
+    assert heard is not None
+    assert holed_at - 0.01 <= heard <= holed_at + 0.01
     # Stall floor, then a cell RTT for the resent frames to come.
     cfg = SessionConfig()
     assert p.longest_gap["client"] < cfg.stall_floor + 0.1
@@ -109,10 +116,16 @@ def test_a_black_hole_on_the_active_transport_moves_the_session_in_a_few_rtts(
 def test_losing_the_active_transport_moves_to_the_standby_without_a_connect() -> None:
     p, cid = joined()
     streaming(p, cid, 200)
+    cut_at = p.now
     p.cut(WIFI)
     streaming(p, cid, 300)
     p.run(300)
     assert p.exact()
+    # The handover's stall runs from the last frame the lost transport brought,
+    # which the session had let go of before it switched.
+    heard = p.switches("client")[0].previous_heard
+    assert heard is not None
+    assert cut_at - 0.01 <= heard <= cut_at
     for side in (p.client, p.server):
         assert side.transport_ids() == {CELL: TransportState.ACTIVE}
         assert side.state is SessionState.ATTACHED

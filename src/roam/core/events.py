@@ -109,6 +109,9 @@ class TransportSwitched:
     frames_resent: int
     # The active one was lost or stalled (REINJECT): a hard handover.
     hard: bool = False
+    # When the previous transport last delivered anything: a hard handover's
+    # stall, as the application sees it, began then (None without one).
+    previous_heard: float | None = None
 
 
 @dataclass(slots=True, frozen=True)

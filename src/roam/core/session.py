@@ -198,11 +198,12 @@ class Session:
         self.state = next_state(self.state, SessionInput.OPENING_TRANSPORT)
 
     def switch(self, tid: int, now: float, *, reinject: bool = False,
-               reason: str = "asked") -> None:
+               reason: str = "asked", heard: float | None = None) -> None:
         """This side's new reliable frames go on transport `tid` from now on,
         and SWITCH asks the peer's to follow. `reinject`: the active one is
         lost or stalled, so every unacknowledged frame goes again on `tid`
-        (and the peer resends what it has not had acknowledged)."""
+        (and the peer resends what it has not had acknowledged). `heard`:
+        when the active transport, already let go, last delivered."""
         t = self._transports.get(tid)
         if t is None:
             raise LocalError(f"no transport {tid} to switch to")
@@ -213,7 +214,8 @@ class Session:
         # must be its first frame (it carries the mark: no ACK before it).
         owed = (not self.is_client and bool(t.control)
                 and t.control[0][0] == fr.FrameType.JOINED)
-        self._activate(t, now, TransportInput.SWITCH, reason, reinject=reinject, acked=owed)
+        self._activate(t, now, TransportInput.SWITCH, reason, reinject=reinject, acked=owed,
+                       heard=heard)
         # First on the transport (after JOINED), before the frames it carries
         # from now on.
         t.control.insert(1 if owed else 0, self._switch_frame(t, reinject))
@@ -236,8 +238,10 @@ class Session:
                 t.control.append(frame)
 
     def _activate(self, t: Transport, now: float, event: TransportInput, reason: str, *,
-                  reinject: bool, acked: bool = False) -> None:
+                  reinject: bool, acked: bool = False, heard: float | None = None) -> None:
         previous = self._active
+        if heard is None and previous is not None:
+            heard = previous.live.last_received
         t.move(event)
         if previous is not None and previous is not t:
             previous.move(TransportInput.SUPERSEDED)
@@ -264,8 +268,9 @@ class Session:
         self._ack_progress = now
         if previous is not None and previous is not t:
             self.switches += 1
-        self._events.append(ev.TransportSwitched(t.id, previous.id if previous else None,
-                                                 reason, resent, hard=reinject))
+        self._events.append(ev.TransportSwitched(
+            t.id, previous.id if previous else None, reason, resent, hard=reinject,
+            previous_heard=heard))
 
     def _add(self, tid: int, now: float) -> Transport:
         t = Transport(tid, now)
@@ -296,8 +301,9 @@ class Session:
             if self._transports:
                 self.state = next_state(self.state, SessionInput.OPENING_TRANSPORT)
 
-    def transport_lost(self, now: float, tid: int | None = None) -> None:
-        """The driver saw transport `tid` fail (None: every transport).
+    def transport_lost(self, now: float, tid: int | None = None, why: str = "lost") -> None:
+        """The driver saw transport `tid` fail (None: every transport); `why`
+        ends the reason of the handover it may cause ("transport 3 lost").
 
         With another transport left, the session goes on there at once: if
         the lost one was the active one, the best standby takes over and
@@ -323,7 +329,8 @@ class Session:
             return
         if was_active:
             best = max(standbys, key=lambda t: t.live.last_received)
-            self.switch(best.id, now, reinject=True, reason=f"transport {tid} lost")
+            self.switch(best.id, now, reinject=True, reason=f"transport {tid} {why}",
+                        heard=lost.live.last_received)
         elif self.replay.unacked and lost.last_seq >= self.replay.unacked[0][0]:
             resent, _ = self.replay.resend_all()
             self.frames_resent += resent
@@ -1029,7 +1036,7 @@ class Session:
             live = t.live
             silence = now - max(live.last_received, self._active_since)
             if silence >= live.dead_after(config, self._idle):
-                self.transport_lost(now, t.id)
+                self.transport_lost(now, t.id, f"silent for {silence:.1f} s")
                 self._events.append(ev.TransportDead(silence, t.id))
                 continue
             if self.state is SessionState.ATTACHED and t.usable and now - live.last_ping >= \

@@ -257,7 +257,7 @@ class RecordOpener:
         self._keys.advance(steps)
         self.rekeys += steps
         if lane is None:
-            self.window.accept_up_to(counter)
+            self.window.accept_in_order(counter)
         else:
             self.window.accept(counter)
             lane.last = counter
@@ -367,6 +367,19 @@ class ReplayWindow:
         order). The full bitmap is made once per window: no allocation per record."""
         self.highest = counter
         self._seen = self._full
+
+    def accept_in_order(self, counter: int) -> None:
+        """Record `counter`, from a transport that delivers in order.
+
+        Without a gap, every counter up to it counts as seen (no bitmap work
+        per record). Counters it skipped went out on another transport, such
+        as the JOIN on a standby whose path is slower than the active one's,
+        and stay open for that one, within the window.
+        """
+        if self.highest is None or (counter == self.highest + 1 and self._seen == self._full):
+            self.accept_up_to(counter)
+        else:
+            self.accept(counter)
 
     def accept(self, counter: int) -> bool:
         """Record `counter`; True when it is the newest so far."""
