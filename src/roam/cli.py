@@ -108,7 +108,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "status": ("roam status --server --json",),
     "link": ("roam link wifi down",),
     "switch": ("roam switch cell",),
-    "demo": ("roam demo --duration 20",),
+    "demo": ("roam demo --hold 5",),
     "completion": ("roam completion bash > /etc/bash_completion.d/roam",),
 }
 
@@ -157,6 +157,11 @@ _control_flag = click.option(
     help="Control socket for roam status (default: /run/roam/ROLE.sock as root, else "
          "$XDG_RUNTIME_DIR/roam/ROLE.sock, else /tmp/roam-UID/ROLE.sock; its directory "
          "must be the daemon user's alone).")
+
+_metrics_flag = click.option(
+    "--metrics", default=None, metavar="HOST:PORT",
+    help="Serve Prometheus metrics (/metrics), the status (/status.json) and a live status "
+         "page (/) over HTTP here; port 0 picks a free port, printed as `metrics URL`.")
 
 class _CompressParam(click.ParamType[CompressionMode]):
     name = "compress"
@@ -224,16 +229,20 @@ _event_loop_flag = click.option(
               help="Seconds a more preferred network must stay usable before moving to it.")
 @click.option("--event-log", type=_FilePath(), default=None,
               help="Append JSON-lines events (network moves) to this file.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Server processes sharing the --listen port (SO_REUSEPORT); each "
+                   "resume reaches the one holding its session (docs/workers.md).")
 @_compress_flag
 @_control_flag
+@_metrics_flag
 @_log_level
 @_event_loop_flag
 def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_keys: str,
            allow: tuple[str, ...], linger: float, udp: bool, allow_listen: tuple[str, ...],
            registrars: tuple[str, ...], advertise: tuple[str, ...], paths: tuple[str, ...],
-           links: str, dwell: float, event_log: str | None,
-           compression: CompressionMode, control: str | None, log_level: str,
-           event_loop: str) -> None:
+           links: str, dwell: float, event_log: str | None, workers: int,
+           compression: CompressionMode, control: str | None, metrics: str | None,
+           log_level: str, event_loop: str) -> None:
     """Run the server daemon beside the services."""
     from roam.daemons import run_server
 
@@ -241,7 +250,7 @@ def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_ke
     _run("server", run_server(listen, key, authorized_keys, list(allow), linger, control, udp,
                               list(allow_listen), compression, list(uplinks),
                               list(registrars), list(advertise), list(paths), links, dwell,
-                              event_log), event_loop)
+                              event_log, metrics, workers=workers), event_loop)
 
 
 @main.command(epilog=_example("relay"))
@@ -262,11 +271,19 @@ def server(listen: str | None, uplinks: tuple[str, ...], key: str, authorized_ke
               help="Where the relay may dial for a client: the next relay, or a server "
                    "without an uplink here (as the server's --allow: *, address, CIDR, "
                    "name, *.suffix; port or *; repeatable)  [default: anywhere]")
+@click.option("--directory", default=None, metavar="URL",
+              help="Join a relay fleet sharing this Redis directory (redis://HOST:PORT/DB, "
+                   "rediss://, unix://, redis+cluster://HOST:PORT for Redis Cluster): a "
+                   "client on any relay of the fleet reaches any server uplinked to one.")
+@click.option("--fleet-address", default=None, metavar="HOST:PORT",
+              help="Where the fleet's other relays dial this one  [default: --listen]")
 @_control_flag
+@_metrics_flag
 @_log_level
 def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
-          admit: str | None, dial_allow: tuple[str, ...], control: str | None,
-          log_level: str) -> None:
+          admit: str | None, dial_allow: tuple[str, ...], directory: str | None,
+          fleet_address: str | None, control: str | None,
+          metrics: str | None, log_level: str) -> None:
     """Run a relay: splice clients' transports to servers, seeing only ciphertext.
 
     Example: roam relay --listen 0.0.0.0:4434 --key relay.key --admit-keys admitted
@@ -279,7 +296,8 @@ def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
     # uplink's reset would go unseen (docs/relays.md). The bytes move in
     # the kernel either way.
     _run("relay", run_relay(listen, key, admit_keys, admit_totp, admit, control,
-                            list(dial_allow)), "asyncio")
+                            list(dial_allow), metrics, directory=directory,
+                            fleet_address=fleet_address), "asyncio")
 
 
 @main.command(epilog=_example("registrar"))
@@ -289,15 +307,18 @@ def relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
 @click.option("--key", required=True, type=_FilePath(),
               help="This registrar's private key file (units pin its public key).")
 @click.option("--db", type=_FilePath(), default=None,
-              help="SQLite file keeping the registrations over a restart  "
+              metavar="FILE | redis://HOST:PORT/DB | redis+cluster://HOST:PORT",
+              help="Where the registrations are kept: an SQLite file (kept over a restart), "
+                   "or a Redis that several registrars share (rediss:// for TLS)  "
                    "[default: memory only]")
 @click.option("--allow-lookup", type=_FilePath(), default=None,
               help="ASKER TARGET per line (public keys or *): who may look up whom, "
                    "beyond each unit's own list.")
 @_control_flag
+@_metrics_flag
 @_log_level
 def registrar(listen: str, key: str, db: str | None, allow_lookup: str | None,
-              control: str | None, log_level: str) -> None:
+              control: str | None, metrics: str | None, log_level: str) -> None:
     """Run a registrar: where each unit is now, for the units allowed to know.
 
     \b
@@ -307,7 +328,8 @@ def registrar(listen: str, key: str, db: str | None, allow_lookup: str | None,
     from roam.daemons import run_registrar
 
     _setup_logging(log_level, "registrar")
-    _run("registrar", run_registrar(listen, key, db, allow_lookup, control), "asyncio")
+    _run("registrar", run_registrar(listen, key, db, allow_lookup, control, metrics),
+         "asyncio")
 
 
 @main.command(epilog=_example("lookup"))
@@ -399,6 +421,7 @@ def lookup(public_key: str, registrars: tuple[str, ...], key: str) -> None:
                    "with --server sip:USER@DOMAIN) and after a failed resume (repeatable).")
 @_compress_flag
 @_control_flag
+@_metrics_flag
 @_log_level
 @_event_loop_flag
 def client(server_addr: tuple[str, ...], server_key: str | None, key: str,
@@ -410,7 +433,8 @@ def client(server_addr: tuple[str, ...], server_key: str | None, key: str,
            dns_intercept: tuple[str, ...], dns_pool: str | None, dns_upstream: str | None,
            dns_ports: str | None, relays: tuple[str, ...], relay_otp_secret: str | None,
            relay_otp_prompt: bool, registrars: tuple[str, ...], compression: CompressionMode,
-           control: str | None, log_level: str, event_loop: str) -> None:
+           control: str | None, metrics: str | None, log_level: str,
+           event_loop: str) -> None:
     """Run the client daemon on the mobile unit.
 
     \b
@@ -434,7 +458,7 @@ def client(server_addr: tuple[str, ...], server_key: str | None, key: str,
                                                      dns_upstream, dns_ports),
                               list(reverse), list(transparent), compression,
                               RelayOptions(list(relays), relay_otp_secret, code),
-                              list(registrars)), event_loop)
+                              list(registrars), metrics), event_loop)
 
 
 def _cleanup(ctx: click.Context, value: bool) -> None:
@@ -531,13 +555,17 @@ def switch(name: str, control: str | None, of_server: bool) -> None:
 
 
 @main.command(epilog=_example("demo"))
-@click.option("--duration", default=12.0, show_default=True, type=click.FloatRange(min=4),
-              help="Seconds of traffic.")
-def demo(duration: float) -> None:
-    """Run a server, a client, an application and a breaking link on loopback."""
+@click.option("--hold", default=3.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds of steady traffic between one handover and the next break.")
+def demo(hold: float) -> None:
+    """Show handovers on loopback, without privileges: a client with wifi and cell,
+    a relay, a server, and an application streaming while wifi fails.
+
+    Exits 0 only when every byte the application sent came back unchanged.
+    """
     from roam.demo import run_demo
 
-    sys.exit(asyncio.run(run_demo(duration)))
+    sys.exit(asyncio.run(run_demo(hold)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from roam.core.preamble import Suite
 from roam.core.session import SessionConfig
 from roam.crypto.cpu import default_cipher
 from roam.crypto.keys import decode_public_key, load_private_key, short_id
-from roam.daemons import _address, _control, _ready
+from roam.daemons import _address, _control, _metrics, _ready
 from roam.errors import ConfigError, KeyFileError, ServerBusy, TransportError
 from roam.interfaces.dnsintercept import AddressPool, DnsInterceptor, NamePatterns
 from roam.interfaces.dnsproxy import DnsProxy, default_upstream
@@ -171,7 +171,7 @@ async def run_client(servers: list[str], server_key: str | None, key: str,
                      transparent: list[str] | None = None,
                      compression: CompressionMode = AUTO,
                      relays: RelayOptions | None = None,
-                     registrars: list[str] | None = None) -> int:
+                     registrars: list[str] | None = None, metrics: str | None = None) -> int:
     registrar_specs = [parse_registrar(r) for r in registrars or [] if not is_sip(r)]
     sip = [parse_sip_registrar(r) for r in registrars or [] if is_sip(r)]
     private = load_private_key(key)
@@ -223,7 +223,13 @@ async def run_client(servers: list[str], server_key: str | None, key: str,
         first.client.on_session = ReverseForwards(reverse_specs).attach
     for session in sessions.values():
         await session.start_paths(links, path_configs, dwell, routes)
-    ctl = await _control(control, "client", _client_handlers(list(sessions.values())))
+    web = await _metrics(metrics, "client")
+    handlers = _client_handlers(list(sessions.values()))
+    ctl = await _control(control, "client", handlers)
+    if web is not None:
+        for session in sessions.values():
+            web.metrics.watch_client(session.client)
+        web.serve(handlers["status"])
     started: list[Forward | UdpForward] = []
     proxy: SocksProxy | None = None
     try:
@@ -273,6 +279,8 @@ async def run_client(servers: list[str], server_key: str | None, key: str,
             await session.close()
         if ctl is not None:
             await ctl.close()
+        if web is not None:
+            await web.close()
         events.close()
 
 

@@ -23,11 +23,13 @@ from roam.core.session import SessionConfig
 from roam.crypto.keys import decode_public_key, load_authorized_keys, load_private_key
 from roam.errors import ConfigError, KeyFileError, RoamError
 from roam.links.driver import make_driver
+from roam.observe.http import MetricsHttp
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy
 from roam.transport.driver import SessionDriver
 from roam.transport.mobility import ServerNetworks
 from roam.transport.server import MAX_OPENINGS, Server, ServerConfig
+from roam.workers import WorkerRole
 
 log = logging.getLogger("roam")
 
@@ -57,6 +59,15 @@ async def _control(path: str | None, role: str,
         return None
     log.info("control socket %s", server.path)
     return server
+
+
+async def _metrics(address: str | None, role: str) -> MetricsHttp | None:
+    """--metrics: bound, and its line printed before every other ready line."""
+    if address is None:
+        return None
+    web = await MetricsHttp.open(address, role)
+    _ready(f"metrics {web.url}")
+    return web
 
 
 def raise_open_files_limit() -> int:
@@ -89,7 +100,13 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                      uplinks: list[str] | None = None, registrars: list[str] | None = None,
                      advertise: list[str] | None = None, paths: list[str] | None = None,
                      links: str = "linux", dwell: float = 3.0,
-                     event_log: str | None = None) -> int:
+                     event_log: str | None = None, metrics: str | None = None,
+                     workers: int = 1, worker: WorkerRole | None = None) -> int:
+    if workers > 1:
+        from roam.workers import supervise
+
+        # Every setting as given: the workers run with them (roam.workers).
+        return await supervise(workers, dict(locals()))
     from roam.crypto.keys import encode_key
     from roam.registrar.addresses import reachable_at
     from roam.registrar.messages import check_address
@@ -131,9 +148,16 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                                  SessionConfig(detached_timeout=linger), udp, compression))
     where = "none (uplinks only)"
     bound_at: tuple[str, int] | None = None
+    web = await _metrics(metrics, "server")
+    if web is not None:
+        server.on_session = web.metrics.watch_session
     if listen is not None:
         try:
+            if worker is not None:
+                worker.attach(server)  # one of several on this port (docs/workers.md)
             bound = bound_at = await server.start()
+            if worker is not None:
+                worker.started()
         except OSError as exc:
             raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
         where = format_host_port(bound[0], bound[1])
@@ -143,7 +167,7 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
         _ready("uplinks " + " ".join(r.address for r in relays))
 
     async def status(_: dict[str, object]) -> dict[str, Any]:
-        return {"listening": where,
+        return {"listening": where, "worker": worker.status() if worker is not None else None,
                 "uplinks": ({r.address: {"idle": keeper.idle[r.name],
                                          "taken": keeper.taken[r.name]} for r in relays}
                             if keeper is not None else {}),
@@ -198,6 +222,8 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
 
     ctl = await _control(control, "server", {"status": with_networks, "switch": switch,
                                              "link": link})
+    if web is not None:
+        web.serve(with_networks)
     try:
         if networks is not None:
             await networks.start()
@@ -216,19 +242,24 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
             await networks.close()
         if ctl is not None:
             await ctl.close()
+        if web is not None:
+            await web.close()
         await server.close()
+        if worker is not None:
+            worker.close()
     return 0
 
 
 async def run_relay(listen: str, key: str, admit_keys: str | None, admit_totp: str | None,
                     admit: str | None, control: str | None = None,
-                    dial_allow: list[str] | None = None) -> int:
+                    dial_allow: list[str] | None = None, metrics: str | None = None, *,
+                    directory: str | None = None, fleet_address: str | None = None) -> int:
     from roam.relay.config import relay_config
     from roam.relay.driver import Relay
 
     raise_open_files_limit()
     config = relay_config(_address(listen, "--listen"), key, admit_keys, admit_totp, admit,
-                          dial_allow)
+                          dial_allow, directory, fleet_address)
     if config.admit_any and config.dial_allow is None:
         log.warning("--admit any without --dial-allow: anyone can have this relay dial any "
                     "address; give --dial-allow for the servers and relays it may reach")
@@ -237,20 +268,27 @@ async def run_relay(listen: str, key: str, admit_keys: str | None, admit_totp: s
         bound = relay.open()
     except OSError as exc:
         raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
+    if relay.fleet is not None:
+        await relay.fleet.start()  # ConfigError naming --directory when Redis is unusable
     log.info("relay %s admits %d keys, %d TOTP identities%s", relay.status()["identity"],
              len(config.admit_keys), len(config.admit_totp),
              ", and any identity" if config.admit_any else "")
+    web = await _metrics(metrics, "relay")
     _ready(f"listening {format_host_port(bound[0], bound[1])}")
 
     async def status(_: dict[str, object]) -> object:
         return {"listening": format_host_port(bound[0], bound[1]), **relay.status()}
 
     ctl = await _control(control, "relay", {"status": status})
+    if web is not None:
+        web.serve(status)
     try:
         await relay.run()
     finally:
         if ctl is not None:
             await ctl.close()
+        if web is not None:
+            await web.close()
     return 0
 
 
@@ -262,29 +300,35 @@ def _transports(driver: SessionDriver) -> list[dict[str, object]]:
 
 
 async def run_registrar(listen: str, key: str, db: str | None, allow_lookup: str | None,
-                        control: str | None = None) -> int:
+                        control: str | None = None, metrics: str | None = None) -> int:
     from roam.registrar.config import registrar_config
     from roam.registrar.driver import Registrar
 
     config = registrar_config(_address(listen, "--listen"), key, db, allow_lookup)
     registrar = Registrar(config)
+    await registrar.connect()  # before "listening": an unreachable --db ends the start
     try:
         bound = registrar.open()
     except OSError as exc:
         raise ConfigError(f"--listen {listen!r}: {exc.strerror or exc}") from None
-    log.info("registrar %s: %d units on record (%s)", registrar.status()["identity"],
-             len(registrar.registry), config.db)
+    log.info("registrar %s: %s units on record (%s)", registrar.status()["identity"],
+             registrar.status()["units"], registrar.store.name)
+    web = await _metrics(metrics, "registrar")
     _ready(f"listening {format_host_port(bound[0], bound[1])}")
 
     async def status(_: dict[str, object]) -> object:
         return {"listening": format_host_port(bound[0], bound[1]), **registrar.status()}
 
     ctl = await _control(control, "registrar", {"status": status})
+    if web is not None:
+        web.serve(status)
     try:
         await registrar.run()
     finally:
         if ctl is not None:
             await ctl.close()
+        if web is not None:
+            await web.close()
     return 0
 
 

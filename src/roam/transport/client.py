@@ -167,6 +167,11 @@ class Client:
         # stamp (they rise: a relay takes a stamp once), and the replies each
         # relayed transport still owes before the server's.
         self._tickets: dict[bytes, bytes] = {}
+        # A client admitted by code presents another relay's ticket where it
+        # has none (a relay fleet takes the tickets of all its relays), once
+        # per relay: a relay that refused one gets a code from then on.
+        self._borrowing: set[bytes] = set()
+        self._no_borrow: set[bytes] = set()
         self._relay_stamp = 0
         self._owed: weakref.WeakKeyDictionary[TransportProtocol, tuple[RelayHop, ...]] = (
             weakref.WeakKeyDictionary())
@@ -228,6 +233,10 @@ class Client:
         if ticket is not None:
             return Proof.TICKET, 0, ticket
         if self.config.relay_otp is not None:
+            if self._tickets and relay.key not in self._no_borrow:
+                # The code of this step may be used up fleet-wide already.
+                self._borrowing.add(relay.key)
+                return Proof.TICKET, 0, next(reversed(self._tickets.values()))
             return Proof.TOTP, self.config.relay_otp(wall), b""
         return Proof.KEY, 0, b""
 
@@ -242,9 +251,13 @@ class Client:
             except RoamError as exc:
                 raise TransportError(f"relay {relay.name}: {exc}") from None
             status, body, _ = decoded
+            borrowed = relay.key in self._borrowing
+            self._borrowing.discard(relay.key)
             if status is not RelayStatus.OK:
                 if status is RelayStatus.NOT_ADMITTED:
                     self._tickets.pop(relay.key, None)  # a stale ticket: a code next time
+                    if borrowed:
+                        self._no_borrow.add(relay.key)
                 reason = body.decode("utf-8", "replace")
                 raise TransportError(f"relay {relay.name} refused the transport "
                                      f"({status.name}): {reason}")
@@ -917,7 +930,11 @@ class Client:
         self.attachment = target
         loop = asyncio.get_running_loop()
         lost, self._lost = self._lost, None
-        since = lost[0] if lost is not None else driver.session.last_received
+        # From the last byte heard on the transport left behind: the session's
+        # own last_received counts the standby's pings, which a black hole
+        # does not stop.
+        since = lost[0] if lost is not None else (
+            e.previous_heard if e.previous_heard is not None else driver.session.last_received)
         stall = max(0.0, loop.time() - since) if e.hard else 0.0
         self._switched_to(proto, "hard" if e.hard else "soft", e.reason, origin, target, stall,
                           e.frames_resent)
