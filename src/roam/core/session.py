@@ -7,6 +7,7 @@ next deadline (`get_timer`). It never touches a socket or reads a clock:
 every method that depends on time takes `now` (seconds, any monotonic origin).
 
 It is made of one idea per module:
+- roam.core.sessiontimers: its clock (keepalives, dead transports, stalls);
 - roam.core.channels: the channels, their credit, DATA and compression;
 - roam.core.replay: the replay buffer of numbered reliable frames;
 - roam.core.liveness: PING, PONG, the RTT and the dead time;
@@ -42,10 +43,10 @@ from roam.core import frames as fr
 from roam.core.channels import Channels
 from roam.core.compress import CompressionMode, Compressor, History
 from roam.core.crossing import Switches, Verdict
-from roam.core.liveness import MAX_PINGS, idle_interval
 from roam.core.replay import Buffer, Entry, ReplayBuffer
 from roam.core.rtt import RttEstimator
 from roam.core.sessionconfig import SessionConfig, SessionStatistics
+from roam.core.sessiontimers import MAX_PROBES, SessionTimers
 from roam.core.states import (
     SessionInput,
     SessionState,
@@ -64,25 +65,19 @@ __all__ = ["Buffer", "Session", "SessionConfig", "SessionStatistics"]
 _MAX_AHEAD = 1 << 16
 # What a held frame costs beyond its bytes (the frame object and its entry).
 _AHEAD_OVERHEAD = 128
-# PINGs and PONGs waiting in the control queue at most. They leave with the
-# next records, so an honest peer never gets near this: only a transport
-# whose writes stall while the peer keeps pinging (a peer that sends and
-# never reads) would have us queue a PONG per PING it sends, without end.
-# The peer waits for at most MAX_PINGS answers, so more queued ones answer
-# pings it has forgotten.
-_MAX_PROBES = MAX_PINGS
 # Datagram bytes queued for the current transport at most; beyond, datagrams
 # are dropped rather than delay the stream data behind them.
 _DATAGRAM_QUEUE = 256 * 1024
 
 
-class Session:
+class Session(SessionTimers):
     # A server holds one per session for as long as it lives, idle or not:
     # slots, where an instance dict would cost about 1.5 KiB.
-    __slots__ = ("_ack_due", "_ack_progress", "_ack_sent", "_active", "_active_since", "_ahead",
+    # (the clock's own state is in SessionTimers' slots)
+    __slots__ = ("_ack_due", "_ack_progress", "_ack_sent", "_active", "_ahead",
                  "_ahead_bytes", "_close_sent", "_detached_since", "_drained", "_events",
-                 "_idle", "_last_activity", "_last_received", "_moves", "_overlap",
-                 "_overlap_until", "_received", "_rtt", "_serials", "_stall_retry",
+                 "_last_received", "_moves", "_overlap",
+                 "_overlap_until", "_received", "_rtt", "_serials",
                  "_transports", "_unacked_bytes", "channels", "config", "crossings",
                  "datagrams_received", "datagrams_sent", "frames_overlapped", "frames_resent",
                  "is_client", "replay", "resumes", "state", "switches")
@@ -751,7 +746,7 @@ class Session:
         elif isinstance(frame, fr.Ack):
             self._acked(frame.received, now)
         elif isinstance(frame, fr.Ping):
-            if t.probes < _MAX_PROBES:
+            if t.probes < MAX_PROBES:
                 t.probes += 1
                 t.control.append(fr.encode(fr.Pong(frame.token)))
         elif isinstance(frame, fr.Pong):
@@ -872,210 +867,6 @@ class Session:
     def _closed(self, code: CloseCode, reason: str, event: SessionInput) -> None:
         self.state = next_state(self.state, event)
         self._events.append(ev.SessionClosed(code, reason, event.from_peer))
-
-    # ---- time ------------------------------------------------------------
-
-    def _note_activity(self, now: float) -> None:
-        if self._idle:
-            # Woken up: the peer may have been pinging only now and then, so
-            # silence counts from here, not from its last idle ping.
-            self._idle = False
-            self._active_since = now
-        self._last_activity = now
-
-    @property
-    def idle(self) -> bool:
-        """No reliable frame either way for `idle_after`: slow keepalive."""
-        return self._idle
-
-    def _stall_after(self, t: Transport) -> float:
-        srtt = t.live.rtt.srtt
-        floor = self.config.stall_floor
-        return floor if srtt is None else max(floor, self.config.stall_rtts * srtt)
-
-    def _alone(self) -> Transport | None:
-        """Client: its only transport, attached, while TCP beneath reports
-        what it delivered (roam.core.delivery)."""
-        if not self.is_client or len(self._transports) != 1:
-            return None
-        t = self._active
-        if t is None or not t.delivery.reports or self.state is not SessionState.ATTACHED:
-            return None
-        if self._idle and not self.replay.unacked and t.live.last_ping <= t.live.last_received:
-            # Idle, and no keepalive unanswered: nothing to watch (and no
-            # readings every few hundred ms on an idle mobile unit).
-            return None
-        return t
-
-    def _quiet_since(self, t: Transport) -> float:
-        """Since when nothing came on `t` and TCP beneath delivered nothing,
-        counted at the earliest from when it became the active one (a
-        standby hears only its keepalives' answers)."""
-        return max(t.live.last_received, t.delivery.at, self._ack_progress)
-
-    def _alone_limit(self, t: Transport) -> float:
-        # Four RTTs on a long path (a satellite's 600 ms): TCP's own ACK of
-        # a keepalive takes a round trip to come.
-        return max(self.config.alone_dead_after, self._stall_after(t))
-
-    def _stall_since(self, t: Transport) -> float:
-        """Since when nothing shows that `t` delivers: the peer's last new
-        ACK, or its TCP's (roam.core.delivery), whichever is later."""
-        at = t.delivery.at
-        return at if at > self._ack_progress else self._ack_progress
-
-    def delivery_due(self, now: float) -> int | None:
-        """The transport whose delivery count the driver should read now
-        (then `delivery_read`), if any: the active one while a stall may be
-        building on it."""
-        alone = self._alone()
-        if alone is not None:
-            due = alone.delivery.due(self._quiet_since(alone), self._alone_limit(alone),
-                                     self.config.delivery_interval)
-            return alone.id if due is not None and due <= now else None
-        active = self._active
-        if (active is None or not self.replay.unacked or self.state is not SessionState.ATTACHED
-                or len(self._transports) < 2):
-            return None
-        due = active.delivery.due(self._stall_since(active), self._stall_after(active),
-                                  self.config.delivery_interval)
-        return active.id if due is not None and due <= now else None
-
-    def delivery_read(self, tid: int, now: float, count: int | None) -> None:
-        """What the layer beneath transport `tid` delivered so far (TCP's
-        tcpi_delivered), None if nothing of ours is in flight there. The
-        driver calls it once when the transport comes, if it can read it at
-        all, and then whenever `delivery_due` says."""
-        t = self._transports.get(tid)
-        if t is not None:
-            t.delivery.reading(now, count)
-
-    def delivery_unknown(self, tid: int) -> None:
-        """The layer beneath transport `tid` no longer says what it delivered:
-        its stall counts from the session's ACKs alone."""
-        t = self._transports.get(tid)
-        if t is not None:
-            t.delivery.reports = False
-
-    def _standby(self, now: float) -> Transport | None:
-        """The standby to move to if the active transport stalls: one that
-        answered recently (within a keepalive and two of its RTOs)."""
-        best: Transport | None = None
-        for t in self._transports.values():
-            if t.state is not TransportState.STANDBY or t.live.rtt.srtt is None:
-                continue
-            fresh = idle_interval(self.config) if self._idle else self.config.keepalive_interval
-            if now - t.live.last_received <= fresh + 2 * t.live.rtt.rto and (
-                    best is None or t.live.last_received > best.live.last_received):
-                best = t
-        return best
-
-    def get_timer(self) -> float | None:
-        # Called after every read and write: plain comparisons, no min().
-        state = self.state
-        if state is SessionState.CLOSED:
-            return None
-        if state is SessionState.DETACHED:
-            limit = self.config.detached_timeout
-            if limit is None or self._detached_since is None:
-                return None
-            return self._detached_since + limit
-        config, idle = self.config, self._idle
-        unacked = bool(self.replay.unacked)
-        attached = state is SessionState.ATTACHED
-        active_since, active = self._active_since, self._active
-        deadline: float | None = None
-        for t in self._transports.values():
-            st = t.state
-            at = t.live.deadline(config, idle, active_since,
-                                 attached and (st is TransportState.ACTIVE
-                                               or st is TransportState.STANDBY),
-                                 unacked and t is active)
-            if deadline is None or at < deadline:
-                deadline = at
-        ack = self._ack_due
-        if ack is not None and (attached or state is SessionState.DRAINING) and (
-                deadline is None or ack < deadline):
-            deadline = ack
-        alone = self._alone()
-        if alone is not None:
-            since, after = self._quiet_since(alone), self._alone_limit(alone)
-            at = since + after
-            read = alone.delivery.due(since, after, self.config.delivery_interval)
-            if read is not None and read < at:
-                at = read
-            if deadline is None or at < deadline:
-                deadline = at
-        if (unacked and active is not None and state is SessionState.ATTACHED
-                and len(self._transports) > 1):
-            since, after = self._stall_since(active), self._stall_after(active)
-            stall = max(since + after, self._stall_retry)
-            if deadline is None or stall < deadline:
-                deadline = stall
-            read = active.delivery.due(since, after, self.config.delivery_interval)
-            if read is not None and read < deadline:
-                deadline = read
-        return deadline
-
-    def handle_timer(self, now: float) -> None:
-        if self.state is SessionState.DETACHED:
-            limit = self.config.detached_timeout
-            if (limit is not None and self._detached_since is not None
-                    and now - self._detached_since >= limit):
-                self._closed(CloseCode.TIMEOUT, f"no transport for {limit:g} s",
-                             SessionInput.DETACHED_TIMEOUT)
-            return
-        if self.state is SessionState.CLOSED:
-            return
-        config = self.config
-        if not self._idle and now - self._last_activity >= config.idle_after:
-            self._idle = True
-        for t in list(self._transports.values()):
-            if self._transports.get(t.id) is not t:
-                continue  # let go of by an earlier one's loss
-            live = t.live
-            silence = now - max(live.last_received, self._active_since)
-            if silence >= live.dead_after(config, self._idle):
-                self.transport_lost(now, t.id, f"silent for {silence:.1f} s")
-                self._events.append(ev.TransportDead(silence, t.id))
-                continue
-            if self.state is SessionState.ATTACHED and t.usable and now - live.last_ping >= \
-                    live.ping_interval(config, self._idle,
-                                       bool(self.replay.unacked) and t is self._active):
-                if t.probes < _MAX_PROBES:  # else our writes stall: it could not leave
-                    t.probes += 1
-                    t.control.append(fr.encode(fr.Ping(live.ping(now))))
-                else:
-                    live.last_ping = now
-        alone = self._alone()
-        if alone is not None and now - self._quiet_since(alone) >= self._alone_limit(alone):
-            # The last transport: nothing heard on it and nothing delivered
-            # beneath while something of ours was in flight. Its path is gone.
-            silence = now - self._quiet_since(alone)
-            self.transport_lost(now, alone.id)
-            self._events.append(ev.TransportDead(silence, alone.id))
-            return
-        active = self._active
-        if (active is not None and self.replay.unacked and self.state is SessionState.ATTACHED
-                and now - self._stall_since(active) >= self._stall_after(active)
-                and now >= self._stall_retry and len(self._transports) > 1):
-            standby = self._standby(now)
-            if standby is None:
-                # No standby answers now; one may at its next PONG.
-                self._stall_retry = now + self.config.stall_floor
-            else:
-                # Nothing acknowledged for several RTTs, nothing delivered
-                # beneath either, while the standby answers: a black hole on
-                # the active path. Its frames go again on the standby, which
-                # carries the session from now.
-                self.switch(standby.id, now, reinject=True,
-                            reason=f"transport {active.id} stalled "
-                                   f"{(now - self._stall_since(active)) * 1000:.0f} ms")
-        if not self.replay.pending and not self.replay.unacked:
-            # Nothing in flight: an idle session gives back its deques
-            # until it carries data again.
-            self.replay.release_if_empty()
-            self.channels.release_rr_if_empty()
 
     # ---- events and statistics ---------------------------------------------
 
