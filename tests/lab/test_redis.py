@@ -18,7 +18,7 @@ def test_starts_answers_and_stops(tmp_path: Path) -> None:
 
     server = RedisServer(tmp_path, port=free_port())
     with server:
-        assert server.running()
+        assert server.running
         client = redis.Redis.from_url(server.url)
         try:
             client.set("k", "v")
@@ -27,7 +27,7 @@ def test_starts_answers_and_stops(tmp_path: Path) -> None:
             client.close()
         pid = server.pid
         assert pid is not None
-    assert not server.running()
+    assert not server.running
     assert not probe("127.0.0.1", server.port)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
@@ -37,7 +37,7 @@ def test_a_server_that_cannot_start_is_reported(tmp_path: Path) -> None:
     server = RedisServer(tmp_path, port=free_port(), binary="/bin/false")
     with pytest.raises(RedisError, match="exited with status 1"):
         server.start(timeout_s=3)
-    assert not server.running()
+    assert not server.running
 
 
 def test_missing_binary_is_named(tmp_path: Path) -> None:

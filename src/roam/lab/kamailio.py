@@ -23,7 +23,6 @@ runs one until SIGINT or SIGTERM (`scripts/kamailio/run` is this).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import itertools
 import os
@@ -37,9 +36,9 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from roam.errors import RoamError
+from roam.lab.child import ChildServer
 
 __all__ = ["CONFIG", "Kamailio", "KamailioError", "find_kamailio", "free_port",
            "read_accounts"]
@@ -47,8 +46,6 @@ __all__ = ["CONFIG", "Kamailio", "KamailioError", "find_kamailio", "free_port",
 CONFIG = Path(__file__).resolve().parents[3] / "scripts" / "kamailio" / "kamailio.cfg"
 ALGORITHMS = ("MD5", "SHA-256")
 READY_TIMEOUT_S = 15.0
-PROBE_INTERVAL_S = 0.05
-STOP_GRACE_S = 5.0
 # Kamailio's shared and private memory, in MiB: a registrar for a few units
 # needs little, and the machine is shared (its defaults are 64 and 8).
 SHM_MB = 32
@@ -58,7 +55,6 @@ PKG_MB = 8
 # or a pseudo-variable name there.
 _USER = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 _DOMAIN = re.compile(r"[A-Za-z0-9.-]{1,253}")
-_LOG_TAIL = 2000
 _PROBES = itertools.count(1)  # each probe its own Call-ID and branch
 
 
@@ -169,8 +165,11 @@ def probe(host: str, port: int, transport: str, timeout_s: float = 0.2) -> bool:
     return answer.startswith(b"SIP/2.0 200 ")
 
 
-class Kamailio:
+class Kamailio(ChildServer):
     """One Kamailio registrar process; see the module's docstring."""
+
+    program = "kamailio"
+    error = KamailioError
 
     def __init__(self, workdir: Path, accounts: Mapping[str, str], *, port: int,
                  host: str = "127.0.0.1", domain: str = "roam.test", algorithm: str = "MD5",
@@ -186,6 +185,7 @@ class Kamailio:
         if min_expires < 1 or nonce_expire_s < 1:
             raise KamailioError(f"min_expires {min_expires} and nonce_expire_s "
                                 f"{nonce_expire_s} must be at least 1 s")
+        super().__init__(Path(workdir) / "kamailio.log")
         self.workdir = Path(workdir)
         self.accounts = dict(accounts)
         self.host, self.port, self.domain = host, port, domain
@@ -194,16 +194,6 @@ class Kamailio:
         self.prefix = tuple(prefix)
         self.binary = binary
         self.config = config
-        self.log_path = self.workdir / "kamailio.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -240,19 +230,12 @@ class Kamailio:
                 accounts_cfg(self.accounts, self.domain, self.algorithm))
         except OSError as exc:
             raise KamailioError(f"cannot prepare {self.workdir}: {exc}") from None
-        with open(self.log_path, "wb") as log:
-            # A session of its own: Kamailio's main process signals its whole
-            # process group when it shuts down, which must not be ours.
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=self.workdir,
-                                          start_new_session=True)
-        try:
-            self._wait_ready(time.monotonic() + timeout_s, timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+        # A session of its own: Kamailio's main process signals its whole
+        # process group when it shuts down, which must not be ours.
+        self._spawn(argv, self.workdir, timeout_s, log_output=True)
 
     def _ready(self) -> bool:
+        """An OPTIONS answered over UDP and over TCP: both listeners serve."""
         if not self.prefix:
             return probe(self.host, self.port, "UDP") and probe(self.host, self.port, "TCP")
         # Inside a namespace the probe must run there too.
@@ -260,57 +243,6 @@ class Kamailio:
                                "--probe", "--listen", self.host, "--port", str(self.port)],
                               capture_output=True, timeout=10, check=False)
         return done.returncode == 0
-
-    def _wait_ready(self, deadline: float, timeout_s: float) -> None:
-        proc = self._proc
-        if proc is None:
-            raise KamailioError("kamailio is not running")
-        while True:
-            status = proc.poll()
-            if status is not None:
-                raise KamailioError(f"kamailio exited with status {status} before it was "
-                                    f"ready{self.log_tail()}")
-            if self._ready():
-                return
-            if time.monotonic() >= deadline:
-                raise KamailioError(f"kamailio did not answer OPTIONS on {self.host}:{self.port} "
-                                    f"over UDP and TCP within {timeout_s} s{self.log_tail()}")
-            time.sleep(PROBE_INTERVAL_S)
-
-    def log_tail(self) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip()
-        except OSError:
-            return ""
-        return f"; its log ({self.log_path}) ends:\n{text[-_LOG_TAIL:]}" if text else ""
-
-    def stop(self) -> None:
-        """End Kamailio by its process id: SIGTERM, and SIGKILL to its process
-        group (its own session, so only its processes) if it does not go."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_GRACE_S)
-        # Its workers leave with the main process; any left behind share
-        # its process group, which is its own.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def __enter__(self) -> Kamailio:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

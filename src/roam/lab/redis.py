@@ -16,26 +16,20 @@ its process id.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from roam.errors import RoamError
+from roam.lab.child import ChildServer
 
 __all__ = ["RedisError", "RedisServer", "find_redis", "free_port", "probe"]
 
 READY_TIMEOUT_S = 15.0
-PROBE_INTERVAL_S = 0.05
-STOP_GRACE_S = 5.0
-_LOG_TAIL = 2000
 
 
 class RedisError(RoamError):
@@ -69,28 +63,23 @@ def probe(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(ChildServer):
+    program = "redis-server"
+    error = RedisError
+
     def __init__(self, workdir: Path, *, port: int, host: str = "127.0.0.1",
                  prefix: Sequence[str] = (), binary: str | None = None) -> None:
+        super().__init__(Path(workdir) / "redis.log")
         self.workdir = Path(workdir)
         self.host = host
         self.port = port
         self.prefix = tuple(prefix)
         self.binary = binary or find_redis()
-        self.log_path = self.workdir / "redis.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"redis://{host}:{self.port}/0"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def argv(self) -> list[str]:
         if self.binary is None:
@@ -102,21 +91,12 @@ class RedisServer:
                 "--maxmemory", "64mb", "--protected-mode", "no"]
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        if self._proc is not None:
-            raise RedisError(f"redis-server is already running (pid {self._proc.pid})")
         argv = self.argv()
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RedisError(f"cannot prepare {self.workdir}: {exc}") from None
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      cwd=self.workdir, start_new_session=True)
-        try:
-            self._wait_ready(time.monotonic() + timeout_s, timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+        self._spawn(argv, self.workdir, timeout_s, log_output=False)
 
     def _ready(self) -> bool:
         if not self.prefix:
@@ -126,50 +106,3 @@ class RedisServer:
                                f"sys.exit(0 if probe({self.host!r}, {self.port}) else 1)"],
                               capture_output=True, timeout=10, check=False)
         return done.returncode == 0
-
-    def _wait_ready(self, deadline: float, timeout_s: float) -> None:
-        proc = self._proc
-        if proc is None:
-            raise RedisError("redis-server is not running")
-        while True:
-            status = proc.poll()
-            if status is not None:
-                raise RedisError(f"redis-server exited with status {status} before it was "
-                                 f"ready{self.log_tail()}")
-            if self._ready():
-                return
-            if time.monotonic() >= deadline:
-                raise RedisError(f"redis-server did not answer PING on {self.host}:{self.port} "
-                                 f"within {timeout_s} s{self.log_tail()}")
-            time.sleep(PROBE_INTERVAL_S)
-
-    def log_tail(self) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip()
-        except OSError:
-            return ""
-        return f"; its log ({self.log_path}) ends:\n{text[-_LOG_TAIL:]}" if text else ""
-
-    def stop(self) -> None:
-        """End redis-server by its process id: SIGTERM, then SIGKILL to its
-        process group (its own session) if it does not go."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_GRACE_S)
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
