@@ -183,7 +183,7 @@ def test_udp_packets_on_the_other_worker_reach_the_session_and_are_answered() ->
 def test_what_workers_do_not_combine_with_is_refused(name: str) -> None:
     flag, _ = UNSUPPORTED[name]
     with pytest.raises(ConfigError, match=f"--workers with {flag}"):
-        check_settings(2, {"listen": "127.0.0.1:0", name: ["x"] if name != "metrics" else "x"})
+        check_settings(2, {"listen": "127.0.0.1:0", name: ["x"]})
 
 
 def test_workers_need_a_port_to_share() -> None:
@@ -192,6 +192,8 @@ def test_workers_need_a_port_to_share() -> None:
     with pytest.raises(ConfigError, match="at least 1"):
         check_settings(0, {"listen": "127.0.0.1:0"})
     check_settings(2, {"listen": "127.0.0.1:0", "uplinks": [], "paths": None})
+    # The supervisor serves --metrics for the whole server.
+    check_settings(2, {"listen": "127.0.0.1:0", "metrics": "127.0.0.1:0"})
 
 
 def test_supervise_refuses_before_starting_anything(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from roam.crypto.keys import decode_public_key, load_authorized_keys, load_priva
 from roam.errors import ConfigError, KeyFileError, RoamError
 from roam.links.driver import make_driver
 from roam.observe.http import MetricsHttp
+from roam.observe.metrics import DaemonMetrics
 from roam.policy.paths import parse_paths
 from roam.policy.policy import Policy
 from roam.transport.driver import SessionDriver
@@ -149,8 +150,12 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
     where = "none (uplinks only)"
     bound_at: tuple[str, int] | None = None
     web = await _metrics(metrics, "server")
-    if web is not None:
-        server.on_session = web.metrics.watch_session
+    # A worker counts what --metrics counts, for its supervisor to add up
+    # over the workers (roam.workers): its status carries the figures.
+    counting = web.metrics if web is not None else (
+        DaemonMetrics("server") if worker is not None else None)
+    if counting is not None:
+        server.on_session = counting.watch_session
     if listen is not None:
         try:
             if worker is not None:
@@ -177,7 +182,9 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                               "channel_ids": d.session.channel_ids(),
                               "transports": _transports(d),
                               "udp": d.datagrams.status() if d.datagrams else None}
-                             for sid, d in server.sessions.items()]}
+                             for sid, d in server.sessions.items()],
+                "refused": _refused(server, worker),
+                "counters": counting.counters() if counting is not None else None}
 
     wake_sip = [asyncio.Event() for _ in sip]
     registration: Registration | None = None
@@ -290,6 +297,16 @@ async def run_relay(listen: str, key: str, admit_keys: str | None, admit_totp: s
         if web is not None:
             await web.close()
     return 0
+
+
+def _refused(server: Server, worker: WorkerRole | None) -> dict[str, int]:
+    """Transports the server refused, by code; a worker's own BUSY answers
+    (a transport the holding worker could not take) among them."""
+    refused = dict(server.refused)
+    busy = worker.refused_busy if worker is not None else 0
+    if busy:
+        refused["BUSY"] = refused.get("BUSY", 0) + busy
+    return refused
 
 
 def _transports(driver: SessionDriver) -> list[dict[str, object]]:

@@ -10,10 +10,12 @@ and UDP packets reach the worker that holds their session.
 
 The supervisor answers the control socket (`roam status --server`) with
 every worker's sessions, asking each worker on its own control socket in a
-private directory. It stops the workers, each by its own PID, when it is
-stopped; a worker that dies is not replaced (its sessions died with it; the
-others carry on and the kernel gives them its share of connections), and
-the supervisor ends once none is left.
+private directory; with `--metrics` it serves the same status, and the
+metrics of the server as a whole, on that one address (the workers'
+counters added up: roam.observe.metrics). It stops the workers, each by
+its own PID, when it is stopped; a worker that dies is not replaced (its
+sessions died with it; the others carry on and the kernel gives them its
+share of connections), and the supervisor ends once none is left.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from typing import Any
 
 from roam.connector.allow import format_host_port, parse_port, split_host_port
 from roam.control.client import request
-from roam.control.server import ControlServer, default_control_path
 from roam.core.workers import Routes
 from roam.errors import ConfigError, RoamError
 from roam.eventloop import loop_factory
+from roam.observe.http import MetricsHttp
+from roam.observe.metrics import max_figures, sum_figures
 from roam.tasks import Tasks
 from roam.transport.handoff import Address, Mesh
 from roam.transport.server import Server
@@ -62,7 +65,6 @@ UNSUPPORTED = {
     "registrars": ("--registrar", "one registration per server, not per worker"),
     "advertise": ("--advertise", "it goes with --registrar"),
     "paths": ("--path", "the server's moves between networks are made once, not per worker"),
-    "metrics": ("--metrics", "every worker would listen on its address"),
 }
 
 
@@ -129,6 +131,12 @@ class WorkerRole:
 
     def status(self) -> dict[str, object]:
         return self.mesh.status() if self.mesh is not None else {"index": self.index}
+
+    @property
+    def refused_busy(self) -> int:
+        """Transports answered BUSY because the worker holding their session
+        could not take them then."""
+        return self.mesh.refused_busy if self.mesh is not None else 0
 
     def close(self) -> None:
         self._tasks.cancel()
@@ -202,6 +210,8 @@ class _Worker:
     control: str
     ready: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # The latest `refused` and `counters` it reported: kept after it ends.
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 def _reserve(host: str, port: int, udp: bool) -> socket.socket:
@@ -244,18 +254,34 @@ async def supervise(workers: int, settings: dict[str, Any]) -> int:
     if port is None:
         raise ConfigError("--listen: a port is needed")
     control: str | None = settings.get("control")
+    metrics: str | None = settings.get("metrics")
     with tempfile.TemporaryDirectory(prefix="roam-workers-") as tmp:
         reserved = _reserve(host, port, bool(settings.get("udp", True)))
         port = reserved.getsockname()[1]
         where = format_host_port(host, port)
         started: list[_Worker] = []
+        web: MetricsHttp | None = None
         try:
-            started = await _start(workers, {**settings, "listen": where}, Path(tmp))
+            if metrics is not None:
+                # Only the supervisor listens there, for the whole server;
+                # its line comes first, as a single server prints it.
+                web = await MetricsHttp.open(metrics, "supervisor")
+                print(f"metrics {web.url}", flush=True)
+            started = await _start(workers, {**settings, "listen": where, "metrics": None},
+                                   Path(tmp))
             reserved.close()
             log.info("%d workers listening on %s: %s", workers, where,
                      ", ".join(f"{w.index} (pid {w.proc.pid})" for w in started))
             print(f"listening {where}", flush=True)
-            ctl = await _control(control, started, where)
+
+            async def status(_: dict[str, object]) -> dict[str, Any]:
+                return await aggregate_status(started, where)
+
+            from roam.daemons import _control  # roam.daemons imports this module
+
+            ctl = await _control(control, "server", {"status": status})
+            if web is not None:
+                web.serve(status)
             try:
                 return await _watch(started)
             finally:
@@ -263,6 +289,8 @@ async def supervise(workers: int, settings: dict[str, Any]) -> int:
                     await ctl.close()
         finally:
             reserved.close()
+            if web is not None:
+                await web.close()
             await _stop(started)
 
 
@@ -359,26 +387,13 @@ async def _stop(started: list[_Worker]) -> None:
             w.proc.stdin.close()
 
 
-async def _control(path: str | None, started: list[_Worker],
-                   where: str) -> ControlServer | None:
-    async def status(_: dict[str, object]) -> dict[str, Any]:
-        return await aggregate_status(started, where)
-
-    server = ControlServer(path or default_control_path("server"), {"status": status})
-    try:
-        await server.start()
-    except ConfigError as exc:
-        if path is not None:
-            raise
-        log.warning("running without a control socket: %s", exc)
-        return None
-    log.info("control socket %s", server.path)
-    return server
-
-
 async def aggregate_status(started: list[_Worker], where: str) -> dict[str, Any]:
     """The server's status as one server's, every worker's sessions in it
-    (each with "worker": its index), and "workers": each worker's own."""
+    (each with "worker": its index), and "workers": each worker's own.
+
+    `refused` and `counters` are the sums of each worker's latest figures,
+    dead workers' included: each worker's only grow, so neither do the
+    sums, even when a session or a worker ends (Prometheus counters)."""
     live = [w for w in started if not w.done.is_set()]
     answers = await asyncio.gather(
         *(asyncio.to_thread(request, w.control, "status", None, STATUS_TIMEOUT) for w in live),
@@ -397,8 +412,14 @@ async def aggregate_status(started: list[_Worker], where: str) -> dict[str, Any]
             s["worker"] = w.index
         sessions.extend(own)
         entry.update({"sessions": len(own), **(answer.get("worker") or {})})
+        # Two requests at once (a scrape and `roam status`) may be answered
+        # in either order: the larger figures are the later ones.
+        w.figures = max_figures([w.figures, {"refused": answer.get("refused") or {},
+                                             "counters": answer.get("counters") or {}}])
+    total = sum_figures(w.figures for w in started)
     return {"listening": where, "uplinks": {}, "networks": None, "workers": per,
-            "sessions": sessions}
+            "sessions": sessions, "refused": total.get("refused", {}),
+            "counters": total.get("counters", {})}
 
 
 if __name__ == "__main__":

@@ -147,3 +147,11 @@ def test_a_mobile_servers_status_shows_its_network_and_moves() -> None:
     assert lines[1] == "network net2 (pinned by roam switch), reached at 198.19.64.2:7000"
     assert lines[2] == "  moved - -> net1 (initial, best): 0 session(s) told"
     assert lines[3] == "  moved net1 -> net2 (soft, asked for): 3 session(s) told"
+
+
+def test_server_status_shows_its_refusals_by_reason() -> None:
+    text = render_status({"listening": "0.0.0.0:7000", "sessions": [],
+                          "refused": {"NOT_AUTHORIZED": 2, "BUSY": 1}})
+    assert text.splitlines()[1] == "refused: 1 BUSY, 2 NOT_AUTHORIZED"
+    quiet = render_status({"listening": "0.0.0.0:7000", "sessions": [], "refused": {}})
+    assert quiet.splitlines()[1] == "refused: none"

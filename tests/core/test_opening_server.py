@@ -59,6 +59,8 @@ def _refused(outcome: object, status: Status, *named: str) -> Refuse:
     assert "192.0.2.7:40000" in outcome.log  # the log line names the peer
     if status is not Status.OK and outcome.reply:
         assert outcome.reply == reply_error(status, outcome.reason)
+    if status is not Status.OK:
+        assert outcome.code == status.name
     return outcome
 
 
@@ -105,6 +107,7 @@ def test_a_key_not_authorized_is_refused_inside_message_2() -> None:
     status, length = REPLY.unpack_from(refuse.reply)
     assert (status, length) == (Status.OK, len(refuse.reply) - REPLY.size)
     assert server.last_hello == {}  # a stranger's HELLO is not kept
+    assert refuse.code == "NOT_AUTHORIZED"
 
 
 def test_a_client_pinning_another_server_key_is_refused() -> None:

@@ -14,7 +14,7 @@ from roam.crypto.keys import generate_private_key
 from roam.crypto.noise import CipherState
 from roam.crypto.records import RecordOpener, RecordSealer
 from roam.errors import ConfigError
-from roam.observe.metrics import STALL_BUCKETS, DaemonMetrics
+from roam.observe.metrics import STALL_BUCKETS, DaemonMetrics, max_figures, sum_figures
 from roam.transport.client import Client, ClientConfig, HandoverRecord
 from roam.transport.driver import SessionDriver
 
@@ -119,6 +119,68 @@ def test_server_counts_handovers_resumes_and_keeps_ended_sessions() -> None:
     asyncio.run(main())
 
 
+def test_server_refusals_by_reason() -> None:
+    status = {"sessions": [], "refused": {"NOT_AUTHORIZED": 2, "BUSY": 5}}
+    s = _samples(DaemonMetrics("server").render(status))
+    assert s[("roam_refusals_total", (("reason", "NOT_AUTHORIZED"),))] == 2
+    assert s[("roam_refusals_total", (("reason", "BUSY"),))] == 5
+
+
+def _without_created(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {k: v for k, v in _samples(text).items() if not k[0].endswith("_created")}
+
+
+def test_the_supervisor_renders_its_workers_as_one_server() -> None:
+    """Two workers' figures, added up by the supervisor, render as one server
+    that saw every event would."""
+
+    async def main() -> None:
+        one, workers = DaemonMetrics("server"), [DaemonMetrics("server") for _ in range(2)]
+        for i, (kind, stall) in enumerate([("hard", 0.003), ("soft", 0.0), ("hard", 0.3),
+                                           ("hard", 7.0)]):
+            for metrics in (one, workers[i % 2]):
+                assert metrics.handovers is not None
+                metrics.handovers.record(kind, stall)
+        drivers = [_driver() for _ in range(3)]
+        for n, driver in enumerate(drivers):
+            driver.session.channels.bytes_sent, driver.session.resumes = 1000 * (n + 1), n
+            one.watch_session(driver)
+            workers[n % 2].watch_session(driver)
+        drivers[0].closed.set()  # an ended session still counts
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        sessions = [{"id": f"{n}", "channel_ids": [1, 2]} for n in (1, 2)]
+        figures = [{"refused": {"BUSY": 1}, "counters": w.counters()} for w in workers]
+        total = sum_figures(figures)
+        status = {"sessions": sessions, "uplinks": {}, "refused": total["refused"],
+                  "counters": total["counters"],
+                  "workers": [{"index": 0, "alive": True, "sessions": 1},
+                              {"index": 1, "alive": False}]}
+        mine = _without_created(DaemonMetrics("supervisor").render(status))
+        alone = _without_created(one.render({**status, "refused": {"BUSY": 2}}))
+        for key, value in alone.items():
+            assert mine[key] == pytest.approx(value), key
+        assert mine[("roam_handovers_total", (("kind", "hard"),))] == 3
+        assert mine[("roam_handover_stall_seconds_bucket",
+                     (("kind", "hard"), ("le", "5.0")))] == 2
+        assert mine[("roam_resumes_total", ())] == 3
+        assert mine[("roam_bytes_total", (("direction", "sent"), ("path", "all")))] == 6000
+        assert mine[("roam_refusals_total", (("reason", "BUSY"),))] == 2
+        assert mine[("roam_worker_up", (("worker", "0"),))] == 1
+        assert mine[("roam_worker_up", (("worker", "1"),))] == 0
+        assert mine[("roam_worker_sessions", (("worker", "0"),))] == 1
+    asyncio.run(main())
+
+
+def test_workers_figures_are_summed_and_the_latest_kept() -> None:
+    total = sum_figures([{"a": 1, "b": {"c": 2.5}, "d": "x"}, {"a": 2, "b": {"c": 1}},
+                         None, {"b": 3, "a": True}, {"e": [1]}])
+    assert total == {"a": 3, "b": {"c": 3.5}}
+    older, newer = {"a": 1, "b": {"c": 2}}, {"a": 4, "b": {"c": 2, "d": 1}}
+    for pair in ([older, newer], [newer, older]):  # answers in either order
+        assert max_figures(pair) == newer
+
+
 def test_relay_families_keep_labels_bounded() -> None:
     status = {"role": "relay", "identity": "x", "spliced": 7, "active": 2, "pipes": 4,
               "bytes_up": 1000, "bytes_down": 2000, "refused": {"NOT_ADMITTED": 3},
@@ -144,11 +206,14 @@ def test_registrar_families() -> None:
 
 
 def test_garbage_status_renders_zeros_not_an_error() -> None:
-    for role in ("client", "server", "relay", "registrar"):
+    roles = ("client", "server", "supervisor", "relay", "registrar")
+    for role in roles:
         text = DaemonMetrics(role).render(["not", "a", "dict"])
         assert b"roam_" in text
-    bad = {"sessions": "x", "uplinks": [1], "paths": 5, "servers": [None], "refused": None}
-    for role in ("client", "server", "relay", "registrar"):
+    bad = {"sessions": "x", "uplinks": [1], "paths": 5, "servers": [None], "refused": None,
+           "counters": {"handovers": {"hard": {"buckets": [1]}, "soft": 3}},
+           "workers": [None, {"index": "x"}]}
+    for role in roles:
         DaemonMetrics(role).render(bad)
 
 
@@ -165,6 +230,8 @@ def test_misuse_is_a_config_error() -> None:
         DaemonMetrics("phone")
     with pytest.raises(ConfigError):
         DaemonMetrics("relay").watch_session(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        DaemonMetrics("supervisor").counters()  # its workers count, not it
 
 
 def test_buckets_cover_zero_to_five_seconds() -> None:

@@ -56,6 +56,7 @@ def test_garbage_gets_an_answer_and_the_server_keeps_serving(
             status, body = await _raw(stack.server_port, b"GET / HTTP/1.1\r\n" + b"x" * 60)
             assert status is Status.BAD_PREAMBLE
             assert b"not a roam transport" in body
+            assert stack.server.refused == {"BAD_PREAMBLE": 1}
             await stack.echo_check(100_000)
         finally:
             await stack.close()
@@ -115,6 +116,8 @@ def test_resume_without_the_keys_is_refused() -> None:
             status, _ = await _raw(stack.server_port, unknown + forged)
             assert status is Status.UNKNOWN_SESSION
             await stack.echo_check(100_000)
+            # Counted by code for status and --metrics.
+            assert stack.server.refused == {"RESUME_REFUSED": 1, "UNKNOWN_SESSION": 1}
         finally:
             await stack.close()
 

@@ -71,6 +71,10 @@ def render_status(status: dict[str, Any]) -> str:
 def _server(status: dict[str, Any]) -> str:
     out: list[str] = []
     out.append(f"listening {status['listening']}; {len(status['sessions'])} session(s)")
+    refused = status.get("refused")
+    if refused is not None:
+        out.append("refused: " + (", ".join(f"{n} {why}" for why, n in sorted(refused.items()))
+                                  or "none"))
     networks = status.get("networks")
     if networks:
         pinned = " (pinned by roam switch)" if networks.get("pinned") else ""

@@ -62,6 +62,13 @@ class Refuse:
     # a parked standby's failed resume gets none (its OK went out already).
     reply: bytes
 
+    @property
+    def code(self) -> str:
+        """What the refusal is counted as (one of a fixed set): the status's
+        name, and NOT_AUTHORIZED for an unauthorized client, whose reply says
+        OK and refuses inside message 2."""
+        return "NOT_AUTHORIZED" if self.status is Status.OK else self.status.name
+
 
 @dataclass(frozen=True, slots=True)
 class Busy:

@@ -6,19 +6,32 @@ and nothing costs anything between scrapes). Handovers are events: a counter
 and a histogram of their stalls are fed as they happen, on the client by
 `Client.on_handover` and on the server by each session's driver.
 
+The supervisor of `roam server --workers N` serves one set for the server
+as a whole (`role` "supervisor"): each worker counts its own handovers and
+ended sessions as a single server does and reports them in its status
+(`counters`, `DaemonMetrics.counters`); the supervisor sums the workers'
+figures (`sum_figures`) and renders them from its status like the rest.
+
 Labels stay bounded: `path` is a configured path's name, `relay` a
-configured uplink's address, `reason` a refusal code from a fixed list;
-never a peer's identity or address, which anyone could multiply.
+configured uplink's address, `reason` a refusal code from a fixed list,
+`worker` a worker's index (below `--workers`); never a peer's identity or
+address, which anyone could multiply.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from roam.core import events as ev
@@ -26,7 +39,8 @@ from roam.errors import ConfigError
 from roam.transport.client import Client, HandoverRecord
 from roam.transport.driver import SessionDriver
 
-ROLES = ("client", "server", "relay", "registrar")
+# "supervisor": the server of workers as a whole (roam.workers).
+ROLES = ("client", "server", "supervisor", "relay", "registrar")
 KINDS = ("hard", "soft")
 
 # Stall buckets, in seconds, for what handovers measure (docs/benchmarks.md,
@@ -39,6 +53,9 @@ KINDS = ("hard", "soft")
 STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0)
 
 Status = Mapping[str, Any]
+# The stall histogram's upper bounds as prometheus-client writes them (for
+# these values, Python's repr of the float).
+_BOUNDS = (*(repr(float(b)) for b in STALL_BUCKETS), "+Inf")
 
 
 class Handovers:
@@ -60,6 +77,25 @@ class Handovers:
         kind = kind if kind in KINDS else "hard"
         self.total.labels(kind).inc()
         self.stall.labels(kind).observe(max(0.0, stall_s))
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per kind: the stall histogram's cumulative `buckets` by upper bound
+        (as Prometheus writes it, "+Inf" last), its `sum` and `count` (the
+        handovers: `record` feeds both at once)."""
+        out: dict[str, dict[str, Any]] = {
+            kind: {"count": 0.0, "sum": 0.0, "buckets": {}} for kind in KINDS}
+        for family in self.stall.collect():
+            for sample in family.samples:
+                each = out.get(sample.labels.get("kind", ""))
+                if each is None:
+                    continue
+                if sample.name.endswith("_bucket"):
+                    each["buckets"][sample.labels["le"]] = sample.value
+                elif sample.name.endswith("_sum"):
+                    each["sum"] = sample.value
+                elif sample.name.endswith("_count"):
+                    each["count"] = sample.value
+        return out
 
 
 @dataclasses.dataclass
@@ -156,10 +192,12 @@ class DaemonMetrics:
         self.role = role
         self.registry = CollectorRegistry(auto_describe=False)
         self.handovers = Handovers(self.registry) if role in ("client", "server") else None
-        self.sessions = ServerSessions(self.handovers) if self.handovers is not None else None
+        self.sessions = (ServerSessions(self.handovers)
+                         if self.handovers is not None and role == "server" else None)
         families: dict[str, Callable[[Status], Iterable[Metric]]] = {
             "client": client_families, "server": self._server_families,
-            "relay": relay_families, "registrar": registrar_families}
+            "supervisor": supervisor_families, "relay": relay_families,
+            "registrar": registrar_families}
         self._collector = StatusCollector(families[role])
         self.registry.register(self._collector)
 
@@ -181,32 +219,110 @@ class DaemonMetrics:
             raise ConfigError(f"a {self.role} has no sessions to watch")
         self.sessions.watch(driver)
 
+    def counters(self) -> dict[str, Any]:
+        """A server's event counters and its sessions' totals, ended ones
+        included, for its status: what a supervisor sums over its workers
+        (roam.workers). Each figure only grows."""
+        if self.sessions is None or self.handovers is None:
+            raise ConfigError(f"a {self.role} has no sessions to count")
+        totals = self.sessions.totals()
+        return {"bytes_sent": totals.bytes_sent, "bytes_received": totals.bytes_received,
+                "resumes": totals.resumes, "handovers": self.handovers.snapshot()}
+
     def render(self, status: object) -> bytes:
         """The Prometheus text for this daemon, given its status now."""
         self._collector.latest = status if isinstance(status, Mapping) else {}
         return generate_latest(self.registry)
 
     def _server_families(self, status: Status) -> Iterator[Metric]:
-        sessions = _list(status.get("sessions"))
-        yield _gauge("roam_sessions", "Sessions the server holds", len(sessions))
-        yield _gauge("roam_channels", "Application sockets carried, over all sessions",
-                     sum(len(_list(s.get("channel_ids"))) for s in sessions))
         totals = self.sessions.totals() if self.sessions is not None else _Totals()
-        # A server's sessions are not tied to one of its paths: "all".
-        yield _bytes("Application bytes carried", [("all", totals.bytes_sent,
-                                                     totals.bytes_received)])
-        yield _counter("roam_resumes", "Sessions resumed on a new transport", totals.resumes)
-        uplinks = _mapping(status.get("uplinks"))
-        idle = GaugeMetricFamily("roam_uplinks_idle", "Idle uplinks open to each relay",
-                                 labels=["relay"])
-        taken = CounterMetricFamily("roam_uplinks_taken", "Uplinks a relay spliced a client to",
-                                    labels=["relay"])
-        for relay, counts in sorted(uplinks.items()):
-            each = _mapping(counts)
-            idle.add_metric([str(relay)], _number(each.get("idle")))
-            taken.add_metric([str(relay)], _number(each.get("taken")))
-        yield idle
-        yield taken
+        yield from server_families(status, totals.bytes_sent, totals.bytes_received,
+                                   totals.resumes)
+
+
+def server_families(status: Status, sent: float, received: float,
+                    resumes: float) -> Iterator[Metric]:
+    """A server's families but its handovers, with its sessions' totals."""
+    sessions = _list(status.get("sessions"))
+    yield _gauge("roam_sessions", "Sessions the server holds", len(sessions))
+    yield _gauge("roam_channels", "Application sockets carried, over all sessions",
+                 sum(len(_list(_mapping(s).get("channel_ids"))) for s in sessions))
+    # A server's sessions are not tied to one of its paths: "all".
+    yield _bytes("Application bytes carried", [("all", sent, received)])
+    yield _counter("roam_resumes", "Sessions resumed on a new transport", resumes)
+    uplinks = _mapping(status.get("uplinks"))
+    idle = GaugeMetricFamily("roam_uplinks_idle", "Idle uplinks open to each relay",
+                             labels=["relay"])
+    taken = CounterMetricFamily("roam_uplinks_taken", "Uplinks a relay spliced a client to",
+                                labels=["relay"])
+    for relay, counts in sorted(uplinks.items()):
+        each = _mapping(counts)
+        idle.add_metric([str(relay)], _number(each.get("idle")))
+        taken.add_metric([str(relay)], _number(each.get("taken")))
+    yield idle
+    yield taken
+    yield _refusals(status)
+
+
+def supervisor_families(status: Status) -> Iterator[Metric]:
+    """`roam server --workers N` as one server, from the supervisor's status:
+    sessions as every worker lists them, counters as `sum_figures` added the
+    workers' `counters` up."""
+    counters = _mapping(status.get("counters"))
+    yield from server_families(status, _number(counters.get("bytes_sent")),
+                               _number(counters.get("bytes_received")),
+                               _number(counters.get("resumes")))
+    handovers = _mapping(counters.get("handovers"))
+    total = CounterMetricFamily("roam_handovers", "Handovers of a session to another transport",
+                                labels=["kind"])
+    stall = HistogramMetricFamily("roam_handover_stall_seconds",
+                                  "How long a handover held the session's traffic up",
+                                  labels=["kind"])
+    for kind in KINDS:
+        each = _mapping(handovers.get(kind))
+        buckets = _mapping(each.get("buckets"))
+        total.add_metric([kind], _number(each.get("count")))
+        # The bounds are STALL_BUCKETS in every worker (the same code): as
+        # prometheus-client writes them, so a worker's figures line up.
+        stall.add_metric([kind], [(le, _number(buckets.get(le))) for le in _BOUNDS],
+                         sum_value=_number(each.get("sum")))
+    yield total
+    yield stall
+    up = GaugeMetricFamily("roam_worker_up", "1 while the worker process runs",
+                           labels=["worker"])
+    held = GaugeMetricFamily("roam_worker_sessions", "Sessions the worker holds",
+                             labels=["worker"])
+    for worker in (_mapping(w) for w in _list(status.get("workers"))):
+        index = str(int(_number(worker.get("index"))))
+        up.add_metric([index], 1.0 if worker.get("alive") else 0.0)
+        if "sessions" in worker:
+            held.add_metric([index], _number(worker.get("sessions")))
+    yield up
+    yield held
+
+
+def sum_figures(each: Iterable[object]) -> dict[str, Any]:
+    """Numbers added up key by key, into nested mappings: the workers'
+    `counters` and `refused` into the server's. What is not a number or a
+    mapping is left out."""
+    return _merge(each, operator.add)
+
+
+def max_figures(each: Iterable[object]) -> dict[str, Any]:
+    """The largest of each number, key by key: of two snapshots of figures
+    that only grow, the later one, whichever arrived last."""
+    return _merge(each, max)
+
+
+def _merge(each: Iterable[object], op: Callable[[Any, Any], Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for figures in each:
+        for key, value in _mapping(figures).items():
+            if isinstance(value, Mapping):
+                out[key] = _merge([out.get(key), value], op)
+            elif _is_number(value) and not isinstance(out.get(key), Mapping):
+                out[key] = op(out[key], value) if key in out else value
+    return out
 
 
 def client_families(status: Status) -> Iterator[Metric]:
@@ -308,6 +424,10 @@ def _counter(name: str, doc: str, value: float) -> Metric:
     return CounterMetricFamily(name, doc, value=value)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
@@ -320,4 +440,5 @@ def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-__all__ = ["STALL_BUCKETS", "DaemonMetrics", "Handovers", "ServerSessions", "StatusCollector"]
+__all__ = ["STALL_BUCKETS", "DaemonMetrics", "Handovers", "ServerSessions", "StatusCollector",
+           "max_figures", "server_families", "sum_figures", "supervisor_families"]

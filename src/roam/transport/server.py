@@ -147,6 +147,9 @@ class Server:
         self._log_busy = RateLimitedLog(log)
         self._log_evicted = RateLimitedLog(log)
         self._log_refused = RateLimitedLog(log)
+        # Refused transports by code (`Refuse.code`, BUSY): a fixed set of
+        # keys, for status and --metrics.
+        self.refused: dict[str, int] = {}
         self._standby: dict[bytes, _Standby] = {}
         self._table = _Sessions(self.sessions, self._standby)
         self.udp: DatagramListener | None = None
@@ -385,6 +388,7 @@ class Server:
         a second: when a mass reconnect overloads the server, a line per
         refused transport (tens of thousands) costs the CPU that it lacks."""
         self._log_busy(f"transport from {proto.peer} answered BUSY: {reason}")
+        self._count_refusal(Status.BUSY.name)
         proto.write(reply_error(Status.BUSY, reason))
         proto.close()
 
@@ -393,6 +397,10 @@ class Server:
             self._refuse_busy(proto, outcome.reason)
             return
         self._log_refused(outcome.log)
+        self._count_refusal(outcome.code)
         if outcome.reply:
             proto.write(outcome.reply)
         proto.close()
+
+    def _count_refusal(self, code: str) -> None:
+        self.refused[code] = self.refused.get(code, 0) + 1
