@@ -20,6 +20,7 @@ from roam.connector.allow import parse_port, split_host_port
 from roam.core import events as ev
 from roam.core.compress import AUTO, ZSTD_HISTORY, CompressionMode
 from roam.core.datagrams import DatagramPath
+from roam.core.follow import Follow, Outcome, leftovers
 from roam.core.handover import Connect, Drain, Handover, Resume, SwitchTo
 from roam.core.opening import NeedMore
 from roam.core.opening_client import (
@@ -854,45 +855,40 @@ class Client:
         if tid is None:
             proto.abort()
             return
-        # The server began this handover: once the transport joined, it
-        # switches, and the core follows. Should our own switch cross its
-        # SWITCH, ours stands (this unit made the session) and the server's
-        # move is abandoned; with no SWITCH at all, this side switches.
-        crossings = session.crossings
+        # The server began this handover; roam.core.follow decides how it ends.
         previous = driver.proto
-        deadline = loop.time() + 2 * timeout
-        while session.active_transport != tid:
-            if session.crossings != crossings:
-                log.info("the server's move to %s crossed our own handover: ours stands (this "
-                         "side made the session), the server's is abandoned", self.server)
-                self.config.server_host, self.config.server_port = old_at
-                driver.drop_transport(proto, "the server's move was abandoned")
-                proto.abort()
+        plan = Follow(tid=tid, crossings=session.crossings, now=loop.time(),
+                      patience=2 * timeout)
+        while (outcome := plan.check(loop.time(), active=session.active_transport,
+                                     crossings=session.crossings,
+                                     state=session.transport_ids().get(tid),
+                                     closed=session.closed)) is None:
+            if driver is not self.driver:
                 return
-            if (driver is not self.driver or session.closed
-                    or tid not in session.transport_ids()):
-                return
-            if loop.time() >= deadline and (
-                    session.transport_ids().get(tid) is TransportState.STANDBY):
-                self._switch(driver, tid, via, soft=True,
-                             reason=f"the server moved to {self.server}")
-                break
             await asyncio.sleep(FOLLOW_POLL)
-        else:
-            # The server's SWITCH moved the session (the core followed it).
+        if outcome is Outcome.GONE or driver is not self.driver:
+            return
+        if outcome is Outcome.ABANDONED:
+            log.info("the server's move to %s crossed our own handover: ours stands (this "
+                     "side made the session), the server's is abandoned", self.server)
+            self.config.server_host, self.config.server_port = old_at
+            driver.drop_transport(proto, "the server's move was abandoned")
+            proto.abort()
+            return
+        if outcome is Outcome.SWITCH_HERE:
+            self._switch(driver, tid, via, soft=True, reason=f"the server moved to {self.server}")
+        else:  # FOLLOWED: the server's SWITCH moved the session (the core followed it)
             self._switched_to(proto, "soft", f"the server moved to {self.server}", via, via,
                               0.0, 0)
-        # Every transport but the new one runs to the old address: the one
-        # the session was on drains first, the others (standbys) go now.
         if self.standby is not None and self.standby[1] is not previous:
             self.drop_standby()
         self.standby = None
-        for other in list(driver.carriers().values()):
-            if other is not proto and other is not previous:
-                driver.drop_transport(other, f"the server left {old}")
-                other.abort()
-        if previous is not None and previous is not proto:
-            self._tasks.spawn(self._let_go_when_drained(driver, previous, old),
+        rest = leftovers(driver.carriers().values(), proto, previous)
+        for other in rest.drop:
+            driver.drop_transport(other, f"the server left {old}")
+            other.abort()
+        if rest.drain is not None:
+            self._tasks.spawn(self._let_go_when_drained(driver, rest.drain, old),
                               name="drain-old-address")
 
     async def _let_go_when_drained(self, driver: SessionDriver, proto: TransportProtocol,
