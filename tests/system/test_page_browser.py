@@ -99,6 +99,20 @@ def test_the_page_shows_a_handover_in_chromium(tmp_path: Path) -> None:
         assert "cell" in dom
         shot = tmp_path / "page.png"
         chromium(url, f"--screenshot={shot}")
+        # Every other daemon's page draws its own status without an error
+        # (a script error shows as "no answer: ..." in place of "live").
+        for role in ("server", "relay", "registrar"):
+            header = ""
+            for _ in range(3):  # a page load on a busy machine may miss its budget
+                other = chromium(units.urls[role], "--dump-dom")
+                header = other[other.find("<header"):][:600]
+                if "live ·" in header:
+                    break
+            assert f'<h1 id="role">roam {role}</h1>' in header, header
+            assert "live ·" in header, header
+            assert "no answer" not in header, header
+        server = chromium(units.urls["server"], "--dump-dom")
+        assert "session" in server.split('id="sessions"', 1)[1], server[-3000:]
         talk.join(120)
         assert result.error is None, result.error
     data = shot.read_bytes()
