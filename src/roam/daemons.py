@@ -109,10 +109,11 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
         # Every setting as given: the workers run with them (roam.workers).
         return await supervise(workers, dict(locals()))
     from roam.crypto.keys import encode_key
-    from roam.registrar.addresses import reachable_at
+    from roam.registrar.addresses import WILDCARDS, reachable_at
     from roam.registrar.messages import check_address
     from roam.registrar.sipunit import is_sip, keep_registered, parse_sip_registrar
     from roam.registrar.unit import Registration, parse_registrar
+    from roam.registrar.watch import watch_addresses
     from roam.relay.route import parse_relay
     from roam.transport.uplink import UplinkKeeper
 
@@ -241,6 +242,11 @@ async def run_server(listen: str | None, key: str, authorized_keys: str, allow: 
                 tasks.create_task(keeper.run(), name="uplinks")
             if registration is not None:
                 tasks.create_task(registration.run(), name="registration")
+            if ((registration is not None or sip) and networks is None and not advertise
+                    and bound_at is not None and bound_at[0] in WILDCARDS):
+                # Reached on every interface, no networks named: look for changes.
+                tasks.create_task(watch_addresses(reachable, addresses_changed),
+                                  name="address-watch")
             for n, registrar in enumerate(sip):
                 tasks.create_task(keep_registered(registrar, reachable, wake_sip[n]),
                                   name=f"sip-registration-{n}")

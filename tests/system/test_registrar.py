@@ -5,6 +5,7 @@ allowed, garbage on its port."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from roam.crypto.keys import encode_key, generate_private_key, public_key, write_private_key
 from roam.registrar.messages import Code, Found, Lookup, Refused, Register, Registered
 from roam.registrar.unit import RegistrarError, RegistrarSpec, ask
+from tests.conftest import require
 
 from .harness import ENV, Procs
 from .test_relay import free_port
@@ -216,3 +218,64 @@ def test_a_client_finds_its_server_by_sip_address_of_record_through_kamailio(
         echo_conversation(fport, 1 << 20, 44, after, deadline=60)
         assert after.error is None, after.error
         assert after.received == 1 << 20
+
+
+@pytest.mark.root
+def test_a_server_on_every_interface_registers_a_new_address_at_once(tmp_path: Path) -> None:
+    """Without --path, a server listening on 0.0.0.0 sees its address change
+    (here: in a namespace of its own, one interface renumbered) and
+    registers the new one within seconds, not at half its expiry (300 s)."""
+    require(os.geteuid() == 0, "network namespaces need root")
+    ns = f"roamreg{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", "-n", ns, *args], check=True)
+
+    try:
+        ip("link", "set", "lo", "up")
+        # A veth pair, both ends inside: this kernel has no dummy links.
+        ip("link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        ip("link", "set", "d0", "up")
+        ip("link", "set", "d1", "up")
+        ip("addr", "add", "198.18.200.1/24", "dev", "d0")
+        inside = ["ip", "netns", "exec", ns, sys.executable, "-m", "roam"]
+        write_private_key(tmp_path / "server.key", SERVER)
+        write_private_key(tmp_path / "client.key", CLIENT)
+        write_private_key(tmp_path / "registrar.key", REG)
+        (tmp_path / "authorized").write_text(f"{encode_key(public_key(CLIENT))} c\n")
+        registrar = f"127.0.0.1:4440,key={encode_key(public_key(REG))}"
+        lookup = [*inside, "lookup", encode_key(public_key(SERVER)), "--key",
+                  str(tmp_path / "client.key"), "--registrar", registrar]
+
+        def found() -> list[str]:
+            out = subprocess.run(lookup, capture_output=True, text=True, env=ENV, timeout=30)
+            return [ln for ln in out.stdout.splitlines() if ln.startswith("198.18.")]
+
+        def wait_for(addresses: list[str], timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            last = found()
+            while last != addresses:
+                assert time.monotonic() < deadline, f"the registrar has {last}, not {addresses}"
+                time.sleep(0.2)
+                last = found()
+
+        with Procs(tmp_path) as procs:
+            procs.start("registrar", [*inside, "registrar", "--listen", "127.0.0.1:4440",
+                                      "--key", str(tmp_path / "registrar.key"),
+                                      "--control", str(tmp_path / "registrar.sock")],
+                        ready="listening")
+            procs.start("server", [*inside, "server", "--listen", "0.0.0.0:7000",
+                                   "--key", str(tmp_path / "server.key"), "--authorized-keys",
+                                   str(tmp_path / "authorized"), "--registrar", registrar,
+                                   "--control", str(tmp_path / "server.sock")],
+                        ready="listening")
+            wait_for(["198.18.200.1:7000"], 30)
+            # Another subnet: a second address in .1's would be its secondary,
+            # which the kernel deletes with it.
+            ip("addr", "add", "198.18.201.2/24", "dev", "d0")
+            ip("addr", "del", "198.18.200.1/24", "dev", "d0")
+            # The watch reads every 2 s; its registration is one round trip.
+            wait_for(["198.18.201.2:7000"], 30)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)

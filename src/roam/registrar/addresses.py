@@ -3,16 +3,30 @@ interfaces' addresses on the port it listens on."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from roam.connector.allow import format_host_port
 
-_WILDCARDS = ("", "0.0.0.0", "::")
+WILDCARDS = ("", "0.0.0.0", "::")  # listen addresses that mean every interface
 
 
 def interface_addresses() -> list[str]:
     """Every global address of this host's interfaces (no loopback, no link-local)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _read_addresses()
+    # pyroute2's synchronous IPRoute runs an event loop of its own, which
+    # cannot start inside a running one (a daemon's): one dump, a few ms,
+    # in a thread of its own.
+    with ThreadPoolExecutor(1, thread_name_prefix="roam-addresses") as pool:
+        return pool.submit(_read_addresses).result()
+
+
+def _read_addresses() -> list[str]:
     from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
     out: list[str] = []
@@ -38,6 +52,6 @@ def reachable_at(listen: tuple[str, int] | None, advertise: list[str]
     if listen is None:
         return list  # uplinks only: reachable through relays alone
     host, port = listen
-    if host not in _WILDCARDS:
+    if host not in WILDCARDS:
         return lambda: [format_host_port(host, port)]
     return lambda: [format_host_port(a, port) for a in interface_addresses()]
