@@ -23,3 +23,19 @@ def test_listening_on_all_registers_every_global_interface_address_on_that_port(
         assert port == "7000"
         assert not address.is_loopback
         assert not address.is_link_local
+
+
+def test_interface_addresses_are_read_inside_a_running_uvloop() -> None:
+    # A daemon reads them from its loop; pyroute2's synchronous API would
+    # start a loop of its own there.
+    import asyncio
+
+    import uvloop
+
+    from roam.registrar.addresses import interface_addresses
+
+    async def inside() -> list[str]:
+        return interface_addresses()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(inside()) == interface_addresses()
