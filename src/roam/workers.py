@@ -329,10 +329,15 @@ async def _start(workers: int, settings: dict[str, Any], tmp: Path) -> list[_Wor
     return started
 
 
+def _stdout(w: _Worker) -> asyncio.StreamReader:
+    if w.proc.stdout is None:  # _start always asks for the pipe
+        raise RuntimeError(f"worker {w.index} was started without a stdout pipe")
+    return w.proc.stdout
+
+
 async def _ready_line(w: _Worker) -> str:
-    assert w.proc.stdout is not None
     try:
-        line = await asyncio.wait_for(w.proc.stdout.readline(), WORKER_READY_TIMEOUT)
+        line = await asyncio.wait_for(_stdout(w).readline(), WORKER_READY_TIMEOUT)
     except TimeoutError:
         raise ConfigError(f"worker {w.index} did not listen within "
                           f"{WORKER_READY_TIMEOUT:g} s") from None
@@ -348,8 +353,7 @@ async def _watch(started: list[_Worker]) -> int:
     """Until every worker has ended (or the supervisor is cancelled)."""
 
     async def one(w: _Worker) -> None:
-        assert w.proc.stdout is not None
-        while await w.proc.stdout.read(4096):
+        while await _stdout(w).read(4096):
             pass  # workers print their ready lines only; keep the pipe from filling
         code = await w.proc.wait()
         w.done.set()

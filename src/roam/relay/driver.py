@@ -331,8 +331,10 @@ class Relay:
         (sealed to that relay, next: the uplink held there), then `rest`.
         None when no relay of the fleet claims one; Refused when every one
         that does failed."""
-        assert self.fleet is not None
-        candidates = await self.fleet.onward(hop.target)
+        fleet = self.fleet
+        if fleet is None:  # only a relay of a fleet crosses
+            raise RuntimeError("a splice across the fleet on a relay without --directory")
+        candidates = await fleet.onward(hop.target)
         if not candidates:
             return None
         failures: list[str] = []
@@ -346,7 +348,7 @@ class Relay:
                     status = Status.UNKNOWN_TARGET  # its uplinks went meanwhile
                 continue
             except (OSError, TimeoutError, ValueError, ProtocolError) as exc:
-                self.fleet.suspect(other.relay)
+                fleet.suspect(other.relay)
                 failures.append(f"relay {short_id(other.relay)} ({other.address}): "
                                 f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}")
                 continue
